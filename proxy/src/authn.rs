@@ -1,0 +1,300 @@
+//! Authentication: which credential the request presents, and whom it proves.
+//!
+//! Every failure answers the client with the same 401 (a caller learns nothing from probing);
+//! the precise [`AuthFailure`] goes to the audit trail and the detectors.
+
+use chrono::{DateTime, Utc};
+use http::{HeaderMap, header};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use uuid::Uuid;
+
+use crate::{
+    cache::{CacheError, KeyEntry, PolicyCache},
+    error::ProxyError,
+    keys::{KeyHasher, PlainToken, TokenFormatError, TokenKind},
+    routes::AuthMethod,
+};
+
+/// Why authentication failed (audited, never shown to the client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No credential at all.
+    MissingCredential,
+    /// The credential is not well formed (bad prefix, length or checksum).
+    MalformedKey(TokenFormatError),
+    /// Well formed, but no key has this prefix.
+    UnknownKey,
+    /// The prefix exists but the secret does not match.
+    WrongSecret,
+    /// The key was revoked.
+    KeyRevoked,
+    /// The key is past its expiry.
+    KeyExpired,
+    /// The key is suspended.
+    KeySuspended,
+    /// The owner is disabled or gone.
+    PrincipalDisabled,
+    /// The route does not accept this kind of credential.
+    MethodNotAccepted,
+}
+
+impl AuthFailure {
+    /// Stable code for audit records and security events.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MissingCredential => "missing_credential",
+            Self::MalformedKey(_) => "malformed_key",
+            Self::UnknownKey => "unknown_key",
+            Self::WrongSecret => "wrong_secret",
+            Self::KeyRevoked => "key_revoked",
+            Self::KeyExpired => "key_expired",
+            Self::KeySuspended => "key_suspended",
+            Self::PrincipalDisabled => "principal_disabled",
+            Self::MethodNotAccepted => "auth_method_not_accepted",
+        }
+    }
+}
+
+/// The credential a request presents, before verification.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Presented<'a> {
+    /// An API key from `Authorization: Bearer` or `x-api-key`.
+    ApiKey(&'a str),
+    /// Another bearer token (OIDC JWT or grant token).
+    Bearer(&'a str),
+}
+
+/// Reads the credential, refusing ambiguity: two `Authorization` headers, two `x-api-key`
+/// headers, or both headers carrying different values.
+pub fn presented(headers: &HeaderMap) -> Result<Option<Presented<'_>>, ProxyError> {
+    let single = |name: &str| -> Result<Option<&str>, ProxyError> {
+        let mut values = headers.get_all(name).iter();
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(ProxyError::AmbiguousRequest(
+                "more than one credential header",
+            ));
+        }
+        first
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| ProxyError::AmbiguousRequest("credential header is not ASCII"))
+            })
+            .transpose()
+    };
+    let authorization = single(header::AUTHORIZATION.as_str())?;
+    let api_key = single("x-api-key")?.map(str::trim);
+    let bearer = match authorization {
+        Some(value) => match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Some(token.trim()),
+            // Basic or other schemes are not ours to accept; treat as no usable credential.
+            _ => None,
+        },
+        None => None,
+    };
+    match (bearer, api_key) {
+        (Some(a), Some(b)) if a != b => {
+            Err(ProxyError::AmbiguousRequest("two different credentials"))
+        }
+        (Some(token), _) | (None, Some(token)) if token.starts_with("pk_") => {
+            Ok(Some(Presented::ApiKey(token)))
+        }
+        (None, Some(token)) => Ok(Some(Presented::ApiKey(token))),
+        (Some(token), _) => Ok(Some(Presented::Bearer(token))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Who a verified credential speaks for.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// The principal.
+    pub principal_id: Uuid,
+    /// The key, when authenticated by API key.
+    pub key_id: Option<Uuid>,
+    /// The grant, when authenticated by grant token.
+    pub grant_id: Option<Uuid>,
+    /// How.
+    pub method: AuthMethod,
+    /// Per-key rate limit, if the key has one.
+    pub key_rate_limit: Option<(u32, u32)>,
+    /// Whether each use spends the key's remaining-uses quota.
+    pub has_quota: bool,
+}
+
+/// An authentication failure that still identifies the key or principal (for audit).
+#[derive(Debug)]
+pub struct Refused {
+    /// Why.
+    pub error: ProxyError,
+    /// The key involved, if it was found.
+    pub key_id: Option<Uuid>,
+    /// Its owner.
+    pub principal_id: Option<Uuid>,
+}
+
+impl From<ProxyError> for Refused {
+    fn from(error: ProxyError) -> Self {
+        Self {
+            error,
+            key_id: None,
+            principal_id: None,
+        }
+    }
+}
+
+impl From<CacheError> for ProxyError {
+    fn from(error: CacheError) -> Self {
+        match error {
+            CacheError::Stale => ProxyError::PolicyStale,
+            // Cannot tell who is calling without the database: fail closed.
+            CacheError::Database(e) => {
+                tracing::warn!(error = %e, "policy lookup failed");
+                ProxyError::PolicyStale
+            }
+        }
+    }
+}
+
+fn unauthenticated(failure: AuthFailure) -> ProxyError {
+    ProxyError::Unauthenticated(failure)
+}
+
+/// Verifies an API key: offline format check, cached lookup, constant-time HMAC comparison,
+/// then state (revoked, expired, suspended).
+pub async fn verify_api_key(
+    cache: &PolicyCache,
+    hasher: &KeyHasher,
+    raw: &str,
+    now: DateTime<Utc>,
+) -> Result<std::sync::Arc<KeyEntry>, Refused> {
+    let token =
+        PlainToken::parse(raw).map_err(|e| unauthenticated(AuthFailure::MalformedKey(e)))?;
+    if token.kind() != TokenKind::ApiKey {
+        return Err(
+            unauthenticated(AuthFailure::MalformedKey(TokenFormatError::UnknownProduct)).into(),
+        );
+    }
+    let Some(entry) = cache
+        .key(token.lookup_prefix())
+        .await
+        .map_err(ProxyError::from)?
+    else {
+        return Err(unauthenticated(AuthFailure::UnknownKey).into());
+    };
+    let refuse = |failure| Refused {
+        error: unauthenticated(failure),
+        key_id: Some(entry.id),
+        principal_id: Some(entry.principal_id),
+    };
+    if !hasher.verify(&token, &entry.hash) {
+        return Err(refuse(AuthFailure::WrongSecret));
+    }
+    if entry.revoked {
+        return Err(refuse(AuthFailure::KeyRevoked));
+    }
+    if entry.expires_at.is_some_and(|at| at <= now) {
+        return Err(refuse(AuthFailure::KeyExpired));
+    }
+    if entry.suspended {
+        return Err(refuse(AuthFailure::KeySuspended));
+    }
+    Ok(entry)
+}
+
+/// Spends one use of a quota-limited key, refilling it first when its period has passed.
+/// Both statements are single atomic UPDATEs, so concurrent requests on any number of proxy
+/// instances can never spend more uses than the key has.
+pub async fn spend_quota(
+    db: &DatabaseConnection,
+    key_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<bool, sea_orm::DbErr> {
+    let backend = db.get_database_backend();
+    let (refill, spend) = match backend {
+        DbBackend::Postgres => (
+            "UPDATE api_key SET remaining_uses = refill_amount, last_refill_at = $1 \
+             WHERE id = $2 AND refill_amount IS NOT NULL AND refill_interval_seconds IS NOT NULL \
+             AND (last_refill_at IS NULL OR last_refill_at + make_interval(secs => refill_interval_seconds) <= $1)",
+            "UPDATE api_key SET remaining_uses = remaining_uses - 1 WHERE id = $1 AND remaining_uses > 0",
+        ),
+        _ => (
+            "UPDATE api_key SET remaining_uses = refill_amount, last_refill_at = ?1 \
+             WHERE id = ?2 AND refill_amount IS NOT NULL AND refill_interval_seconds IS NOT NULL \
+             AND (last_refill_at IS NULL OR julianday(last_refill_at) + refill_interval_seconds / 86400.0 <= julianday(?1))",
+            "UPDATE api_key SET remaining_uses = remaining_uses - 1 WHERE id = ?1 AND remaining_uses > 0",
+        ),
+    };
+    db.execute_raw(Statement::from_sql_and_values(
+        backend,
+        refill,
+        [now.into(), key_id.into()],
+    ))
+    .await?;
+    let spent = db
+        .execute_raw(Statement::from_sql_and_values(
+            backend,
+            spend,
+            [key_id.into()],
+        ))
+        .await?;
+    Ok(spent.rows_affected() == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn bearer_and_x_api_key_are_both_accepted() {
+        let h = headers(&[("authorization", "Bearer pk_live_abc")]);
+        assert_eq!(
+            presented(&h).ok().flatten(),
+            Some(Presented::ApiKey("pk_live_abc"))
+        );
+        let h = headers(&[("x-api-key", "pk_live_abc")]);
+        assert_eq!(
+            presented(&h).ok().flatten(),
+            Some(Presented::ApiKey("pk_live_abc"))
+        );
+        let h = headers(&[("authorization", "Bearer eyJhbGciOi")]);
+        assert_eq!(
+            presented(&h).ok().flatten(),
+            Some(Presented::Bearer("eyJhbGciOi"))
+        );
+        assert_eq!(presented(&HeaderMap::new()).ok().flatten(), None);
+    }
+
+    #[test]
+    fn duplicate_or_conflicting_credentials_are_ambiguous() {
+        for h in [
+            headers(&[
+                ("authorization", "Bearer pk_a"),
+                ("authorization", "Bearer pk_b"),
+            ]),
+            headers(&[("x-api-key", "pk_a"), ("x-api-key", "pk_a")]),
+            headers(&[("authorization", "Bearer pk_a"), ("x-api-key", "pk_b")]),
+        ] {
+            assert!(
+                matches!(presented(&h), Err(ProxyError::AmbiguousRequest(_))),
+                "{h:?}"
+            );
+        }
+        // The same key in both places is not ambiguous.
+        let h = headers(&[("authorization", "Bearer pk_a"), ("x-api-key", "pk_a")]);
+        assert_eq!(
+            presented(&h).ok().flatten(),
+            Some(Presented::ApiKey("pk_a"))
+        );
+    }
+}

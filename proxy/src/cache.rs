@@ -1,0 +1,608 @@
+//! The policy cache: what the proxy enforces, without a database round trip per request.
+//!
+//! * An immutable [`Snapshot`] (routes, roles with their permissions, global IP rules) swapped
+//!   atomically when any of those change.
+//! * Lazily loaded entries per API key (by lookup prefix) and per principal (groups, bindings,
+//!   grants), evicted exactly when the change feed says they changed.
+//!
+//! The change feed (`policy_change`) is polled every `policy_poll_interval_ms` (≤ 1 s, so a
+//! revocation applies on every instance within a second). Ids come from a sequence, and on
+//! PostgreSQL concurrent transactions can commit out of id order; ids skipped by a poll are
+//! therefore re-checked for a while (see [`Gaps`]) instead of being lost.
+//!
+//! If the database is unreachable the cache keeps serving what it holds for
+//! `policy_max_staleness_secs`, then [`PolicyCache::check_fresh`] fails closed.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use entity::{
+    api_key, group_membership, incident_grant, ip_rule, permission, policy_change, principal, role,
+    role_binding, route,
+};
+use ipnet::IpNet;
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
+use uuid::Uuid;
+
+use crate::{
+    keys::TokenHash,
+    policy::{
+        Binding, BindingId, Grant, GrantId, MethodSet, PathGlob, Permission, PrincipalId, Role,
+        RoleId, Roles,
+    },
+    routes::{AuthMethod, IpRule, Route, RouteTable},
+};
+
+/// Entity kinds written to the change feed. THE API AND THE PROXY MUST AGREE ON THESE.
+pub mod kind {
+    /// An API key (entity id = key id).
+    pub const API_KEY: &str = "api_key";
+    /// A principal or its group memberships (entity id = principal id).
+    pub const PRINCIPAL: &str = "principal";
+    /// A role binding (entity id = id of the principal it binds).
+    pub const ROLE_BINDING: &str = "role_binding";
+    /// An incident grant (entity id = id of the grantee principal).
+    pub const INCIDENT_GRANT: &str = "incident_grant";
+    /// A role or its permissions (entity id = role id).
+    pub const ROLE: &str = "role";
+    /// A route (entity id = route id).
+    pub const ROUTE: &str = "route";
+    /// An IP rule (entity id = rule id).
+    pub const IP_RULE: &str = "ip_rule";
+}
+
+/// Everything that changes rarely and is needed by every request.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Routes, most specific first.
+    pub routes: RouteTable,
+    /// Roles and their permissions.
+    pub roles: Roles,
+    /// IP rules that apply to every route.
+    pub global_ip_rules: Vec<IpRule>,
+}
+
+/// An API key as enforced.
+#[derive(Debug, Clone)]
+pub struct KeyEntry {
+    /// Key id.
+    pub id: Uuid,
+    /// Owner.
+    pub principal_id: Uuid,
+    /// HMAC of the secret.
+    pub hash: TokenHash,
+    /// Expiry.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Set when revoked.
+    pub revoked: bool,
+    /// Set while suspended.
+    pub suspended: bool,
+    /// Whether each use must be counted against `remaining_uses`.
+    pub has_quota: bool,
+    /// Per-key rate limit (requests per minute, burst).
+    pub rate_limit: Option<(u32, u32)>,
+}
+
+/// A principal as enforced: its groups, every binding that applies and its active grants.
+#[derive(Debug, Clone)]
+pub struct PrincipalEntry {
+    /// Principal id.
+    pub id: PrincipalId,
+    /// Disabled principals authenticate nothing.
+    pub disabled: bool,
+    /// Groups the principal belongs to.
+    pub group_ids: Vec<PrincipalId>,
+    /// Own bindings and its groups' bindings.
+    pub bindings: Vec<Binding>,
+    /// Incident grants that are approved and not yet expired or revoked.
+    pub grants: Vec<Grant>,
+    loaded_at: Instant,
+}
+
+/// Entries are also reloaded after this long, as a backstop to the change feed.
+const ENTRY_MAX_AGE: Duration = Duration::from_secs(300);
+/// Unknown prefixes remembered (so random keys cannot make every request hit the database).
+const MAX_NEGATIVE_KEYS: usize = 10_000;
+/// How long an id skipped by a poll is re-checked before it is assumed rolled back.
+const GAP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The cache shared by every request of one proxy instance.
+pub struct PolicyCache {
+    db: DatabaseConnection,
+    snapshot: ArcSwap<Snapshot>,
+    /// `None` = known not to exist.
+    keys: RwLock<HashMap<String, Option<Arc<KeyEntry>>>>,
+    principals: RwLock<HashMap<Uuid, Arc<PrincipalEntry>>>,
+    /// Bumped by every eviction, so a load that raced with one is not cached.
+    generation: AtomicU64,
+    cursor: AtomicI64,
+    gaps: std::sync::Mutex<Gaps>,
+    started: Instant,
+    /// Milliseconds after `started` of the last successful sync with the database.
+    last_sync_ms: AtomicU64,
+    max_staleness: Duration,
+}
+
+/// Feed ids below the cursor that were not seen yet, with when they were first missed.
+#[derive(Debug, Default)]
+struct Gaps(BTreeMap<i64, Instant>);
+
+/// A database failure while loading policy; the request fails closed.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The database could not be reached or queried.
+    #[error("policy could not be loaded")]
+    Database(#[from] DbErr),
+    /// Policy is older than the allowed staleness.
+    #[error("policy is stale")]
+    Stale,
+}
+
+impl PolicyCache {
+    /// Loads the snapshot and positions the feed cursor at the current end of the feed.
+    pub async fn load(db: DatabaseConnection, max_staleness: Duration) -> Result<Self, DbErr> {
+        // Cursor first: changes made while the snapshot loads are applied again, not missed.
+        let cursor = policy_change::Entity::find()
+            .order_by_desc(policy_change::Column::Id)
+            .one(&db)
+            .await?
+            .map_or(0, |c| c.id);
+        let snapshot = load_snapshot(&db).await?;
+        Ok(Self {
+            db,
+            snapshot: ArcSwap::from_pointee(snapshot),
+            keys: RwLock::default(),
+            principals: RwLock::default(),
+            generation: AtomicU64::new(0),
+            cursor: AtomicI64::new(cursor),
+            gaps: std::sync::Mutex::default(),
+            started: Instant::now(),
+            last_sync_ms: AtomicU64::new(0),
+            max_staleness,
+        })
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
+    /// Fails when the database has not been reachable for longer than the allowed staleness.
+    pub fn check_fresh(&self) -> Result<(), CacheError> {
+        let since_start = self.started.elapsed().as_millis() as u64;
+        let last = self.last_sync_ms.load(Ordering::Relaxed);
+        if Duration::from_millis(since_start.saturating_sub(last)) > self.max_staleness {
+            return Err(CacheError::Stale);
+        }
+        Ok(())
+    }
+
+    /// The key with this lookup prefix, loading it on a miss.
+    pub async fn key(&self, prefix: &str) -> Result<Option<Arc<KeyEntry>>, CacheError> {
+        if let Some(entry) = read(&self.keys).get(prefix) {
+            return Ok(entry.clone());
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let row = api_key::Entity::find()
+            .filter(api_key::Column::Prefix.eq(prefix))
+            .one(&self.db)
+            .await?;
+        let entry = row.and_then(|row| key_entry(&row)).map(Arc::new);
+        let mut keys = write(&self.keys);
+        if self.generation.load(Ordering::Acquire) == generation {
+            if entry.is_none() && keys.len() >= MAX_NEGATIVE_KEYS {
+                keys.retain(|_, e| e.is_some());
+            }
+            keys.insert(prefix.to_owned(), entry.clone());
+        }
+        Ok(entry)
+    }
+
+    /// The principal with its bindings and grants, loading it on a miss.
+    pub async fn principal(
+        &self,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Arc<PrincipalEntry>>, CacheError> {
+        if let Some(entry) = read(&self.principals).get(&id)
+            && entry.loaded_at.elapsed() < ENTRY_MAX_AGE
+        {
+            return Ok(Some(entry.clone()));
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let Some(entry) = load_principal(&self.db, id, now).await? else {
+            return Ok(None);
+        };
+        let entry = Arc::new(entry);
+        if self.generation.load(Ordering::Acquire) == generation {
+            write(&self.principals).insert(id, entry.clone());
+        }
+        Ok(Some(entry))
+    }
+
+    /// Applies new feed entries. Returns how many were applied.
+    pub async fn sync(&self) -> Result<usize, DbErr> {
+        let cursor = self.cursor.load(Ordering::Acquire);
+        let pending_gaps: Vec<i64> = lock(&self.gaps).0.keys().copied().collect();
+        let mut changes = policy_change::Entity::find()
+            .filter(policy_change::Column::Id.gt(cursor))
+            .order_by_asc(policy_change::Column::Id)
+            .limit(1_000)
+            .all(&self.db)
+            .await?;
+        if !pending_gaps.is_empty() {
+            let late = policy_change::Entity::find()
+                .filter(policy_change::Column::Id.is_in(pending_gaps))
+                .all(&self.db)
+                .await?;
+            changes.extend(late);
+        }
+        self.record_gaps(cursor, &changes);
+        let applied = changes.len();
+        if applied > 0 {
+            self.apply(&changes).await?;
+            if let Some(max) = changes.iter().map(|c| c.id).max() {
+                self.cursor.fetch_max(max, Ordering::AcqRel);
+            }
+        }
+        self.last_sync_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        Ok(applied)
+    }
+
+    fn record_gaps(&self, cursor: i64, changes: &[policy_change::Model]) {
+        let mut gaps = lock(&self.gaps);
+        let now = Instant::now();
+        for change in changes {
+            gaps.0.remove(&change.id);
+        }
+        let mut expected = cursor + 1;
+        let mut fresh: Vec<i64> = changes
+            .iter()
+            .map(|c| c.id)
+            .filter(|id| *id > cursor)
+            .collect();
+        fresh.sort_unstable();
+        for id in fresh {
+            for missing in expected..id {
+                gaps.0.entry(missing).or_insert(now);
+            }
+            expected = id + 1;
+        }
+        gaps.0.retain(|_, since| since.elapsed() < GAP_TIMEOUT);
+    }
+
+    async fn apply(&self, changes: &[policy_change::Model]) -> Result<(), DbErr> {
+        let mut reload_snapshot = false;
+        let mut keys_changed = Vec::new();
+        let mut principals_changed = Vec::new();
+        for change in changes {
+            let id = Uuid::parse_str(&change.entity_id).ok();
+            match change.entity_kind.as_str() {
+                kind::API_KEY => keys_changed.extend(id),
+                kind::PRINCIPAL | kind::ROLE_BINDING | kind::INCIDENT_GRANT => {
+                    principals_changed.extend(id)
+                }
+                kind::ROLE | kind::ROUTE | kind::IP_RULE => reload_snapshot = true,
+                other => tracing::warn!(
+                    kind = other,
+                    "unknown entity kind in the policy change feed"
+                ),
+            }
+        }
+        if !keys_changed.is_empty() {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            let mut keys = write(&self.keys);
+            // Forget negative entries too: a changed key may be a new one.
+            keys.retain(|_, entry| {
+                entry
+                    .as_ref()
+                    .is_some_and(|e| !keys_changed.contains(&e.id))
+            });
+        }
+        if !principals_changed.is_empty() {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            let mut principals = write(&self.principals);
+            // A change to a group changes every member's effective bindings.
+            principals.retain(|id, entry| {
+                !principals_changed.contains(id)
+                    && !entry
+                        .group_ids
+                        .iter()
+                        .any(|g| principals_changed.contains(&g.0))
+            });
+        }
+        if reload_snapshot {
+            let snapshot = load_snapshot(&self.db).await?;
+            self.snapshot.store(Arc::new(snapshot));
+        }
+        Ok(())
+    }
+
+    /// Polls the feed until `stop` resolves.
+    pub async fn run_sync(
+        self: Arc<Self>,
+        interval: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if let Err(error) = self.sync().await {
+                tracing::warn!(%error, "policy change feed poll failed; serving from cache");
+                metrics::counter!("portcullis_policy_sync_failures_total").increment(1);
+            }
+        }
+    }
+
+    /// Forgets every lazily loaded entry (tests and emergency use).
+    pub fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        write(&self.keys).clear();
+        write(&self.principals).clear();
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // Writers never panic while holding these locks; recover rather than fail every request.
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn lock<T>(lock: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    lock.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn key_entry(row: &api_key::Model) -> Option<KeyEntry> {
+    let Ok(hash) = TokenHash::from_hex(&row.hash) else {
+        tracing::error!(key_id = %row.id, "stored key hash is malformed; the key cannot authenticate");
+        return None;
+    };
+    let rate_limit = match (row.rate_limit_per_minute, row.rate_limit_burst) {
+        (Some(rate), burst) if rate > 0 => Some((rate as u32, burst.unwrap_or(rate).max(1) as u32)),
+        _ => None,
+    };
+    Some(KeyEntry {
+        id: row.id,
+        principal_id: row.principal_id,
+        hash,
+        expires_at: row.expires_at,
+        revoked: row.revoked_at.is_some(),
+        suspended: row.suspended_at.is_some(),
+        has_quota: row.remaining_uses.is_some(),
+        rate_limit,
+    })
+}
+
+fn json_strings(value: &serde_json::Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn methods(value: &serde_json::Value) -> Vec<http::Method> {
+    json_strings(value)
+        .iter()
+        .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+        .collect()
+}
+
+fn compile_permission(row: &permission::Model) -> Option<Permission> {
+    let path = match PathGlob::parse(&row.path_glob) {
+        Ok(glob) => glob,
+        Err(error) => {
+            // Fail closed: a permission we cannot understand grants nothing.
+            tracing::error!(permission_id = %row.id, %error, "invalid path glob; permission ignored");
+            return None;
+        }
+    };
+    Some(Permission {
+        id: row.id,
+        name: row.name.clone(),
+        methods: MethodSet::from_methods(methods(&row.methods)),
+        path,
+        route_id: row.route_id,
+    })
+}
+
+fn parse_ip_rule(row: &ip_rule::Model) -> Option<IpRule> {
+    match row
+        .cidr
+        .parse::<IpNet>()
+        .or_else(|_| row.cidr.parse::<IpAddr>().map(IpNet::from))
+    {
+        Ok(net) => Some(IpRule {
+            id: row.id,
+            net,
+            allow: row.action == ip_rule::IpRuleAction::Allow,
+            expires_at: row.expires_at,
+        }),
+        Err(_) => {
+            tracing::error!(rule_id = %row.id, "invalid CIDR in IP rule; rule ignored");
+            None
+        }
+    }
+}
+
+async fn load_snapshot(db: &DatabaseConnection) -> Result<Snapshot, DbErr> {
+    let roles = role::Entity::find().all(db).await?;
+    let mut permissions: HashMap<Uuid, Vec<Permission>> = HashMap::new();
+    for row in permission::Entity::find().all(db).await? {
+        if let Some(p) = compile_permission(&row) {
+            permissions.entry(row.role_id).or_default().push(p);
+        }
+    }
+    let roles = Roles::new(roles.into_iter().map(|r| Role {
+        id: RoleId(r.id),
+        name: r.name,
+        permissions: permissions.remove(&r.id).unwrap_or_default(),
+    }));
+
+    let mut route_rules: HashMap<Uuid, Vec<IpRule>> = HashMap::new();
+    let mut global_ip_rules = Vec::new();
+    for row in ip_rule::Entity::find().all(db).await? {
+        let Some(rule) = parse_ip_rule(&row) else {
+            continue;
+        };
+        match row.route_id {
+            Some(route_id) => route_rules.entry(route_id).or_default().push(rule),
+            None => global_ip_rules.push(rule),
+        }
+    }
+
+    let mut routes = Vec::new();
+    for row in route::Entity::find()
+        .filter(route::Column::Enabled.eq(true))
+        .all(db)
+        .await?
+    {
+        let upstream: http::Uri = match row.upstream_url.parse() {
+            Ok(uri) => uri,
+            Err(_) => {
+                tracing::error!(route = %row.name, "invalid upstream URL; route disabled");
+                continue;
+            }
+        };
+        let auth_methods = json_strings(&row.auth_methods)
+            .iter()
+            .filter_map(|m| AuthMethod::parse(m))
+            .collect();
+        routes.push(Route {
+            id: row.id,
+            name: row.name.clone(),
+            host: row.host.as_ref().map(|h| h.to_ascii_lowercase()),
+            path_prefix: row.path_prefix.trim_end_matches('/').to_owned(),
+            methods: methods(&row.methods),
+            upstream,
+            strip_prefix: row.strip_prefix,
+            auth_methods,
+            required_permission: row.required_permission.clone(),
+            timeout: row
+                .timeout_ms
+                .filter(|ms| *ms > 0)
+                .map(|ms| Duration::from_millis(ms as u64)),
+            ip_rules: route_rules.remove(&row.id).unwrap_or_default(),
+        });
+    }
+    Ok(Snapshot {
+        routes: RouteTable::new(routes),
+        roles,
+        global_ip_rules,
+    })
+}
+
+async fn load_principal(
+    db: &DatabaseConnection,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<PrincipalEntry>, DbErr> {
+    let Some(principal) = principal::Entity::find_by_id(id).one(db).await? else {
+        return Ok(None);
+    };
+    let group_ids: Vec<Uuid> = group_membership::Entity::find()
+        .filter(group_membership::Column::MemberId.eq(id))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|m| m.group_id)
+        .collect();
+    let mut subjects = group_ids.clone();
+    subjects.push(id);
+    let bindings = role_binding::Entity::find()
+        .filter(role_binding::Column::PrincipalId.is_in(subjects))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|b| Binding {
+            id: BindingId(b.id),
+            role_id: RoleId(b.role_id),
+            principal_id: PrincipalId(b.principal_id),
+            expires_at: b.expires_at,
+            cidrs: b
+                .conditions
+                .get("cidrs")
+                .map(json_strings)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|c| c.parse().ok())
+                .collect(),
+        })
+        .collect();
+    let grants = incident_grant::Entity::find()
+        .filter(incident_grant::Column::RequesterId.eq(id))
+        .filter(incident_grant::Column::Status.eq(incident_grant::IncidentGrantStatus::Approved))
+        .filter(incident_grant::Column::ExpiresAt.gt(now))
+        .all(db)
+        .await?
+        .into_iter()
+        .filter_map(|g| {
+            Some(Grant {
+                id: GrantId(g.id),
+                principal_id: PrincipalId(g.requester_id),
+                role_id: g.role_id.map(RoleId),
+                permissions: grant_permissions(&g.permissions),
+                expires_at: g.expires_at?,
+                revoked: g.revoked_at.is_some(),
+            })
+        })
+        .collect();
+    Ok(Some(PrincipalEntry {
+        id: PrincipalId(principal.id),
+        disabled: principal.disabled,
+        group_ids: group_ids.into_iter().map(PrincipalId).collect(),
+        bindings,
+        grants,
+        loaded_at: Instant::now(),
+    }))
+}
+
+/// Grant permissions are stored as `[{name, methods, path_glob}]`.
+fn grant_permissions(value: &serde_json::Value) -> Vec<Permission> {
+    value
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|item| {
+                    let path = PathGlob::parse(item.get("path_glob")?.as_str()?).ok()?;
+                    Some(Permission {
+                        id: Uuid::nil(),
+                        name: item.get("name")?.as_str()?.to_owned(),
+                        methods: MethodSet::from_methods(
+                            item.get("methods").map(methods).unwrap_or_default(),
+                        ),
+                        path,
+                        route_id: None,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

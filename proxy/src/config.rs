@@ -1,0 +1,76 @@
+//! Proxy tuning, read from `PORTCULLIS_PROXY__*` (or the `[proxy]` table of the config file).
+
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Settings of the request pipeline. Every field has a safe default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Peers whose `X-Forwarded-For` is believed (API Gateway, a load balancer). Empty: none.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Largest request body forwarded, in bytes; larger bodies get 413.
+    pub max_body_bytes: u64,
+    /// Time allowed to connect to an upstream.
+    pub connect_timeout_ms: u64,
+    /// Time allowed for the upstream to start answering (per-route `timeout_ms` overrides it).
+    pub upstream_timeout_ms: u64,
+    /// How often the policy change feed is polled.
+    pub policy_poll_interval_ms: u64,
+    /// How long the proxy serves from its cache while the database is unreachable.
+    pub policy_max_staleness_secs: u64,
+    /// Accept `;` path parameters (rejected by default: upstreams disagree about them).
+    pub allow_semicolon_params: bool,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            max_body_bytes: 10 * 1024 * 1024,
+            connect_timeout_ms: 2_000,
+            upstream_timeout_ms: 30_000,
+            policy_poll_interval_ms: 250,
+            policy_max_staleness_secs: 60,
+            allow_semicolon_params: false,
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// Checks values that parse but make no sense; returns the variable and the problem.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.connect_timeout_ms == 0 {
+            return Err((
+                "PORTCULLIS_PROXY__CONNECT_TIMEOUT_MS",
+                "must be greater than 0".into(),
+            ));
+        }
+        if self.upstream_timeout_ms == 0 {
+            return Err((
+                "PORTCULLIS_PROXY__UPSTREAM_TIMEOUT_MS",
+                "must be greater than 0".into(),
+            ));
+        }
+        if self.policy_poll_interval_ms == 0 || self.policy_poll_interval_ms > 1_000 {
+            // Revocation must reach every instance within a second.
+            return Err((
+                "PORTCULLIS_PROXY__POLICY_POLL_INTERVAL_MS",
+                "must be between 1 and 1000 (revocations must apply within 1 s)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`Self::connect_timeout_ms`] as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// [`Self::upstream_timeout_ms`] as a duration.
+    pub fn upstream_timeout(&self) -> Duration {
+        Duration::from_millis(self.upstream_timeout_ms)
+    }
+}

@@ -1,0 +1,246 @@
+//! Forwarding to the upstream: streaming bodies both ways, header hygiene, timeouts.
+
+use std::{net::IpAddr, time::Duration};
+
+use axum::body::Body;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+
+use crate::error::ProxyError;
+
+/// The pooled upstream client.
+pub type UpstreamClient = Client<HttpConnector, Body>;
+
+/// Builds the pooled client with a connect timeout.
+pub fn client(connect_timeout: Duration) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector)
+}
+
+/// Headers that describe one hop (RFC 9110 §7.6.1) and never travel further.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Headers a client must never be able to set on the upstream request: credentials we
+/// consumed, identity and forwarding headers we own, and rewrites some frameworks obey.
+const STRIPPED_FROM_CLIENT: [&str; 12] = [
+    "authorization",
+    "x-api-key",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Prefix of the identity headers the proxy adds; client copies are removed.
+pub const IDENTITY_PREFIX: &str = "x-portcullis-";
+
+/// Who the upstream is told made the request.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// Principal id.
+    pub principal: Option<String>,
+    /// API key id.
+    pub key_id: Option<String>,
+    /// Incident grant id.
+    pub grant_id: Option<String>,
+}
+
+/// Removes hop-by-hop headers, including those named by `Connection`.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Rewrites the client's headers into the upstream request's headers.
+pub fn upstream_headers(
+    mut headers: HeaderMap,
+    client_ip: IpAddr,
+    original_host: Option<&str>,
+    proto: &str,
+    identity: &Identity,
+    request_id: &str,
+) -> HeaderMap {
+    strip_hop_by_hop(&mut headers);
+    for name in STRIPPED_FROM_CLIENT {
+        headers.remove(name);
+    }
+    let own: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(IDENTITY_PREFIX))
+        .cloned()
+        .collect();
+    for name in own {
+        headers.remove(name);
+    }
+    // The upstream gets its own Host from the URI.
+    headers.remove(header::HOST);
+    let mut set = |name: &'static str, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    set("x-forwarded-for", &client_ip.to_string());
+    set("x-forwarded-proto", proto);
+    if let Some(host) = original_host {
+        set("x-forwarded-host", host);
+    }
+    set("x-request-id", request_id);
+    if let Some(principal) = &identity.principal {
+        set("x-portcullis-principal", principal);
+    }
+    if let Some(key) = &identity.key_id {
+        set("x-portcullis-key-id", key);
+    }
+    if let Some(grant) = &identity.grant_id {
+        set("x-portcullis-grant-id", grant);
+    }
+    headers
+}
+
+/// The upstream URI for a route's base and the path/query to forward.
+pub fn upstream_uri(base: &Uri, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+    let path_and_query = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ProxyError::Internal(Box::new(e)))?,
+    );
+    Uri::from_parts(parts).map_err(|e| ProxyError::Internal(Box::new(e)))
+}
+
+/// Sends the request; the response body streams back untouched except for hop-by-hop headers.
+pub async fn send(
+    client: &UpstreamClient,
+    request: Request<Body>,
+    timeout: Duration,
+) -> Result<Response<Body>, ProxyError> {
+    let response = match tokio::time::timeout(timeout, client.request(request)).await {
+        Err(_) => return Err(ProxyError::UpstreamTimeout),
+        Ok(Err(error)) => {
+            if error.is_connect() && is_timeout(&error) {
+                return Err(ProxyError::UpstreamTimeout);
+            }
+            return Err(ProxyError::UpstreamUnavailable(Box::new(error)));
+        }
+        Ok(Ok(response)) => response,
+    };
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_credentials_identity_and_rewrite_headers_never_reach_the_upstream() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("authorization", "Bearer pk_live_x"),
+            ("x-api-key", "pk_live_x"),
+            ("x-portcullis-principal", "spoofed"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-original-url", "/admin"),
+            ("x-http-method-override", "DELETE"),
+            ("connection", "close, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("accept", "application/json"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let identity = Identity {
+            principal: Some("p1".into()),
+            key_id: Some("k1".into()),
+            grant_id: None,
+        };
+        let out = upstream_headers(
+            headers,
+            "10.0.0.7".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            Some("api.example"),
+            "http",
+            &identity,
+            "rid",
+        );
+        assert_eq!(
+            out.get("x-forwarded-for").map(|v| v.as_bytes()),
+            Some(&b"10.0.0.7"[..])
+        );
+        assert_eq!(
+            out.get("x-portcullis-principal").map(|v| v.as_bytes()),
+            Some(&b"p1"[..])
+        );
+        assert_eq!(out.get_all("x-forwarded-for").iter().count(), 1);
+        for gone in [
+            "authorization",
+            "x-api-key",
+            "x-original-url",
+            "x-http-method-override",
+            "connection",
+            "x-secret-hop",
+            "x-portcullis-grant-id",
+        ] {
+            assert!(out.get(gone).is_none(), "{gone} was forwarded");
+        }
+        assert!(out.get("accept").is_some());
+    }
+
+    #[test]
+    fn upstream_uri_keeps_the_query() {
+        let base: Uri = "http://127.0.0.1:9/".parse().unwrap_or_default();
+        let uri = upstream_uri(&base, "/a/b", Some("x=1&y=%2F"))
+            .map(|u| u.to_string())
+            .ok();
+        assert_eq!(uri.as_deref(), Some("http://127.0.0.1:9/a/b?x=1&y=%2F"));
+    }
+}

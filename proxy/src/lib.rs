@@ -1,0 +1,34 @@
+//! The data plane of Portcullis: the request pipeline that every proxied request goes through
+//! (normalise, route, IP rules, authenticate, authorize, quota, forward, audit), the policy
+//! cache fed by the change feed, and the pure policy core (`policy`, `keys`, `normalize`) that
+//! the management API reuses so that what it simulates is exactly what is enforced.
+//!
+//! Depends on `entity` only; never on `api`. [`router`] is a plain function so the same router
+//! runs under `axum::serve` and under `lambda_http`.
+
+pub mod audit;
+pub mod authn;
+pub mod cache;
+mod config;
+pub mod error;
+pub mod forward;
+pub mod keys;
+pub mod normalize;
+pub mod pipeline;
+pub mod policy;
+pub mod request_id;
+pub mod routes;
+pub mod state;
+
+use axum::Router;
+
+pub use crate::{config::ProxyConfig, state::ProxyState};
+
+/// The proxy: every path, every method goes through [`pipeline::handle`].
+///
+/// Serve it with `into_make_service_with_connect_info::<SocketAddr>()`: the client address
+/// comes from the socket.
+pub fn router(state: ProxyState) -> Router {
+    let router = Router::new().fallback(pipeline::handle).with_state(state);
+    request_id::layer(router, "proxy")
+}

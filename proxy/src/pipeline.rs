@@ -1,0 +1,395 @@
+//! The request pipeline, in named steps (DESIGN.md "Request pipeline"):
+//! normalise → route → IP rules → authenticate → authorize → quota → forward → audit.
+//!
+//! Every request, allowed or refused, produces exactly one audit event.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Instant,
+};
+
+use axum::{
+    body::Body,
+    extract::{ConnectInfo, Request, State},
+    response::Response,
+};
+use chrono::Utc;
+use entity::audit_event::{AuditDecision, AuditEventKind};
+use http::{HeaderMap, header};
+use ipnet::IpNet;
+
+use crate::{
+    audit::AuditRecord,
+    authn::{self, AuthFailure, Authenticated, Presented, Refused},
+    error::{ProxyError, rescue},
+    forward::{self, Identity},
+    normalize,
+    policy::{self, RequestFacts, Subject},
+    request_id,
+    routes::{AuthMethod, Route, ip_permitted},
+    state::ProxyState,
+};
+
+/// The axum handler behind every proxied path.
+pub async fn handle(
+    State(state): State<ProxyState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let started = Instant::now();
+    let request_id = request_id::of(&request).unwrap_or("-").to_owned();
+    let mut audit = AuditRecord::new(AuditEventKind::ProxyRequest, "");
+    audit.request_id = Some(request_id.clone());
+    audit.method = Some(request.method().as_str().to_owned());
+    let response = match run(&state, peer, request, &mut audit).await {
+        Ok(response) => {
+            audit.decision = Some(AuditDecision::Allow);
+            response
+        }
+        Err(error) => {
+            // Upstream failures happen after an allow decision; keep it.
+            if audit.decision.is_none() {
+                audit.decision = Some(AuditDecision::Deny);
+            }
+            if audit.reason.is_empty() || audit.decision == Some(AuditDecision::Deny) {
+                audit.reason = error.audit_reason();
+            } else {
+                audit.reason = format!("{}; {}", audit.reason, error.code());
+            }
+            rescue(&error, &request_id)
+        }
+    };
+    audit.status = Some(i32::from(response.status().as_u16()));
+    audit.latency_us = Some(started.elapsed().as_micros() as i64);
+    metrics::counter!(
+        "portcullis_proxy_requests_total",
+        "decision" => if audit.decision == Some(AuditDecision::Allow) { "allow" } else { "deny" },
+    )
+    .increment(1);
+    // Waits when the audit writer is behind: back-pressure instead of loss.
+    state.audit.record(audit).await;
+    response
+}
+
+async fn run(
+    state: &ProxyState,
+    peer: SocketAddr,
+    request: Request,
+    audit: &mut AuditRecord,
+) -> Result<Response, ProxyError> {
+    let client_ip = client_ip(peer.ip(), request.headers(), &state.config.trusted_proxies)?;
+    audit.client_ip = Some(client_ip.to_string());
+    state.cache.check_fresh()?;
+
+    // 1. Normalise the target; the rest of the pipeline and the upstream see only this.
+    let host = host(&request)?;
+    let (path, query) =
+        normalize::split_target_with(request.uri(), host.as_deref(), &state.normalize)?;
+    audit.path = Some(path.clone());
+
+    // 2. Route.
+    let now = Utc::now();
+    let snapshot = state.cache.snapshot();
+    let host_name = host.as_deref().map(strip_port);
+    let route = snapshot
+        .routes
+        .find(host_name, &path, request.method())
+        .ok_or(ProxyError::NoRoute)?;
+    audit.route_id = Some(route.id);
+
+    // 3. IP rules, global then the route's.
+    if !ip_permitted(&snapshot.global_ip_rules, client_ip, now)
+        || !ip_permitted(&route.ip_rules, client_ip, now)
+    {
+        return Err(ProxyError::IpBlocked);
+    }
+
+    // 4. Authenticate.
+    let caller = match authenticate(state, &route, request.headers(), now).await {
+        Ok(caller) => caller,
+        Err(refused) => {
+            audit.api_key_id = refused.key_id;
+            audit.principal_id = refused.principal_id;
+            return Err(refused.error);
+        }
+    };
+
+    // 5. Authorize.
+    if let Some(caller) = &caller {
+        audit.principal_id = Some(caller.principal_id);
+        audit.api_key_id = caller.key_id;
+        audit.grant_id = caller.grant_id;
+        let principal = state
+            .cache
+            .principal(caller.principal_id, now)
+            .await?
+            .filter(|p| !p.disabled)
+            .ok_or(ProxyError::Unauthenticated(AuthFailure::PrincipalDisabled))?;
+        let subject = Subject {
+            principal_id: principal.id,
+            group_ids: &principal.group_ids,
+            bindings: &principal.bindings,
+            grants: &principal.grants,
+        };
+        let facts = RequestFacts {
+            method: request.method(),
+            path: &path,
+            route_id: Some(route.id),
+            client_ip,
+            now,
+            required_permission: route.required_permission.as_deref(),
+        };
+        let decision = policy::evaluate(&snapshot.roles, &subject, &facts);
+        if !decision.allowed {
+            return Err(ProxyError::Forbidden(decision.reason));
+        }
+        audit.reason = decision.reason.to_string();
+        audit.decision = Some(AuditDecision::Allow);
+
+        // 6. Quota (after authorization, so refused requests spend nothing).
+        if let Some(key_id) = caller.key_id
+            && caller.has_quota
+            && !authn::spend_quota(&state.db, key_id, now)
+                .await
+                .map_err(|e| ProxyError::Internal(Box::new(e)))?
+        {
+            audit.decision = None;
+            return Err(ProxyError::QuotaExhausted);
+        }
+    } else {
+        audit.reason = "anonymous_route".into();
+        audit.decision = Some(AuditDecision::Allow);
+    }
+    drop(snapshot);
+
+    // 7. Forward.
+    forward_request(
+        state,
+        &route,
+        request,
+        client_ip,
+        &path,
+        query.as_deref(),
+        host.as_deref(),
+        caller.as_ref(),
+    )
+    .await
+}
+
+async fn authenticate(
+    state: &ProxyState,
+    route: &Route,
+    headers: &HeaderMap,
+    now: chrono::DateTime<Utc>,
+) -> Result<Option<Authenticated>, Refused> {
+    let accepts = |m| route.auth_methods.contains(&m);
+    match authn::presented(headers)? {
+        None if accepts(AuthMethod::Anonymous) => Ok(None),
+        None => Err(ProxyError::Unauthenticated(AuthFailure::MissingCredential).into()),
+        Some(Presented::ApiKey(_)) if !accepts(AuthMethod::ApiKey) => {
+            Err(ProxyError::Unauthenticated(AuthFailure::MethodNotAccepted).into())
+        }
+        Some(Presented::ApiKey(raw)) => {
+            let key = authn::verify_api_key(&state.cache, &state.hasher, raw, now).await?;
+            Ok(Some(Authenticated {
+                principal_id: key.principal_id,
+                key_id: Some(key.id),
+                grant_id: None,
+                method: AuthMethod::ApiKey,
+                key_rate_limit: key.rate_limit,
+                has_quota: key.has_quota,
+            }))
+        }
+        // OIDC and grant tokens are verified by authenticators still to come; until then they
+        // are refused, never waved through.
+        Some(Presented::Bearer(_)) => {
+            Err(ProxyError::Unauthenticated(AuthFailure::MethodNotAccepted).into())
+        }
+    }
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the pieces come from different steps"
+)]
+async fn forward_request(
+    state: &ProxyState,
+    route: &Route,
+    request: Request,
+    client_ip: IpAddr,
+    path: &str,
+    query: Option<&str>,
+    host: Option<&str>,
+    caller: Option<&Authenticated>,
+) -> Result<Response, ProxyError> {
+    let (parts, body) = request.into_parts();
+    let max = state.config.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(ProxyError::PayloadTooLarge);
+    }
+    let identity = Identity {
+        principal: caller.map(|c| c.principal_id.to_string()),
+        key_id: caller.and_then(|c| c.key_id).map(|k| k.to_string()),
+        grant_id: caller.and_then(|c| c.grant_id).map(|g| g.to_string()),
+    };
+    let request_id = request_id::of_headers(&parts.headers)
+        .unwrap_or("-")
+        .to_owned();
+    let uri = forward::upstream_uri(&route.upstream, &route.upstream_path(path), query)?;
+    let headers = forward::upstream_headers(
+        parts.headers,
+        client_ip,
+        host,
+        "http",
+        &identity,
+        &request_id,
+    );
+    let mut upstream = http::Request::builder()
+        .method(parts.method)
+        .uri(uri)
+        .body(Body::new(http_body_util::Limited::new(body, max as usize)))
+        .map_err(|e| ProxyError::Internal(Box::new(e)))?;
+    *upstream.headers_mut() = headers;
+    let timeout = route
+        .timeout
+        .unwrap_or_else(|| state.config.upstream_timeout());
+    forward::send(&state.client, upstream, timeout)
+        .await
+        .map_err(|error| match error {
+            ProxyError::UpstreamUnavailable(source) if caused_by_length_limit(source.as_ref()) => {
+                ProxyError::PayloadTooLarge
+            }
+            other => other,
+        })
+}
+
+fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// The single `Host` (HTTP/1.1) or the URI authority (HTTP/2); two `Host` headers are refused.
+fn host(request: &Request) -> Result<Option<String>, ProxyError> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::AmbiguousRequest("more than one Host header"));
+    }
+    match first {
+        Some(value) => value
+            .to_str()
+            .map(|h| Some(h.to_owned()))
+            .map_err(|_| ProxyError::AmbiguousRequest("Host header is not ASCII")),
+        None => Ok(request.uri().authority().map(|a| a.as_str().to_owned())),
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// The client address: the socket peer, unless the peer is a trusted proxy, in which case the
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy. Entries further left
+/// are client-controlled and never believed.
+pub fn client_ip(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+) -> Result<IpAddr, ProxyError> {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Ok(peer);
+    }
+    let mut client = peer;
+    let entries = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ProxyError::AmbiguousRequest("X-Forwarded-For is not ASCII"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for entry in entries.iter().flat_map(|v| v.split(',')).rev() {
+        let ip: IpAddr = entry.trim().parse().map_err(|_| {
+            ProxyError::AmbiguousRequest("X-Forwarded-For holds an invalid address")
+        })?;
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+
+    #[test]
+    fn x_forwarded_for_is_ignored_from_untrusted_peers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        let got = client_ip(ip("203.0.113.9"), &headers, &[]).ok();
+        assert_eq!(got, Some(ip("203.0.113.9")));
+    }
+
+    #[test]
+    fn the_rightmost_untrusted_hop_is_the_client() {
+        let trusted: Vec<IpNet> = vec![
+            "10.0.0.0/8"
+                .parse()
+                .unwrap_or_else(|_| IpNet::from(ip("10.0.0.0"))),
+        ];
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 198.51.100.7, 10.1.1.1"),
+        );
+        let got = client_ip(ip("10.0.0.2"), &headers, &trusted).ok();
+        assert_eq!(
+            got,
+            Some(ip("198.51.100.7")),
+            "the spoofed left-most entry must not win"
+        );
+    }
+
+    #[test]
+    fn garbage_in_x_forwarded_for_from_a_trusted_peer_is_refused() {
+        let trusted: Vec<IpNet> = vec![
+            "10.0.0.0/8"
+                .parse()
+                .unwrap_or_else(|_| IpNet::from(ip("10.0.0.0"))),
+        ];
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("not-an-ip"));
+        assert!(client_ip(ip("10.0.0.2"), &headers, &trusted).is_err());
+    }
+
+    #[test]
+    fn ports_are_stripped_from_hosts() {
+        assert_eq!(strip_port("api.example:8081"), "api.example");
+        assert_eq!(strip_port("api.example"), "api.example");
+        assert_eq!(strip_port("[::1]:8081"), "::1");
+    }
+}

@@ -1,0 +1,111 @@
+//! Shared state of one proxy instance and its background tasks.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use sea_orm::DatabaseConnection;
+use secrecy::SecretSlice;
+use tokio::{sync::watch, task::JoinHandle};
+
+use crate::{
+    ProxyConfig,
+    audit::{self, AuditSink, AuditWriter},
+    cache::PolicyCache,
+    forward::{self, UpstreamClient},
+    keys::KeyHasher,
+    normalize::NormalizeOptions,
+};
+
+/// Everything a request needs; cheap to clone.
+#[derive(Clone)]
+pub struct ProxyState(Arc<Inner>);
+
+/// The fields behind [`ProxyState`].
+pub struct Inner {
+    /// Validated settings.
+    pub config: ProxyConfig,
+    /// The database (quota updates; the cache loads through it).
+    pub db: DatabaseConnection,
+    /// Cached policy.
+    pub cache: Arc<PolicyCache>,
+    /// Verifies API keys.
+    pub hasher: KeyHasher,
+    /// Pooled upstream client.
+    pub client: UpstreamClient,
+    /// Queues audit events.
+    pub audit: AuditSink,
+    /// Normalisation settings derived from the config.
+    pub normalize: NormalizeOptions,
+    background: tokio::sync::Mutex<Option<Background>>,
+}
+
+struct Background {
+    stop: watch::Sender<bool>,
+    sync: JoinHandle<()>,
+    audit: AuditWriter,
+}
+
+impl std::ops::Deref for ProxyState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl ProxyState {
+    /// Loads policy, starts the change-feed poller and the audit writer.
+    pub async fn start(
+        db: DatabaseConnection,
+        config: ProxyConfig,
+        pepper: &SecretSlice<u8>,
+    ) -> anyhow::Result<Self> {
+        let hasher = KeyHasher::new(pepper).context("invalid key pepper")?;
+        let cache = Arc::new(
+            PolicyCache::load(
+                db.clone(),
+                Duration::from_secs(config.policy_max_staleness_secs),
+            )
+            .await
+            .context("failed to load policy")?,
+        );
+        cache
+            .sync()
+            .await
+            .context("failed to read the policy change feed")?;
+        let (stop, stop_rx) = watch::channel(false);
+        let sync = tokio::spawn(cache.clone().run_sync(
+            Duration::from_millis(config.policy_poll_interval_ms),
+            stop_rx,
+        ));
+        let (audit, audit_writer) = audit::spawn(db.clone());
+        let client = forward::client(config.connect_timeout());
+        let normalize = NormalizeOptions {
+            allow_semicolon_params: config.allow_semicolon_params,
+        };
+        Ok(Self(Arc::new(Inner {
+            config,
+            db,
+            cache,
+            hasher,
+            client,
+            audit,
+            normalize,
+            background: tokio::sync::Mutex::new(Some(Background {
+                stop,
+                sync,
+                audit: audit_writer,
+            })),
+        })))
+    }
+
+    /// Stops polling and flushes every queued audit event. Call after the server stopped
+    /// accepting requests; idempotent.
+    pub async fn shutdown(&self) {
+        let Some(background) = self.background.lock().await.take() else {
+            return;
+        };
+        let _ = background.stop.send(true);
+        let _ = background.sync.await;
+        background.audit.shutdown().await;
+    }
+}
