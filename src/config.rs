@@ -124,6 +124,11 @@ impl Config {
         Self::from_figment(Self::figment(file.as_deref()))
     }
 
+    /// The defaults alone, ignoring the environment and any file (for tests and embedding).
+    pub fn defaults() -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Serialized::defaults(Defaults::default())))
+    }
+
     fn figment(file: Option<&Path>) -> Figment {
         let mut figment = Figment::from(Serialized::defaults(Defaults::default()));
         if let Some(file) = file {
@@ -217,12 +222,25 @@ impl Config {
     }
 }
 
-/// Figment's own messages name the key and the source (`… for key "api_addr" in
-/// PORTCULLIS_API_ADDR environment variable`); keep only the first error, on one line.
+/// Renders the first error as `VARIABLE: problem`, naming the environment variable when the
+/// bad value came from the environment, or the file and key when it came from the file.
 fn describe_figment_error(error: &figment::Error) -> String {
-    let first = error.clone().into_iter().next();
-    let message = first.map_or_else(|| error.to_string(), |e| e.to_string());
-    message.replace('\n', " ")
+    let Some(first) = error.clone().into_iter().next() else {
+        return error.to_string();
+    };
+    let key = first.path.join(".");
+    let from_env = first
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.name.contains("environment"));
+    let place = match (&first.metadata, key.as_str()) {
+        (_, "") => "configuration".to_owned(),
+        (_, "database_url" | "redis_url") if from_env => key.to_uppercase(),
+        _ if from_env => format!("PORTCULLIS_{}", first.path.join("__").to_uppercase()),
+        (Some(metadata), _) => format!("{key} (in {})", metadata.name),
+        (None, _) => key,
+    };
+    format!("{place}: {}", first.kind).replace('\n', " ")
 }
 
 impl fmt::Debug for Config {
@@ -261,6 +279,10 @@ pub fn redact_url(url: &str) -> String {
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::result_large_err,
+    reason = "figment::Jail closures return figment::Error"
+)]
 mod tests {
     use figment::Jail;
 

@@ -4,13 +4,13 @@
 //! Migrations run unchanged on SQLite and PostgreSQL. Each is a file named
 //! `mYYYYMMDD_NNNNNN_name.rs` and is NEVER EDITED ONCE LANDED: change the schema with a new
 //! migration. They do not depend on the `entity` crate, so later entity changes cannot rewrite
-//! history; the round-trip tests in `tests/` check that both agree.
+//! history; `entity/tests/roundtrip.rs` checks that both agree on every backend.
 //!
 //! Conventions: enumerated columns are `varchar(32)` text (no native PostgreSQL enums, so
 //! adding a variant needs no migration); unique constraints are unique indexes named
 //! `uq_<table>_<cols>`, other indexes `idx_<table>_<cols>`, foreign keys `fk_<table>_<col>`.
 //!
-//! With the `test-util` feature, [`testing`] creates throw-away migrated databases.
+//! With the `test-util` feature, `migration::testing` creates throw-away migrated databases.
 
 use std::time::Duration;
 

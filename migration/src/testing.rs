@@ -109,8 +109,9 @@ impl TestDatabase {
         };
         let name = format!("{DATABASE_PREFIX}{}", uuid::Uuid::new_v4().simple());
 
+        // The URL may hold a password: name the variable, never print its value.
         let admin = connect(&admin_url).await.unwrap_or_else(|err| {
-            panic!("failed to connect to {TEST_DATABASE_URL}={admin_url}: {err}")
+            panic!("failed to connect to the server in {TEST_DATABASE_URL}: {err}")
         });
         admin
             .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
@@ -169,7 +170,7 @@ impl TestDatabase {
             return;
         };
         let admin = connect(&admin_url).await.unwrap_or_else(|err| {
-            panic!("failed to connect to {TEST_DATABASE_URL}={admin_url}: {err}")
+            panic!("failed to connect to the server in {TEST_DATABASE_URL}: {err}")
         });
         // FORCE (PostgreSQL 13+) ends connections a test may have leaked, e.g. a spawned server.
         admin

@@ -102,7 +102,7 @@ impl AuditRecord {
     pub fn from_model(model: &audit_event::Model) -> Self {
         Self {
             occurred_at: model.occurred_at,
-            kind: model.kind.clone(),
+            kind: model.kind,
             request_id: model.request_id.clone(),
             principal_id: model.principal_id,
             api_key_id: model.api_key_id,
@@ -111,7 +111,7 @@ impl AuditRecord {
             method: model.method.clone(),
             path: model.path.clone(),
             route_id: model.route_id,
-            decision: model.decision.clone(),
+            decision: model.decision,
             reason: model.reason.clone(),
             status: model.status,
             latency_us: model.latency_us,
@@ -258,7 +258,7 @@ pub async fn append(db: &DatabaseConnection, records: &[AuditRecord]) -> Result<
         rows.push(audit_event::ActiveModel {
             id: NotSet,
             occurred_at: Set(record.occurred_at),
-            kind: Set(record.kind.clone()),
+            kind: Set(record.kind),
             request_id: Set(record.request_id.clone()),
             principal_id: Set(record.principal_id),
             api_key_id: Set(record.api_key_id),
@@ -267,7 +267,7 @@ pub async fn append(db: &DatabaseConnection, records: &[AuditRecord]) -> Result<
             method: Set(record.method.clone()),
             path: Set(record.path.clone()),
             route_id: Set(record.route_id),
-            decision: Set(record.decision.clone()),
+            decision: Set(record.decision),
             reason: Set(record.reason.clone()),
             status: Set(record.status),
             latency_us: Set(record.latency_us),

@@ -1,10 +1,11 @@
 //! Credential format and hashing for API keys and incident-grant tokens.
 //!
-//! A token looks like `pk_live_<30 random base62><6 base62 CRC32>` — the scheme GitHub uses
+//! A token looks like `pk_live_<34 random base62><6 base62 CRC32>` — the scheme GitHub uses
 //! for its tokens:
 //! * the product prefix (`pk` API key, `pg` incident grant) and environment marker let secret
 //!   scanners and our own log redaction recognise a leaked token offline ([`looks_like_token`]);
-//! * 30 characters from a CSPRNG carry ≈ 178 bits;
+//! * 34 characters from a CSPRNG carry ≈ 202 bits; the first 12 are the visible lookup
+//!   prefix, so the 22 that are never displayed still carry ≈ 131 bits (≥ 128);
 //! * the CRC32 checksum lets [`PlainToken::parse`] refuse a mistyped token before any
 //!   database work.
 //!
@@ -23,7 +24,7 @@ use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use thiserror::Error;
 
 /// Number of random base62 characters in a token (≈ 178 bits).
-pub const RANDOM_LEN: usize = 30;
+pub const RANDOM_LEN: usize = 34;
 /// Number of base62 characters encoding the CRC32 checksum (62⁶ > 2³²).
 pub const CHECKSUM_LEN: usize = 6;
 /// Number of random characters included in [`ParsedToken::lookup_prefix`].

@@ -95,6 +95,8 @@ impl PathGlob {
             return Err(GlobError::MissingLeadingSlash);
         };
         let (body, trailing_slash) = match body.strip_suffix('/') {
+            // `//`: the root pattern is `/`, with no segments to put a slash after.
+            Some("") => return Err(GlobError::EmptySegment),
             Some(rest) => (rest, true),
             None => (body, false),
         };

@@ -308,9 +308,10 @@ fn cases() -> Vec<Case> {
         .route(BILLING_ROUTE),
         case(
             "required permission present",
-            allowed_by(20, READER, P_READ, None),
+            allowed_by(21, READER, P_READ, None),
         )
-        .bindings([binding(20, ALICE, ADMIN), binding(21, ALICE, READER)]) // admin's name differs
+        // Admin's permission allows everything but has another name.
+        .bindings([binding(20, ALICE, ADMIN), binding(21, ALICE, READER)])
         .required("users:read"),
         case(
             "active grant with own permission",
@@ -785,11 +786,10 @@ proptest! {
     ) {
         let roles = roles();
         let forward = decide(&roles, &bindings, &grants, &r);
-        let mut rb = bindings.clone();
-        rb.reverse();
-        let mut rg = grants.clone();
-        rg.reverse();
-        prop_assert_eq!(decide(&roles, &rb, &rg, &r), forward);
+        let (mut bindings, mut grants) = (bindings, grants);
+        bindings.reverse();
+        grants.reverse();
+        prop_assert_eq!(decide(&roles, &bindings, &grants, &r), forward);
     }
 
     #[test]

@@ -1,0 +1,70 @@
+//! The audit trail: one event per request, flushed on shutdown, tamper-evident.
+
+use entity::audit_event;
+use proxy::audit::{GENESIS, verify_rows};
+use sea_orm::{ActiveModelTrait, EntityTrait, ModelTrait, QueryOrder, Set};
+
+use crate::support::{TestApp, for_each_backend};
+
+#[tokio::test]
+async fn every_request_is_audited_and_edits_or_deletions_break_the_chain() {
+    for_each_backend(|db| async move {
+        let app = TestApp::spawn(db).await;
+        for i in 0..25 {
+            let key = if i % 5 == 0 {
+                None
+            } else {
+                Some(app.admin_key().to_owned())
+            };
+            app.proxy_get(&format!("/demo/{i}"), key.as_deref()).await;
+        }
+        // Shutdown must flush whatever is still queued.
+        let db = app.stop().await;
+        let rows = audit_event::Entity::find()
+            .order_by_asc(audit_event::Column::Id)
+            .all(&db.conn)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 25);
+        assert_eq!(verify_rows(GENESIS, &rows), Ok(25));
+        assert_eq!(
+            rows.iter()
+                .filter(|r| r.decision == Some(audit_event::AuditDecision::Deny))
+                .count(),
+            5
+        );
+
+        // Edit one row: detected at that row.
+        let victim = rows[10].clone();
+        let mut edited: audit_event::ActiveModel = victim.clone().into();
+        edited.status = Set(Some(200));
+        edited.reason = Set("looks fine".into());
+        edited.update(&db.conn).await.unwrap();
+        let rows_after_edit = audit_event::Entity::find()
+            .order_by_asc(audit_event::Column::Id)
+            .all(&db.conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            verify_rows(GENESIS, &rows_after_edit).map_err(|b| b.id),
+            Err(victim.id)
+        );
+
+        // Delete another row: detected at its successor.
+        rows[20].clone().delete(&db.conn).await.unwrap();
+        let rows_after_delete: Vec<_> = audit_event::Entity::find()
+            .order_by_asc(audit_event::Column::Id)
+            .all(&db.conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.id > victim.id)
+            .collect();
+        assert_eq!(
+            verify_rows(&victim.hash, &rows_after_delete).map_err(|b| b.id),
+            Err(rows[21].id)
+        );
+        db.drop_database().await;
+    })
+    .await;
+}

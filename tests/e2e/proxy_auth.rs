@@ -1,0 +1,352 @@
+//! The proxy's pipeline end to end: authentication, authorization, revocation, quotas,
+//! normalisation and upstream failures, against a real upstream.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use entity::{api_key, policy_change::PolicyChangeOp, principal};
+use reqwest::StatusCode;
+use sea_orm::{ActiveModelTrait, EntityTrait, Set};
+use serde_json::{Value, json};
+
+use crate::support::{TestApp, eventually, for_each_backend, raw_http};
+
+async fn error_code(response: reqwest::Response) -> (StatusCode, String) {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    (
+        status,
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn an_authorised_request_reaches_the_upstream_with_identity_and_without_credentials() {
+    for_each_backend(|db| async move {
+        let app = TestApp::spawn(db).await;
+        let admin = app.admin_id().await;
+        let response = app
+            .http
+            .get(format!(
+                "{}/demo/./orders//42/../7?q=%2Fx",
+                app.dev.proxy_url()
+            ))
+            .bearer_auth(app.admin_key())
+            .header("x-portcullis-principal", "spoofed")
+            .header("x-forwarded-for", "6.6.6.6")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let echo: Value = response.json().await.unwrap();
+        assert_eq!(
+            echo["path"], "/orders/7",
+            "strip-prefix of the normalised path"
+        );
+        assert_eq!(echo["query"], "q=%2Fx");
+        assert_eq!(echo["headers"]["x-portcullis-principal"], admin.to_string());
+        assert_eq!(echo["headers"]["x-forwarded-for"], "127.0.0.1");
+        assert!(echo["headers"].get("authorization").is_none());
+        app.stop().await.drop_database().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_authentication_failure_looks_the_same_to_the_client() {
+    for_each_backend(|db| async move {
+        let app = TestApp::spawn(db).await;
+        let admin = app.admin_id().await;
+        let unknown = proxy::keys::PlainToken::generate(
+            proxy::keys::TokenKind::ApiKey,
+            proxy::keys::TokenEnv::Test,
+        );
+        let mut typo = app.admin_key().to_owned();
+        typo.pop();
+        typo.push(if app.admin_key().ends_with('a') {
+            'b'
+        } else {
+            'a'
+        });
+        let (suspended_id, suspended) = app.insert_key(admin).await;
+        let (expired_id, expired) = app.insert_key(admin).await;
+        for (id, change) in [(suspended_id, "suspend"), (expired_id, "expire")] {
+            let mut key: api_key::ActiveModel = api_key::Entity::find_by_id(id)
+                .one(&app.db)
+                .await
+                .unwrap()
+                .unwrap()
+                .into();
+            if change == "suspend" {
+                key.suspended_at = Set(Some(Utc::now()));
+            } else {
+                key.expires_at = Set(Some(Utc::now() - chrono::Duration::seconds(1)));
+            }
+            key.update(&app.db).await.unwrap();
+            api::service::feed::record(
+                &app.db,
+                proxy::cache::kind::API_KEY,
+                id,
+                PolicyChangeOp::Upsert,
+            )
+            .await
+            .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+
+        let mut bodies = Vec::new();
+        for key in [
+            None,
+            Some(unknown.expose_secret()),
+            Some(typo.as_str()),
+            Some(suspended.as_str()),
+            Some(expired.as_str()),
+        ] {
+            let response = app.proxy_get("/demo/x", key).await;
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{key:?}");
+            assert_eq!(
+                response.headers()["www-authenticate"],
+                "Bearer realm=\"portcullis\""
+            );
+            let mut body: Value = response.json().await.unwrap();
+            body["error"]["request_id"] = Value::Null;
+            bodies.push(body);
+        }
+        assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{bodies:?}");
+
+        // ...while the audit trail records each precise reason.
+        let db = app.stop().await;
+        let reasons: Vec<String> = entity::audit_event::Entity::find()
+            .all(&db.conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.reason)
+            .collect();
+        for reason in [
+            "missing_credential",
+            "unknown_key",
+            "malformed_key",
+            "key_suspended",
+            "key_expired",
+        ] {
+            assert!(
+                reasons.iter().any(|r| r == reason),
+                "{reason} not in {reasons:?}"
+            );
+        }
+        db.drop_database().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_refused_within_one_second() {
+    for_each_backend(|db| async move {
+        let app = TestApp::spawn(db).await;
+        let (key_id, key) = app.insert_key(app.admin_id().await).await;
+        assert_eq!(
+            app.proxy_get("/demo/x", Some(&key)).await.status(),
+            StatusCode::OK
+        );
+
+        let mut row: api_key::ActiveModel = api_key::Entity::find_by_id(key_id)
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap()
+            .into();
+        row.revoked_at = Set(Some(Utc::now()));
+        row.revoked_reason = Set(Some("test".into()));
+        row.update(&app.db).await.unwrap();
+        api::service::feed::record(
+            &app.db,
+            proxy::cache::kind::API_KEY,
+            key_id,
+            PolicyChangeOp::Upsert,
+        )
+        .await
+        .unwrap();
+
+        let took = eventually(Duration::from_secs(1), || async {
+            app.proxy_get("/demo/x", Some(&key)).await.status() == StatusCode::UNAUTHORIZED
+        })
+        .await;
+        assert!(took.is_some(), "revoked key still accepted after 1 s");
+        // The other key is unaffected.
+        assert_eq!(
+            app.proxy_get("/demo/x", Some(app.admin_key()))
+                .await
+                .status(),
+            StatusCode::OK
+        );
+        app.stop().await.drop_database().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_principal_without_bindings_is_forbidden() {
+    for_each_backend(|db| async move {
+        let app = TestApp::spawn(db).await;
+        let now = Utc::now();
+        let nobody = principal::ActiveModel {
+            id: Set(uuid::Uuid::now_v7()),
+            kind: Set(principal::PrincipalKind::ServiceAccount),
+            name: Set("nobody".into()),
+            display_name: Set("Nobody".into()),
+            email: Set(None),
+            oidc_issuer: Set(None),
+            oidc_subject: Set(None),
+            oidc_group: Set(None),
+            disabled: Set(false),
+            metadata: Set(json!({})),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(&app.db)
+        .await
+        .unwrap();
+        let (_, key) = app.insert_key(nobody.id).await;
+        let (status, code) = error_code(app.proxy_get("/demo/x", Some(&key)).await).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::FORBIDDEN, "forbidden")
+        );
+        let db = app.stop().await;
+        let denied = entity::audit_event::Entity::find()
+            .all(&db.conn)
+            .await
+            .unwrap();
+        assert!(
+            denied
+                .iter()
+                .any(|e| e.principal_id == Some(nobody.id) && e.reason == "no_bindings"),
+            "{denied:?}"
+        );
+        db.drop_database().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_quota_limited_key_stops_at_zero_with_429() {
+    for_each_backend(|db| async move {
+        let app = TestApp::spawn(db).await;
+        let (key_id, key) = app.insert_key(app.admin_id().await).await;
+        let mut row: api_key::ActiveModel = api_key::Entity::find_by_id(key_id)
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap()
+            .into();
+        row.remaining_uses = Set(Some(2));
+        row.update(&app.db).await.unwrap();
+        api::service::feed::record(
+            &app.db,
+            proxy::cache::kind::API_KEY,
+            key_id,
+            PolicyChangeOp::Upsert,
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        assert_eq!(
+            app.proxy_get("/demo/1", Some(&key)).await.status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            app.proxy_get("/demo/2", Some(&key)).await.status(),
+            StatusCode::OK
+        );
+        let (status, code) = error_code(app.proxy_get("/demo/3", Some(&key)).await).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::TOO_MANY_REQUESTS, "quota_exhausted")
+        );
+        let left = api_key::Entity::find_by_id(key_id)
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap()
+            .remaining_uses;
+        assert_eq!(left, Some(0));
+        app.stop().await.drop_database().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unnormalisable_targets_and_unknown_routes_are_refused() {
+    let app = TestApp::spawn(migration::testing::TestDatabase::sqlite().await).await;
+    let key = app.admin_key().to_owned();
+    for (target, status, code) in [
+        ("/demo/a%2Fb", StatusCode::BAD_REQUEST, "bad_request_target"),
+        ("/demo/a%00", StatusCode::BAD_REQUEST, "bad_request_target"),
+        (
+            "/demo/%C0%AF",
+            StatusCode::BAD_REQUEST,
+            "bad_request_target",
+        ),
+        (
+            "/demo/../../etc",
+            StatusCode::BAD_REQUEST,
+            "bad_request_target",
+        ),
+        ("/demo/..", StatusCode::NOT_FOUND, "no_route"),
+        ("/nothing-here", StatusCode::NOT_FOUND, "no_route"),
+    ] {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n");
+        let (got_status, body) = raw_http(app.dev.proxy_addr, &request).await;
+        assert_eq!(got_status, status.as_u16(), "{target}: {body}");
+        assert!(body.contains(&format!("\"code\":\"{code}\"")), "{target}: {body}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502_with_a_request_id() {
+    let app = TestApp::spawn(migration::testing::TestDatabase::sqlite().await).await;
+    // Point the demo route at a port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let route = entity::route::Entity::find()
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut active: entity::route::ActiveModel = route.clone().into();
+    active.upstream_url = Set(format!("http://{closed}"));
+    active.update(&app.db).await.unwrap();
+    api::service::feed::record(
+        &app.db,
+        proxy::cache::kind::ROUTE,
+        route.id,
+        PolicyChangeOp::Upsert,
+    )
+    .await
+    .unwrap();
+    let took = eventually(Duration::from_secs(2), || async {
+        app.proxy_get("/demo/x", Some(app.admin_key()))
+            .await
+            .status()
+            == StatusCode::BAD_GATEWAY
+    })
+    .await;
+    assert!(took.is_some());
+    let response = app.proxy_get("/demo/x", Some(app.admin_key())).await;
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_unavailable");
+    assert_eq!(body["error"]["request_id"], request_id.as_str());
+    app.stop().await;
+}

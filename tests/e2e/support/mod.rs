@@ -1,0 +1,203 @@
+//! The test harness: a whole `portcullis dev` stack per test, on ephemeral ports, over a
+//! fresh database.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use chrono::Utc;
+use migration::testing::TestDatabase;
+use portcullis::{
+    config::Config,
+    dev::{self, Ports, RunningDev},
+};
+use proxy::keys::{KeyHasher, PlainToken, TokenEnv, TokenKind};
+use sea_orm::{ActiveModelTrait, DatabaseConnection, Set};
+use secrecy::{SecretSlice, SecretString};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use uuid::Uuid;
+
+/// A fixed pepper so tests can hash keys the way the proxy does.
+pub const TEST_PEPPER_HEX: &str =
+    "74657374207065707065722074686174206973206174206c6561737420333220";
+
+/// A running stack plus the handles a test needs.
+pub struct TestApp {
+    pub dev: RunningDev,
+    pub db: DatabaseConnection,
+    pub http: reqwest::Client,
+    pub hasher: KeyHasher,
+    database: Option<TestDatabase>,
+    _data_dir: TempDir,
+}
+
+impl TestApp {
+    /// Starts everything over `database` (migrated and seeded by `dev::start`).
+    pub async fn spawn(database: TestDatabase) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut config = Config::defaults().unwrap();
+        config.data_dir = data_dir.path().to_path_buf();
+        config.database_url = Some(database.url.clone());
+        config.key_pepper = Some(SecretString::from(TEST_PEPPER_HEX.to_owned()));
+        config.token_signing_key = Some(SecretString::from(TEST_PEPPER_HEX.to_owned()));
+        // Tight feed polling keeps revocation tests quick; 250 ms is the product default.
+        config.proxy.policy_poll_interval_ms = 100;
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let dev = dev::start(
+            &config,
+            Ports {
+                api: any,
+                proxy: any,
+                demo_upstream: any,
+            },
+        )
+        .await
+        .unwrap();
+        let pepper = SecretSlice::from(hex::decode(TEST_PEPPER_HEX).unwrap());
+        Self {
+            db: database.conn.clone(),
+            dev,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            hasher: KeyHasher::new(&pepper).unwrap(),
+            database: Some(database),
+            _data_dir: data_dir,
+        }
+    }
+
+    /// The seeded administrator's key.
+    pub fn admin_key(&self) -> &str {
+        &self.dev.admin_key
+    }
+
+    /// `GET <proxy><path>` with an optional API key.
+    pub async fn proxy_get(&self, path: &str, key: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.get(format!("{}{path}", self.dev.proxy_url()));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Runs a GraphQL query against the API and returns the whole JSON response.
+    pub async fn graphql(&self, query: &str) -> Value {
+        self.http
+            .post(format!("{}/graphql", self.dev.api_url()))
+            .json(&json!({ "query": query }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Issues a new API key for `principal_id` directly in the database (and the change
+    /// feed), returning the secret.
+    pub async fn insert_key(&self, principal_id: Uuid) -> (Uuid, String) {
+        let token = PlainToken::generate(TokenKind::ApiKey, TokenEnv::Test);
+        let now = Utc::now();
+        let id = Uuid::now_v7();
+        entity::api_key::ActiveModel {
+            id: Set(id),
+            principal_id: Set(principal_id),
+            name: Set("test key".into()),
+            prefix: Set(token.lookup_prefix().to_owned()),
+            hash: Set(self.hasher.hash(token.as_parsed()).to_hex()),
+            environment: Set("test".into()),
+            scopes: Set(json!([])),
+            expires_at: Set(None),
+            revoked_at: Set(None),
+            revoked_reason: Set(None),
+            suspended_at: Set(None),
+            suspended_reason: Set(None),
+            last_used_at: Set(None),
+            last_used_ip: Set(None),
+            rate_limit_per_minute: Set(None),
+            rate_limit_burst: Set(None),
+            remaining_uses: Set(None),
+            refill_amount: Set(None),
+            refill_interval_seconds: Set(None),
+            last_refill_at: Set(None),
+            metadata: Set(json!({})),
+            rotated_from: Set(None),
+            created_by: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(&self.db)
+        .await
+        .unwrap();
+        api::service::feed::record(
+            &self.db,
+            proxy::cache::kind::API_KEY,
+            id,
+            entity::policy_change::PolicyChangeOp::Upsert,
+        )
+        .await
+        .unwrap();
+        (id, token.expose_secret().to_owned())
+    }
+
+    /// The seeded administrator's principal id.
+    pub async fn admin_id(&self) -> Uuid {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+        entity::principal::Entity::find()
+            .filter(entity::principal::Column::Name.eq(api::bootstrap::ADMIN_NAME))
+            .one(&self.db)
+            .await
+            .unwrap()
+            .expect("seeded admin")
+            .id
+    }
+
+    /// Graceful shutdown (flushes audit); returns the database for assertions afterwards.
+    pub async fn stop(mut self) -> TestDatabase {
+        let database = self.database.take().unwrap();
+        self.dev.stop().await.unwrap();
+        database
+    }
+}
+
+/// Runs `test` once on SQLite and once on PostgreSQL (when `TEST_DATABASE_URL` is set).
+pub async fn for_each_backend<F, Fut>(test: F)
+where
+    F: Fn(TestDatabase) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    for database in TestDatabase::all().await {
+        eprintln!("-- backend: {:?}", database.backend);
+        test(database).await;
+    }
+}
+
+/// Polls `check` every 20 ms until it returns true or `limit` passes; returns the time taken.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if check().await {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// Sends `request` verbatim (no client-side normalisation, unlike reqwest) and returns the
+/// status code and the body. The request should carry `Connection: close`.
+pub async fn raw_http(addr: SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
