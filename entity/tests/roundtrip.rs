@@ -211,7 +211,7 @@ fn audit_model(prev_hash: &str, hash: &str) -> audit_event::ActiveModel {
     }
 }
 
-/// The text stored for `column` of the single row of `table` matching `condition`.
+/// The first column of the single row `sql` returns, as text.
 async fn stored_text(conn: &DatabaseConnection, sql: &str) -> String {
     conn.query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
         .await
