@@ -30,8 +30,6 @@ use uuid::Uuid;
 /// `prev_hash` of the first event.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Events buffered between requests and the writer before senders must wait.
-const QUEUE_CAPACITY: usize = 16_384;
 /// Events per database transaction.
 const BATCH_SIZE: usize = 512;
 
@@ -338,9 +336,9 @@ pub struct AuditWriter {
     task: JoinHandle<()>,
 }
 
-/// Starts the writer over `db`.
-pub fn spawn(db: DatabaseConnection) -> (AuditSink, AuditWriter) {
-    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+/// Starts the writer over `db`; `capacity` events may wait before senders block.
+pub fn spawn(db: DatabaseConnection, capacity: usize) -> (AuditSink, AuditWriter) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
     let (stop_tx, stop_rx) = oneshot::channel();
     let task = tokio::spawn(run(db, rx, stop_rx));
     (

@@ -23,6 +23,8 @@ pub struct ProxyConfig {
     pub policy_max_staleness_secs: u64,
     /// Accept `;` path parameters (rejected by default: upstreams disagree about them).
     pub allow_semicolon_params: bool,
+    /// Audit events buffered before requests wait for the writer (back-pressure, never loss).
+    pub audit_queue_capacity: usize,
 }
 
 impl Default for ProxyConfig {
@@ -35,6 +37,7 @@ impl Default for ProxyConfig {
             policy_poll_interval_ms: 250,
             policy_max_staleness_secs: 60,
             allow_semicolon_params: false,
+            audit_queue_capacity: 16_384,
         }
     }
 }
@@ -51,6 +54,12 @@ impl ProxyConfig {
         if self.upstream_timeout_ms == 0 {
             return Err((
                 "PORTCULLIS_PROXY__UPSTREAM_TIMEOUT_MS",
+                "must be greater than 0".into(),
+            ));
+        }
+        if self.audit_queue_capacity == 0 {
+            return Err((
+                "PORTCULLIS_PROXY__AUDIT_QUEUE_CAPACITY",
                 "must be greater than 0".into(),
             ));
         }

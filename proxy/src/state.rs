@@ -77,7 +77,7 @@ impl ProxyState {
             Duration::from_millis(config.policy_poll_interval_ms),
             stop_rx,
         ));
-        let (audit, audit_writer) = audit::spawn(db.clone());
+        let (audit, audit_writer) = audit::spawn(db.clone(), config.audit_queue_capacity);
         let client = forward::client(config.connect_timeout());
         let normalize = NormalizeOptions {
             allow_semicolon_params: config.allow_semicolon_params,

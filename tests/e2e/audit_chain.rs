@@ -68,3 +68,51 @@ async fn every_request_is_audited_and_edits_or_deletions_break_the_chain() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn ten_thousand_requests_faster_than_the_writer_lose_no_audit_event() {
+    use futures_util::{StreamExt, stream};
+    for_each_backend(|db| async move {
+        // A tiny queue: the writer falls behind at once and requests must wait for it.
+        let app = TestApp::spawn_with(db, |config| config.proxy.audit_queue_capacity = 8).await;
+        let total = 10_000;
+        let url = format!("{}/demo/load", app.dev.proxy_url());
+        let key = app.admin_key().to_owned();
+        let statuses: Vec<u16> = stream::iter(0..total)
+            .map(|i| {
+                let request = app.http.get(&url);
+                // Every tenth request is refused (no key): refusals are audited too.
+                let request = if i % 10 == 0 {
+                    request
+                } else {
+                    request.bearer_auth(&key)
+                };
+                async move {
+                    request
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16())
+                        .unwrap_or(0)
+                }
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 200).count(),
+            total * 9 / 10
+        );
+        assert_eq!(statuses.iter().filter(|s| **s == 401).count(), total / 10);
+
+        let db = app.stop().await;
+        let rows = audit_event::Entity::find()
+            .order_by_asc(audit_event::Column::Id)
+            .all(&db.conn)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), total, "audit events lost");
+        assert_eq!(verify_rows(GENESIS, &rows), Ok(total));
+        db.drop_database().await;
+    })
+    .await;
+}

@@ -4,6 +4,7 @@
 #![expect(clippy::unwrap_used, reason = "tests fail loudly")]
 
 mod audit_chain;
+mod bypass;
 mod cli;
 mod dev_stack;
 mod proxy_auth;

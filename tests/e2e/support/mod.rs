@@ -33,6 +33,11 @@ pub struct TestApp {
 impl TestApp {
     /// Starts everything over `database` (migrated and seeded by `dev::start`).
     pub async fn spawn(database: TestDatabase) -> Self {
+        Self::spawn_with(database, |_| {}).await
+    }
+
+    /// Like [`TestApp::spawn`], with a chance to adjust the configuration first.
+    pub async fn spawn_with(database: TestDatabase, adjust: impl FnOnce(&mut Config)) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let mut config = Config::defaults().unwrap();
         config.data_dir = data_dir.path().to_path_buf();
@@ -41,6 +46,7 @@ impl TestApp {
         config.token_signing_key = Some(SecretString::from(TEST_PEPPER_HEX.to_owned()));
         // Tight feed polling keeps revocation tests quick; 250 ms is the product default.
         config.proxy.policy_poll_interval_ms = 100;
+        adjust(&mut config);
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         let dev = dev::start(
             &config,
@@ -197,7 +203,14 @@ pub async fn raw_http(addr: SocketAddr, request: &str) -> (u16, String) {
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.unwrap();
     let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
