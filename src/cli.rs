@@ -131,7 +131,14 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Api => {
             let db = connect(&config).await?;
-            let state = api::AppState::new(db, config.api.clone());
+            let secrets = ServerSecrets::resolve(&config)?;
+            let state = api::AppState::new(
+                db,
+                config.api.clone(),
+                &secrets.key_pepper,
+                config.proxy.oidc.as_ref(),
+            )
+            .await?;
             let listener =
                 serve::bind(config.api_addr, "management API", "PORTCULLIS_API_ADDR").await?;
             let (trigger, shutdown) = serve::shutdown_channel();
@@ -143,8 +150,13 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Proxy => {
             let db = connect(&config).await?;
             let secrets = ServerSecrets::resolve(&config)?;
-            let state =
-                proxy::ProxyState::start(db, config.proxy.clone(), &secrets.key_pepper).await?;
+            let state = proxy::ProxyState::start(
+                db,
+                config.proxy.clone(),
+                &secrets.key_pepper,
+                config.redis_url.as_deref(),
+            )
+            .await?;
             let listener = serve::bind(config.proxy_addr, "proxy", "PORTCULLIS_PROXY_ADDR").await?;
             let (trigger, shutdown) = serve::shutdown_channel();
             let server = tokio::spawn(serve::serve(

@@ -113,11 +113,22 @@ pub async fn start(config: &Config, ports: Ports) -> anyhow::Result<RunningDev> 
     let mut api_config = config.api.clone();
     api_config.graphiql = true;
     api_config.introspection = true;
-    let api_state = api::AppState::new(db.clone(), api_config);
-    let proxy_state =
-        proxy::ProxyState::start(db.clone(), config.proxy.clone(), &secrets.key_pepper)
-            .await
-            .context("failed to start the proxy")?;
+    let api_state = api::AppState::new(
+        db.clone(),
+        api_config,
+        &secrets.key_pepper,
+        config.proxy.oidc.as_ref(),
+    )
+    .await
+    .context("failed to start the management API")?;
+    let proxy_state = proxy::ProxyState::start(
+        db.clone(),
+        config.proxy.clone(),
+        &secrets.key_pepper,
+        config.redis_url.as_deref(),
+    )
+    .await
+    .context("failed to start the proxy")?;
 
     let (trigger, shutdown) = serve::shutdown_channel();
     let servers = vec![

@@ -1,5 +1,6 @@
-//! Idempotent seeding for `portcullis dev`: a bootstrap administrator with its API key, and a
-//! demo route to the echo upstream that the administrator may call.
+//! Idempotent seeding for `portcullis dev`: a bootstrap administrator with its API key, bound
+//! to the builtin `portcullis-admin` role, and a demo route to the echo upstream that the
+//! administrator may call.
 
 use chrono::Utc;
 use entity::{
@@ -15,7 +16,10 @@ use sea_orm::{
 };
 use serde_json::json;
 
-use crate::service::feed::{self, kind};
+use crate::service::{
+    feed::{self, kind},
+    management,
+};
 
 /// Name of the seeded administrator (a service account).
 pub const ADMIN_NAME: &str = "admin";
@@ -35,7 +39,8 @@ pub struct Seeded {
     pub admin_key_id: Uuid,
 }
 
-/// Creates (or refreshes) the administrator, its key, the demo role, binding and route.
+/// Creates (or refreshes) the administrator, its key, its `portcullis-admin` binding, the
+/// demo role, binding and route.
 ///
 /// `admin_key` is the full bootstrap key; only its prefix and HMAC are stored. Re-running
 /// with the same inputs changes nothing but the demo route's upstream address.
@@ -158,6 +163,34 @@ pub async fn seed_dev(
         .insert(&txn)
         .await?;
         feed::record(&txn, kind::ROLE, demo_role.id, PolicyChangeOp::Upsert).await?;
+        feed::record(&txn, kind::ROLE_BINDING, admin.id, PolicyChangeOp::Upsert).await?;
+    }
+
+    let builtin = management::ensure_builtin_roles(&txn).await?;
+    let admin_role = builtin
+        .iter()
+        .find(|(name, _)| *name == management::ADMIN_ROLE)
+        .map(|(_, id)| *id)
+        .ok_or_else(|| DbErr::Custom("builtin admin role missing".into()))?;
+    if role_binding::Entity::find()
+        .filter(role_binding::Column::RoleId.eq(admin_role))
+        .filter(role_binding::Column::PrincipalId.eq(admin.id))
+        .one(&txn)
+        .await?
+        .is_none()
+    {
+        role_binding::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            role_id: Set(admin_role),
+            principal_id: Set(admin.id),
+            conditions: Set(json!({})),
+            expires_at: Set(None),
+            reason: Set(Some("bootstrap administrator (portcullis dev)".into())),
+            created_by: Set(None),
+            created_at: Set(now),
+        }
+        .insert(&txn)
+        .await?;
         feed::record(&txn, kind::ROLE_BINDING, admin.id, PolicyChangeOp::Upsert).await?;
     }
 

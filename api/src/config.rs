@@ -28,7 +28,7 @@ impl Default for ApiConfig {
             cors_origins: Vec::new(),
             max_request_bytes: 256 * 1024,
             max_query_depth: 12,
-            max_query_complexity: 500,
+            max_query_complexity: 5000,
         }
     }
 }

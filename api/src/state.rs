@@ -1,11 +1,24 @@
 //! Shared state of the management API.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
+use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
+use proxy::{
+    cache::PolicyCache,
+    keys::KeyHasher,
+    oidc::{OidcConfig, OidcVerifier},
+};
 use sea_orm::DatabaseConnection;
+use secrecy::SecretSlice;
+use tokio::sync::watch;
 
-use crate::{ApiConfig, graphql::PortcullisSchema};
+use crate::{ApiConfig, graphql::PortcullisSchema, service::ServiceContext};
+
+/// How often the API's policy cache polls the change feed (as the proxy's default).
+const POLICY_POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How long the API authorizes from cache while the database is unreachable.
+const POLICY_MAX_STALENESS: Duration = Duration::from_secs(60);
 
 /// Everything a handler or resolver needs, cheap to clone.
 #[derive(Clone)]
@@ -18,18 +31,64 @@ pub struct AppState {
     pub schema: PortcullisSchema,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Database, policy cache and key hasher, shared with the resolvers.
+    pub services: ServiceContext,
+    /// Dropping the last clone of the state stops the change-feed poller.
+    _poller: Arc<watch::Sender<bool>>,
 }
 
 impl AppState {
-    /// Builds the state and the schema over an open, migrated database.
-    pub fn new(db: DatabaseConnection, config: ApiConfig) -> Self {
+    /// Ensures the builtin roles, loads the policy cache (and starts its change-feed poller
+    /// and, on PostgreSQL, its LISTEN/NOTIFY listener), and builds the schema, over an open,
+    /// migrated database. With `oidc`, OIDC bearer tokens authenticate too (the proxy's
+    /// verifier and settings).
+    pub async fn new(
+        db: DatabaseConnection,
+        config: ApiConfig,
+        pepper: &SecretSlice<u8>,
+        oidc: Option<&OidcConfig>,
+    ) -> anyhow::Result<Self> {
+        let hasher = KeyHasher::new(pepper).context("invalid key pepper")?;
+        let oidc = oidc
+            .map(|settings| OidcVerifier::new(settings).map(Arc::new))
+            .transpose()
+            .context("invalid OIDC configuration")?;
+        if let Some(verifier) = &oidc {
+            // Discovery in the background, as the proxy does: a provider that is down must
+            // not stop the API; verification retries it lazily.
+            let verifier = verifier.clone();
+            tokio::spawn(async move { verifier.prime().await });
+        }
+        crate::service::management::ensure_builtin_roles(&db)
+            .await
+            .context("failed to create the builtin roles")?;
+        let cache = Arc::new(
+            PolicyCache::load(db.clone(), POLICY_MAX_STALENESS)
+                .await
+                .context("failed to load policy")?,
+        );
+        cache
+            .sync()
+            .await
+            .context("failed to read the policy change feed")?;
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(cache.clone().run_listener(stop_rx.clone()));
+        tokio::spawn(cache.clone().run_sync(POLICY_POLL_INTERVAL, stop_rx));
+        let services = ServiceContext {
+            db: db.clone(),
+            cache,
+            hasher,
+            oidc,
+        };
         let config = Arc::new(config);
-        let schema = crate::graphql::build_schema(db.clone(), &config);
-        Self {
+        let schema = crate::graphql::build_schema(services.clone(), &config);
+        Ok(Self {
             db,
             config,
             schema,
             metrics: crate::metrics::install(),
-        }
+            services,
+            _poller: Arc::new(stop),
+        })
     }
 }

@@ -16,6 +16,9 @@ use std::time::Duration;
 
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 pub use sea_orm_migration::MigratorTrait;
+
+/// PostgreSQL channel notified after every insert into `policy_change`.
+pub const POLICY_CHANGE_CHANNEL: &str = m20261122_000007_policy_change_notify::CHANNEL;
 use sea_orm_migration::{
     MigrationTrait,
     sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
@@ -27,6 +30,7 @@ mod m20261122_000003_roles_and_bindings;
 mod m20261122_000004_audit_security_and_usage;
 mod m20261122_000005_reviews_and_grants;
 mod m20261122_000006_remediation_outbox_and_sns;
+mod m20261122_000007_policy_change_notify;
 #[cfg(feature = "test-util")]
 pub mod testing;
 mod util;
@@ -44,6 +48,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000004_audit_security_and_usage::Migration),
             Box::new(m20261122_000005_reviews_and_grants::Migration),
             Box::new(m20261122_000006_remediation_outbox_and_sns::Migration),
+            Box::new(m20261122_000007_policy_change_notify::Migration),
         ]
     }
 }

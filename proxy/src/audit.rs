@@ -330,6 +330,15 @@ impl AuditSink {
     }
 }
 
+impl AuditSink {
+    /// A sink over a bare channel, for callers that consume events themselves (benchmarks,
+    /// alternative writers). [`spawn`] is the production constructor.
+    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<AuditRecord>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (Self { tx }, rx)
+    }
+}
+
 /// The writer task; [`AuditWriter::shutdown`] flushes what is queued.
 pub struct AuditWriter {
     stop: oneshot::Sender<()>,

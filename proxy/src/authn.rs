@@ -36,6 +36,10 @@ pub enum AuthFailure {
     PrincipalDisabled,
     /// The route does not accept this kind of credential.
     MethodNotAccepted,
+    /// An OIDC token did not verify (the reason is its `jwt_*`/`oidc_*` code).
+    Oidc(crate::oidc::OidcError),
+    /// A valid OIDC token for a subject no user principal is linked to (never auto-provisioned).
+    OidcUnknownSubject,
 }
 
 impl AuthFailure {
@@ -51,6 +55,8 @@ impl AuthFailure {
             Self::KeySuspended => "key_suspended",
             Self::PrincipalDisabled => "principal_disabled",
             Self::MethodNotAccepted => "auth_method_not_accepted",
+            Self::Oidc(error) => error.code(),
+            Self::OidcUnknownSubject => "oidc_unknown_subject",
         }
     }
 }
@@ -120,6 +126,9 @@ pub struct Authenticated {
     pub key_rate_limit: Option<(u32, u32)>,
     /// Whether each use spends the key's remaining-uses quota.
     pub has_quota: bool,
+    /// Groups the credential itself proves (OIDC groups claim), added to the stored
+    /// memberships for this request only. Empty for API keys.
+    pub extra_group_ids: Vec<crate::policy::PrincipalId>,
 }
 
 /// An authentication failure that still identifies the key or principal (for audit).

@@ -26,8 +26,8 @@ use std::{
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use entity::{
-    api_key, group_membership, incident_grant, ip_rule, permission, policy_change, principal, role,
-    role_binding, route,
+    api_key, group_membership, incident_grant, ip_rule, permission, policy_change, principal,
+    rate_limit_override, role, role_binding, route,
 };
 use ipnet::IpNet;
 use sea_orm::{
@@ -41,6 +41,7 @@ use crate::{
         Binding, BindingId, Grant, GrantId, MethodSet, PathGlob, Permission, PrincipalId, Role,
         RoleId, Roles,
     },
+    ratelimit::{Limit, RateLimitOverride},
     routes::{AuthMethod, IpRule, Route, RouteTable},
 };
 
@@ -60,7 +61,13 @@ pub mod kind {
     pub const ROUTE: &str = "route";
     /// An IP rule (entity id = rule id).
     pub const IP_RULE: &str = "ip_rule";
+    /// A rate-limit override (entity id = override id).
+    pub const RATE_LIMIT_OVERRIDE: &str = "rate_limit_override";
 }
+
+/// PostgreSQL NOTIFY channel; MUST MATCH `migration::POLICY_CHANGE_CHANNEL` (trigger in
+/// migration m20261122_000007).
+pub const POLICY_CHANGE_CHANNEL: &str = "portcullis_policy_change";
 
 /// Everything that changes rarely and is needed by every request.
 #[derive(Debug, Default)]
@@ -71,6 +78,8 @@ pub struct Snapshot {
     pub roles: Roles,
     /// IP rules that apply to every route.
     pub global_ip_rules: Vec<IpRule>,
+    /// Rate-limit overrides not yet expired when loaded (check `expires_at` on use).
+    pub rate_limit_overrides: Vec<RateLimitOverride>,
 }
 
 /// An API key as enforced.
@@ -124,6 +133,10 @@ pub struct PolicyCache {
     /// `None` = known not to exist.
     keys: RwLock<HashMap<String, Option<Arc<KeyEntry>>>>,
     principals: RwLock<HashMap<Uuid, Arc<PrincipalEntry>>>,
+    /// OIDC `iss` → `sub` → user principal (`None` = no such user); see [`Self::principal_for_subject`].
+    oidc_subjects: RwLock<HashMap<String, HashMap<String, Option<PrincipalId>>>>,
+    /// IdP group name → group principals, loaded whole on first use; see [`Self::groups_for_claims`].
+    oidc_groups: arc_swap::ArcSwapOption<HashMap<String, Vec<PrincipalId>>>,
     /// Bumped by every eviction, so a load that raced with one is not cached.
     generation: AtomicU64,
     cursor: AtomicI64,
@@ -132,6 +145,8 @@ pub struct PolicyCache {
     /// Milliseconds after `started` of the last successful sync with the database.
     last_sync_ms: AtomicU64,
     max_staleness: Duration,
+    /// Set by the PostgreSQL listener: poll now rather than at the next tick.
+    wake: tokio::sync::Notify,
 }
 
 /// Feed ids below the cursor that were not seen yet, with when they were first missed.
@@ -164,12 +179,15 @@ impl PolicyCache {
             snapshot: ArcSwap::from_pointee(snapshot),
             keys: RwLock::default(),
             principals: RwLock::default(),
+            oidc_subjects: RwLock::default(),
+            oidc_groups: arc_swap::ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
             cursor: AtomicI64::new(cursor),
             gaps: std::sync::Mutex::default(),
             started: Instant::now(),
             last_sync_ms: AtomicU64::new(0),
             max_staleness,
+            wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -294,7 +312,9 @@ impl PolicyCache {
                 kind::PRINCIPAL | kind::ROLE_BINDING | kind::INCIDENT_GRANT => {
                     principals_changed.extend(id)
                 }
-                kind::ROLE | kind::ROUTE | kind::IP_RULE => reload_snapshot = true,
+                kind::ROLE | kind::ROUTE | kind::IP_RULE | kind::RATE_LIMIT_OVERRIDE => {
+                    reload_snapshot = true
+                }
                 other => tracing::warn!(
                     kind = other,
                     "unknown entity kind in the policy change feed"
@@ -323,6 +343,10 @@ impl PolicyCache {
                         .any(|g| principals_changed.contains(&g.0))
             });
         }
+        if changes.iter().any(|c| c.entity_kind == kind::PRINCIPAL) {
+            // Any principal may have gained or lost an OIDC subject or group name.
+            self.forget_oidc_identities();
+        }
         if reload_snapshot {
             let snapshot = load_snapshot(&self.db).await?;
             self.snapshot.store(Arc::new(snapshot));
@@ -341,6 +365,7 @@ impl PolicyCache {
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
+                () = self.wake.notified() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
             if let Err(error) = self.sync().await {
@@ -350,11 +375,184 @@ impl PolicyCache {
         }
     }
 
+    /// On PostgreSQL, LISTENs for `NOTIFY portcullis_policy_change` (sent by a trigger on
+    /// every feed insert) and wakes the poller, so changes apply in milliseconds; polling stays
+    /// as the safety net (and is all SQLite has). Reconnects after errors until `stop`.
+    pub async fn run_listener(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        if self.db.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+            return;
+        }
+        let pool = self.db.get_postgres_connection_pool().clone();
+        loop {
+            let listened = async {
+                let mut listener = sea_orm::sqlx::postgres::PgListener::connect_with(&pool).await?;
+                listener.listen(POLICY_CHANGE_CHANNEL).await?;
+                // Anything committed while we were not listening is caught up now.
+                self.wake.notify_one();
+                loop {
+                    listener.recv().await?;
+                    self.wake.notify_one();
+                }
+                #[expect(unreachable_code, reason = "gives the async block its error type")]
+                Ok::<(), sea_orm::sqlx::Error>(())
+            };
+            tokio::select! {
+                result = listened => {
+                    if let Err(error) = result {
+                        tracing::warn!(%error, "policy change LISTEN failed; relying on polling, retrying in 1 s");
+                    }
+                }
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
     /// Forgets every lazily loaded entry (tests and emergency use).
     pub fn clear(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         write(&self.keys).clear();
         write(&self.principals).clear();
+        self.forget_oidc_identities();
+    }
+}
+
+// === impl PolicyCache: OIDC identities ===
+
+impl PolicyCache {
+    /// The user principal linked to an OIDC identity (`principal.oidc_issuer`/`oidc_subject`,
+    /// kind user), loading it on a miss. `None`: no such user — the caller must refuse, never
+    /// provision. Misses are cached too (bounded), so unknown subjects cost one query each.
+    pub async fn principal_for_subject(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> Result<Option<PrincipalId>, CacheError> {
+        if let Some(hit) = read(&self.oidc_subjects)
+            .get(issuer)
+            .and_then(|subjects| subjects.get(subject))
+        {
+            return Ok(*hit);
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let found = principal::Entity::find()
+            .filter(principal::Column::OidcIssuer.eq(issuer))
+            .filter(principal::Column::OidcSubject.eq(subject))
+            .filter(principal::Column::Kind.eq(principal::PrincipalKind::User))
+            .one(&self.db)
+            .await?
+            .map(|row| PrincipalId(row.id));
+        let mut subjects = write(&self.oidc_subjects);
+        if self.generation.load(Ordering::Acquire) == generation {
+            let known = subjects.entry(issuer.to_owned()).or_default();
+            if found.is_none() && known.len() >= MAX_NEGATIVE_KEYS {
+                known.retain(|_, id| id.is_some());
+            }
+            known.insert(subject.to_owned(), found);
+        }
+        Ok(found)
+    }
+
+    /// The group principals whose `oidc_group` is one of `claims` (a token's groups claim).
+    /// The name → group map is loaded whole on first use and dropped on any principal change.
+    pub async fn groups_for_claims(
+        &self,
+        claims: &[String],
+    ) -> Result<Vec<PrincipalId>, CacheError> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let groups = match self.oidc_groups.load_full() {
+            Some(groups) => groups,
+            None => {
+                let generation = self.generation.load(Ordering::Acquire);
+                let mut groups: HashMap<String, Vec<PrincipalId>> = HashMap::new();
+                for row in principal::Entity::find()
+                    .filter(principal::Column::Kind.eq(principal::PrincipalKind::Group))
+                    .filter(principal::Column::OidcGroup.is_not_null())
+                    .all(&self.db)
+                    .await?
+                {
+                    if let Some(name) = row.oidc_group {
+                        groups.entry(name).or_default().push(PrincipalId(row.id));
+                    }
+                }
+                let groups = Arc::new(groups);
+                if self.generation.load(Ordering::Acquire) == generation {
+                    self.oidc_groups.store(Some(groups.clone()));
+                }
+                groups
+            }
+        };
+        let mut ids: Vec<PrincipalId> = claims
+            .iter()
+            .filter_map(|claim| groups.get(claim))
+            .flatten()
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// The bindings held directly by each of `groups` (disabled or missing groups hold none),
+    /// from the same cached entries members' lookups use, so they are evicted the same way.
+    pub async fn bindings_for_groups(
+        &self,
+        groups: &[PrincipalId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Binding>, CacheError> {
+        let mut bindings = Vec::new();
+        for group in groups {
+            let Some(entry) = self.principal(group.0, now).await? else {
+                continue;
+            };
+            if entry.disabled {
+                continue;
+            }
+            bindings.extend(
+                entry
+                    .bindings
+                    .iter()
+                    .filter(|b| b.principal_id == *group)
+                    .cloned(),
+            );
+        }
+        Ok(bindings)
+    }
+
+    /// `entry` as it applies to one request whose credential proves membership of `extra`
+    /// groups too (OIDC groups claim): their ids are added to `group_ids` and their bindings to
+    /// `bindings`. Returns `entry` itself when that adds nothing. Never cached: the groups are
+    /// the token's, not the principal's.
+    pub async fn with_extra_groups(
+        &self,
+        entry: Arc<PrincipalEntry>,
+        extra: &[PrincipalId],
+        now: DateTime<Utc>,
+    ) -> Result<Arc<PrincipalEntry>, CacheError> {
+        let new: Vec<PrincipalId> = extra
+            .iter()
+            .copied()
+            .filter(|g| *g != entry.id && !entry.group_ids.contains(g))
+            .collect();
+        if new.is_empty() {
+            return Ok(entry);
+        }
+        let bindings = self.bindings_for_groups(&new, now).await?;
+        let mut merged = (*entry).clone();
+        merged.group_ids.extend(new);
+        merged.bindings.extend(bindings);
+        Ok(Arc::new(merged))
+    }
+
+    fn forget_oidc_identities(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        write(&self.oidc_subjects).clear();
+        self.oidc_groups.store(None);
     }
 }
 
@@ -451,7 +649,9 @@ fn parse_ip_rule(row: &ip_rule::Model) -> Option<IpRule> {
     }
 }
 
-async fn load_snapshot(db: &DatabaseConnection) -> Result<Snapshot, DbErr> {
+/// Loads routes, roles with their permissions and IP rules from the database, exactly as the
+/// cache does (the API's `simulateAccess` reuses it so simulation and enforcement agree).
+pub async fn load_snapshot(db: &DatabaseConnection) -> Result<Snapshot, DbErr> {
     let roles = role::Entity::find().all(db).await?;
     let mut permissions: HashMap<Uuid, Vec<Permission>> = HashMap::new();
     for row in permission::Entity::find().all(db).await? {
@@ -509,16 +709,27 @@ async fn load_snapshot(db: &DatabaseConnection) -> Result<Snapshot, DbErr> {
                 .filter(|ms| *ms > 0)
                 .map(|ms| Duration::from_millis(ms as u64)),
             ip_rules: route_rules.remove(&row.id).unwrap_or_default(),
+            rate_limit: Limit::from_columns(row.rate_limit_per_minute, row.rate_limit_burst),
         });
     }
+    let rate_limit_overrides = rate_limit_override::Entity::find()
+        .filter(rate_limit_override::Column::ExpiresAt.gt(Utc::now()))
+        .all(db)
+        .await?
+        .iter()
+        .filter_map(RateLimitOverride::from_row)
+        .collect();
     Ok(Snapshot {
         routes: RouteTable::new(routes),
         roles,
         global_ip_rules,
+        rate_limit_overrides,
     })
 }
 
-async fn load_principal(
+/// Loads a principal with its groups, bindings and active grants, exactly as the cache does;
+/// `None` if it does not exist.
+pub async fn load_principal(
     db: &DatabaseConnection,
     id: Uuid,
     now: DateTime<Utc>,

@@ -5,6 +5,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::ratelimit::Limit;
+
 /// Settings of the request pipeline. Every field has a safe default.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -23,8 +25,19 @@ pub struct ProxyConfig {
     pub policy_max_staleness_secs: u64,
     /// Accept `;` path parameters (rejected by default: upstreams disagree about them).
     pub allow_semicolon_params: bool,
+    /// OIDC access tokens (`[proxy.oidc]`, `PORTCULLIS_PROXY__OIDC__*`); absent: refused.
+    #[serde(default)]
+    pub oidc: Option<crate::oidc::OidcConfig>,
     /// Audit events buffered before requests wait for the writer (back-pressure, never loss).
     pub audit_queue_capacity: usize,
+    /// Detector thresholds.
+    pub detectors: crate::detect::DetectorConfig,
+    /// Requests per minute for callers whose key and route set no rate limit.
+    pub default_rate_limit_per_minute: u32,
+    /// Burst (requests at once) for callers whose key and route set no rate limit.
+    pub default_rate_limit_burst: u32,
+    /// Time allowed for one Redis rate-limit call before the request is limited in process.
+    pub redis_timeout_ms: u64,
 }
 
 impl Default for ProxyConfig {
@@ -37,7 +50,12 @@ impl Default for ProxyConfig {
             policy_poll_interval_ms: 250,
             policy_max_staleness_secs: 60,
             allow_semicolon_params: false,
+            oidc: None,
             audit_queue_capacity: 16_384,
+            detectors: crate::detect::DetectorConfig::default(),
+            default_rate_limit_per_minute: 600,
+            default_rate_limit_burst: 100,
+            redis_timeout_ms: 50,
         }
     }
 }
@@ -45,6 +63,9 @@ impl Default for ProxyConfig {
 impl ProxyConfig {
     /// Checks values that parse but make no sense; returns the variable and the problem.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Some(oidc) = &self.oidc {
+            oidc.validate()?;
+        }
         if self.connect_timeout_ms == 0 {
             return Err((
                 "PORTCULLIS_PROXY__CONNECT_TIMEOUT_MS",
@@ -70,6 +91,21 @@ impl ProxyConfig {
                 "must be between 1 and 1000 (revocations must apply within 1 s)".into(),
             ));
         }
+        for (var, value) in [
+            (
+                "PORTCULLIS_PROXY__DEFAULT_RATE_LIMIT_PER_MINUTE",
+                u64::from(self.default_rate_limit_per_minute),
+            ),
+            (
+                "PORTCULLIS_PROXY__DEFAULT_RATE_LIMIT_BURST",
+                u64::from(self.default_rate_limit_burst),
+            ),
+            ("PORTCULLIS_PROXY__REDIS_TIMEOUT_MS", self.redis_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err((var, "must be greater than 0".into()));
+            }
+        }
         Ok(())
     }
 
@@ -81,5 +117,18 @@ impl ProxyConfig {
     /// [`Self::upstream_timeout_ms`] as a duration.
     pub fn upstream_timeout(&self) -> Duration {
         Duration::from_millis(self.upstream_timeout_ms)
+    }
+
+    /// The rate limit applied when neither the key nor the route sets one.
+    pub fn default_rate_limit(&self) -> Limit {
+        Limit::new(
+            self.default_rate_limit_per_minute,
+            self.default_rate_limit_burst,
+        )
+    }
+
+    /// [`Self::redis_timeout_ms`] as a duration.
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
     }
 }

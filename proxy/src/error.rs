@@ -40,6 +40,10 @@ pub enum ProxyError {
     RateLimited {
         /// When the next request would be admitted.
         retry_after: Duration,
+        /// The bucket size (`RateLimit-Limit`).
+        limit: u32,
+        /// When the bucket is full again (`RateLimit-Reset`).
+        reset: Duration,
     },
     /// The request body is larger than allowed.
     #[error("request body too large")]
@@ -139,11 +143,16 @@ pub fn rescue(error: &ProxyError, request_id: &str) -> Response {
                 HeaderValue::from_static("Bearer realm=\"portcullis\""),
             );
         }
-        ProxyError::RateLimited { retry_after } => {
+        ProxyError::RateLimited {
+            retry_after,
+            limit,
+            reset,
+        } => {
             let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
             if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
                 headers.insert(header::RETRY_AFTER, value);
             }
+            crate::ratelimit::insert_headers(headers, *limit, 0, *reset);
         }
         _ => {}
     }

@@ -1,7 +1,8 @@
 //! The data plane of Portcullis: the request pipeline that every proxied request goes through
-//! (normalise, route, IP rules, authenticate, authorize, quota, forward, audit), the policy
-//! cache fed by the change feed, and the pure policy core (`policy`, `keys`, `normalize`) that
-//! the management API reuses so that what it simulates is exactly what is enforced.
+//! (normalise, route, IP rules, authenticate, authorize, rate limit, quota, forward, audit),
+//! the policy cache fed by the change feed, and the pure policy core (`policy`, `keys`,
+//! `normalize`) that the management API reuses so that what it simulates is exactly what is
+//! enforced.
 //!
 //! Depends on `entity` only; never on `api`. [`router`] is a plain function so the same router
 //! runs under `axum::serve` and under `lambda_http`.
@@ -10,12 +11,15 @@ pub mod audit;
 pub mod authn;
 pub mod cache;
 mod config;
+pub mod detect;
 pub mod error;
 pub mod forward;
 pub mod keys;
 pub mod normalize;
+pub mod oidc;
 pub mod pipeline;
 pub mod policy;
+pub mod ratelimit;
 pub mod request_id;
 pub mod routes;
 pub mod state;

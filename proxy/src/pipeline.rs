@@ -1,5 +1,6 @@
 //! The request pipeline, in named steps (DESIGN.md "Request pipeline"):
-//! normalise → route → IP rules → authenticate → authorize → quota → forward → audit.
+//! normalise → route → IP rules → authenticate → authorize → rate limit → quota → forward →
+//! audit.
 //!
 //! Every request, allowed or refused, produces exactly one audit event.
 
@@ -21,10 +22,12 @@ use ipnet::IpNet;
 use crate::{
     audit::AuditRecord,
     authn::{self, AuthFailure, Authenticated, Presented, Refused},
+    cache::Snapshot,
     error::{ProxyError, rescue},
     forward::{self, Identity},
     normalize,
     policy::{self, RequestFacts, Subject},
+    ratelimit::{self, Limit, RateDecision},
     request_id,
     routes::{AuthMethod, Route, ip_permitted},
     state::ProxyState,
@@ -41,9 +44,13 @@ pub async fn handle(
     let mut audit = AuditRecord::new(AuditEventKind::ProxyRequest, "");
     audit.request_id = Some(request_id.clone());
     audit.method = Some(request.method().as_str().to_owned());
-    let response = match run(&state, peer, request, &mut audit).await {
-        Ok(response) => {
+    let mut rate = None;
+    let response = match run(&state, peer, request, &mut audit, &mut rate).await {
+        Ok(mut response) => {
             audit.decision = Some(AuditDecision::Allow);
+            if let Some(rate) = &rate {
+                rate.insert_headers(response.headers_mut());
+            }
             response
         }
         Err(error) => {
@@ -66,6 +73,7 @@ pub async fn handle(
         "decision" => if audit.decision == Some(AuditDecision::Allow) { "allow" } else { "deny" },
     )
     .increment(1);
+    state.detectors.observe(&audit);
     // Waits when the audit writer is behind: back-pressure instead of loss.
     state.audit.record(audit).await;
     response
@@ -76,6 +84,7 @@ async fn run(
     peer: SocketAddr,
     request: Request,
     audit: &mut AuditRecord,
+    rate: &mut Option<RateDecision>,
 ) -> Result<Response, ProxyError> {
     let client_ip = client_ip(peer.ip(), request.headers(), &state.config.trusted_proxies)?;
     audit.client_ip = Some(client_ip.to_string());
@@ -125,6 +134,11 @@ async fn run(
             .await?
             .filter(|p| !p.disabled)
             .ok_or(ProxyError::Unauthenticated(AuthFailure::PrincipalDisabled))?;
+        // Groups proven by the credential (OIDC groups claim) count for this request too.
+        let principal = state
+            .cache
+            .with_extra_groups(principal, &caller.extra_group_ids, now)
+            .await?;
         let subject = Subject {
             principal_id: principal.id,
             group_ids: &principal.group_ids,
@@ -146,7 +160,15 @@ async fn run(
         audit.reason = decision.reason.to_string();
         audit.decision = Some(AuditDecision::Allow);
 
-        // 6. Quota (after authorization, so refused requests spend nothing).
+        // 6. Rate limit (after authorization, before the quota: refused requests spend nothing).
+        if let Err(error) =
+            rate_limit(state, &snapshot, &route, Some(caller), client_ip, now, rate).await
+        {
+            audit.decision = None;
+            return Err(error);
+        }
+
+        // 6b. Quota (after authorization, so refused requests spend nothing).
         if let Some(key_id) = caller.key_id
             && caller.has_quota
             && !authn::spend_quota(&state.db, key_id, now)
@@ -159,6 +181,11 @@ async fn run(
     } else {
         audit.reason = "anonymous_route".into();
         audit.decision = Some(AuditDecision::Allow);
+        // 6. Rate limit anonymous callers per client address.
+        if let Err(error) = rate_limit(state, &snapshot, &route, None, client_ip, now, rate).await {
+            audit.decision = None;
+            return Err(error);
+        }
     }
     drop(snapshot);
 
@@ -198,14 +225,56 @@ async fn authenticate(
                 method: AuthMethod::ApiKey,
                 key_rate_limit: key.rate_limit,
                 has_quota: key.has_quota,
+                extra_group_ids: Vec::new(),
             }))
         }
-        // OIDC and grant tokens are verified by authenticators still to come; until then they
-        // are refused, never waved through.
-        Some(Presented::Bearer(_)) => {
-            Err(ProxyError::Unauthenticated(AuthFailure::MethodNotAccepted).into())
-        }
+        Some(Presented::Bearer(token)) => match &state.oidc {
+            Some(verifier) if accepts(AuthMethod::Oidc) && !token.starts_with("pg_") => {
+                crate::oidc::authenticate(verifier, &state.cache, token)
+                    .await
+                    .map(Some)
+            }
+            // Grant tokens (`pg_…`) are verified by an authenticator still to come; until then
+            // they, and JWTs where OIDC is off, are refused, never waved through.
+            _ => Err(ProxyError::Unauthenticated(AuthFailure::MethodNotAccepted).into()),
+        },
     }
+}
+
+/// Step 6, rate limit: the key's own limit, else the route's, else the configured default,
+/// tightened by any active override; counted per key (else principal, else client address)
+/// and route. The decision is kept for the `RateLimit-*` headers of the response.
+async fn rate_limit(
+    state: &ProxyState,
+    snapshot: &Snapshot,
+    route: &Route,
+    caller: Option<&Authenticated>,
+    client_ip: IpAddr,
+    now: chrono::DateTime<Utc>,
+    rate: &mut Option<RateDecision>,
+) -> Result<(), ProxyError> {
+    let subject = ratelimit::Subject {
+        route_id: route.id,
+        principal_id: caller.map(|c| c.principal_id),
+        key_id: caller.and_then(|c| c.key_id),
+        client_ip,
+    };
+    let base = caller
+        .and_then(|c| c.key_rate_limit)
+        .map(Limit::from)
+        .or(route.rate_limit)
+        .unwrap_or_else(|| state.config.default_rate_limit());
+    let limit = ratelimit::effective_limit(base, &snapshot.rate_limit_overrides, &subject, now);
+    let decision = state.ratelimit.check(&subject.bucket_key(), limit).await;
+    *rate = Some(decision);
+    if decision.allowed {
+        return Ok(());
+    }
+    Err(ProxyError::RateLimited {
+        retry_after: decision.retry_after.unwrap_or_default(),
+        limit: decision.limit,
+        reset: decision.reset,
+    })
 }
 
 #[expect(

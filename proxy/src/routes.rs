@@ -70,6 +70,8 @@ pub struct Route {
     pub timeout: Option<std::time::Duration>,
     /// Route-scoped IP rules.
     pub ip_rules: Vec<IpRule>,
+    /// Rate limit for callers whose key has none; `None` = the configured default.
+    pub rate_limit: Option<crate::ratelimit::Limit>,
 }
 
 impl Route {
@@ -196,6 +198,7 @@ mod tests {
             required_permission: None,
             timeout: None,
             ip_rules: vec![],
+            rate_limit: None,
         }
     }
 

@@ -11,9 +11,11 @@ use crate::{
     ProxyConfig,
     audit::{self, AuditSink, AuditWriter},
     cache::PolicyCache,
+    detect::Detectors,
     forward::{self, UpstreamClient},
     keys::KeyHasher,
     normalize::NormalizeOptions,
+    ratelimit::RateLimiter,
 };
 
 /// Everything a request needs; cheap to clone.
@@ -34,14 +36,22 @@ pub struct Inner {
     pub client: UpstreamClient,
     /// Queues audit events.
     pub audit: AuditSink,
+    /// Turns audited requests into security events.
+    pub detectors: Detectors,
     /// Normalisation settings derived from the config.
     pub normalize: NormalizeOptions,
+    /// Rate limits: in process, or shared through Redis when `REDIS_URL` is set.
+    pub ratelimit: RateLimiter,
+    /// Verifies OIDC bearer tokens, when `[proxy.oidc]` is configured.
+    pub oidc: Option<Arc<crate::oidc::OidcVerifier>>,
     background: tokio::sync::Mutex<Option<Background>>,
 }
 
 struct Background {
     stop: watch::Sender<bool>,
     sync: JoinHandle<()>,
+    listen: JoinHandle<()>,
+    detect: JoinHandle<()>,
     audit: AuditWriter,
 }
 
@@ -53,11 +63,14 @@ impl std::ops::Deref for ProxyState {
 }
 
 impl ProxyState {
-    /// Loads policy, starts the change-feed poller and the audit writer.
+    /// Loads policy, starts the change-feed poller and the audit writer. With `redis_url`,
+    /// rate limits are shared through that Redis (connected lazily: a Redis that is down
+    /// does not stop the proxy).
     pub async fn start(
         db: DatabaseConnection,
         config: ProxyConfig,
         pepper: &SecretSlice<u8>,
+        redis_url: Option<&str>,
     ) -> anyhow::Result<Self> {
         let hasher = KeyHasher::new(pepper).context("invalid key pepper")?;
         let cache = Arc::new(
@@ -73,6 +86,9 @@ impl ProxyState {
             .await
             .context("failed to read the policy change feed")?;
         let (stop, stop_rx) = watch::channel(false);
+        let (detectors, detect) =
+            Detectors::spawn(db.clone(), config.detectors.clone(), stop_rx.clone());
+        let listen = tokio::spawn(cache.clone().run_listener(stop_rx.clone()));
         let sync = tokio::spawn(cache.clone().run_sync(
             Duration::from_millis(config.policy_poll_interval_ms),
             stop_rx,
@@ -82,6 +98,28 @@ impl ProxyState {
         let normalize = NormalizeOptions {
             allow_semicolon_params: config.allow_semicolon_params,
         };
+        let ratelimit = match redis_url {
+            Some(url) => {
+                RateLimiter::with_redis(url, config.redis_timeout()).context("invalid REDIS_URL")?
+            }
+            None => RateLimiter::local(),
+        };
+        let oidc = match &config.oidc {
+            Some(settings) => {
+                let verifier = Arc::new(
+                    crate::oidc::OidcVerifier::new(settings)
+                        .context("invalid OIDC configuration")?,
+                );
+                // Discovery in the background: a provider that is down must not stop the proxy;
+                // requests retry it lazily (at most once per cooldown).
+                tokio::spawn({
+                    let verifier = verifier.clone();
+                    async move { verifier.prime().await }
+                });
+                Some(verifier)
+            }
+            None => None,
+        };
         Ok(Self(Arc::new(Inner {
             config,
             db,
@@ -89,10 +127,15 @@ impl ProxyState {
             hasher,
             client,
             audit,
+            detectors,
             normalize,
+            ratelimit,
+            oidc,
             background: tokio::sync::Mutex::new(Some(Background {
                 stop,
                 sync,
+                listen,
+                detect,
                 audit: audit_writer,
             })),
         })))
@@ -106,6 +149,8 @@ impl ProxyState {
         };
         let _ = background.stop.send(true);
         let _ = background.sync.await;
+        let _ = background.listen.await;
+        let _ = background.detect.await;
         background.audit.shutdown().await;
     }
 }

@@ -6,7 +6,16 @@
 mod audit_chain;
 mod bypass;
 mod cli;
+mod detectors;
 mod dev_stack;
+mod graphql_access;
+mod graphql_authz;
+mod graphql_keys;
+mod graphql_operations;
+mod graphql_policy;
+mod graphql_support;
+mod oidc;
 mod proxy_auth;
+mod rate_limit;
 mod schema;
 mod support;

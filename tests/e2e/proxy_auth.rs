@@ -300,10 +300,15 @@ async fn unnormalisable_targets_and_unknown_routes_are_refused() {
         ("/demo/..", StatusCode::NOT_FOUND, "no_route"),
         ("/nothing-here", StatusCode::NOT_FOUND, "no_route"),
     ] {
-        let request = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "GET {target} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+        );
         let (got_status, body) = raw_http(app.dev.proxy_addr, &request).await;
         assert_eq!(got_status, status.as_u16(), "{target}: {body}");
-        assert!(body.contains(&format!("\"code\":\"{code}\"")), "{target}: {body}");
+        assert!(
+            body.contains(&format!("\"code\":\"{code}\"")),
+            "{target}: {body}"
+        );
     }
     app.stop().await;
 }
@@ -349,4 +354,44 @@ async fn an_unreachable_upstream_is_a_502_with_a_request_id() {
     assert_eq!(body["error"]["code"], "upstream_unavailable");
     assert_eq!(body["error"]["request_id"], request_id.as_str());
     app.stop().await;
+}
+
+#[tokio::test]
+async fn on_postgres_a_revocation_applies_through_listen_notify_without_waiting_for_a_poll() {
+    let Some(db) = migration::testing::TestDatabase::postgres().await else {
+        return;
+    };
+    // Polling once a minute: only NOTIFY can make the revocation visible within a second.
+    let app = TestApp::spawn_with(db, |config| config.proxy.policy_poll_interval_ms = 60_000).await;
+    let (key_id, key) = app.insert_key(app.admin_id().await).await;
+    // The new key is unknown to the cache until first use, so this works without the feed.
+    assert_eq!(
+        app.proxy_get("/demo/x", Some(&key)).await.status(),
+        StatusCode::OK
+    );
+    let mut row: api_key::ActiveModel = api_key::Entity::find_by_id(key_id)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap()
+        .into();
+    row.revoked_at = Set(Some(Utc::now()));
+    row.update(&app.db).await.unwrap();
+    api::service::feed::record(
+        &app.db,
+        proxy::cache::kind::API_KEY,
+        key_id,
+        PolicyChangeOp::Upsert,
+    )
+    .await
+    .unwrap();
+    let took = eventually(Duration::from_secs(1), || async {
+        app.proxy_get("/demo/x", Some(&key)).await.status() == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "revocation not applied within 1 s with polling off: LISTEN/NOTIFY is not working"
+    );
+    app.stop().await.drop_database().await;
 }

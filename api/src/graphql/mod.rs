@@ -1,24 +1,86 @@
-//! The GraphQL management API: schema construction and the HTTP handlers at `/graphql`.
+//! The GraphQL management API: schema construction, the HTTP handlers at `/graphql`, and the
+//! helpers every domain module shares (context access, pagination).
+//!
+//! # Layout
+//! * [`error`]: `ApiError` and its `extensions.code`; [`guard`]: `RequirePermission`;
+//! * [`extension`]: error codes and the audit record of every mutation, in one place;
+//! * [`loaders`]: DataLoaders against N+1 queries;
+//! * one module per domain (`keys`, `principals`, `roles`, `routes`, `ip_rules`, `access`,
+//!   `audit`), each with `query.rs`, `mutation.rs` and `types.rs`; resolvers are thin and call
+//!   one `crate::service` function each.
+
+pub mod access;
+pub mod audit;
+pub mod error;
+pub mod extension;
+pub mod guard;
+pub mod ip_rules;
+pub mod keys;
+pub mod loaders;
+pub mod principals;
+pub mod roles;
+pub mod routes;
+
+use std::{net::SocketAddr, str::FromStr};
 
 use async_graphql::{
-    EmptyMutation, EmptySubscription, Object, SDLExportOptions, Schema, SimpleObject,
+    Context, EmptySubscription, MergedObject, Object, OutputType, SDLExportOptions, Schema,
+    SimpleObject,
+    connection::{Connection, CursorType, Edge, OpaqueCursor},
     http::GraphiQLSource,
 };
 use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::{
-    extract::State,
-    http::StatusCode,
+    Extension,
+    extract::{ConnectInfo, State},
+    http::{HeaderMap, StatusCode},
     response::{Html, IntoResponse, Response},
 };
-use sea_orm::DatabaseConnection;
+use chrono::Utc;
 
-use crate::{ApiConfig, state::AppState};
+use self::{
+    error::{ApiError, ApiResult},
+    extension::{ManagementExtension, RequestVariables},
+};
+use crate::{
+    ApiConfig,
+    service::{
+        ServiceContext,
+        auth::{self, Caller},
+        page::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, PageRequest},
+    },
+    state::AppState,
+};
 
 /// The schema type served at `/graphql`.
-pub type PortcullisSchema = Schema<QueryRoot, EmptyMutation, EmptySubscription>;
+pub type PortcullisSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
 
-/// Root of every query.
-pub struct QueryRoot;
+/// Root of every query: each domain contributes its part.
+#[derive(MergedObject, Default)]
+pub struct QueryRoot(
+    ServerQuery,
+    access::query::AccessQuery,
+    keys::query::ApiKeyQuery,
+    principals::query::PrincipalQuery,
+    roles::query::RoleQuery,
+    routes::query::RouteQuery,
+    ip_rules::query::IpRuleQuery,
+    audit::query::AuditQuery,
+);
+
+/// Root of every mutation: each domain contributes its part. Every field is audited.
+#[derive(MergedObject, Default)]
+pub struct MutationRoot(
+    keys::mutation::ApiKeyMutation,
+    principals::mutation::PrincipalMutation,
+    roles::mutation::RoleMutation,
+    routes::mutation::RouteMutation,
+    ip_rules::mutation::IpRuleMutation,
+);
+
+/// Unauthenticated server facts.
+#[derive(Default)]
+pub struct ServerQuery;
 
 /// Facts about the running server, for portals and smoke tests.
 #[derive(SimpleObject)]
@@ -30,14 +92,10 @@ pub struct ServerInfo {
 }
 
 #[Object]
-impl QueryRoot {
+impl ServerQuery {
     /// Version and database backend of this server.
-    async fn server_info(
-        &self,
-        ctx: &async_graphql::Context<'_>,
-    ) -> async_graphql::Result<ServerInfo> {
-        let db = ctx.data::<DatabaseConnection>()?;
-        let database_backend = match db.get_database_backend() {
+    async fn server_info(&self, ctx: &Context<'_>) -> ApiResult<ServerInfo> {
+        let database_backend = match services(ctx)?.db.get_database_backend() {
             sea_orm::DatabaseBackend::Postgres => "postgres",
             sea_orm::DatabaseBackend::Sqlite => "sqlite",
             _ => "other",
@@ -49,10 +107,19 @@ impl QueryRoot {
     }
 }
 
+fn schema_builder() -> async_graphql::SchemaBuilder<QueryRoot, MutationRoot, EmptySubscription> {
+    Schema::build(
+        QueryRoot::default(),
+        MutationRoot::default(),
+        EmptySubscription,
+    )
+}
+
 /// Builds the schema with the configured limits.
-pub fn build_schema(db: DatabaseConnection, config: &ApiConfig) -> PortcullisSchema {
-    let mut builder = Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
-        .data(db)
+pub fn build_schema(services: ServiceContext, config: &ApiConfig) -> PortcullisSchema {
+    let mut builder = schema_builder()
+        .data(services)
+        .extension(ManagementExtension)
         .limit_depth(config.max_query_depth)
         .limit_complexity(config.max_query_complexity);
     if !config.introspection {
@@ -63,14 +130,28 @@ pub fn build_schema(db: DatabaseConnection, config: &ApiConfig) -> PortcullisSch
 
 /// The schema in SDL, sorted so that `schema.graphql` diffs stay readable.
 pub fn sdl() -> String {
-    Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
+    schema_builder()
         .finish()
         .sdl_with_options(SDLExportOptions::new().sorted_fields().sorted_enum_items())
 }
 
-/// `POST /graphql`.
-pub async fn execute(State(state): State<AppState>, request: GraphQLRequest) -> GraphQLResponse {
-    state.schema.execute(request.into_inner()).await.into()
+/// `POST /graphql`: authenticates the caller, then executes with per-request data (the
+/// caller, the variables for the audit record, fresh DataLoaders).
+pub async fn execute(
+    State(state): State<AppState>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    request: GraphQLRequest,
+) -> GraphQLResponse {
+    let client_ip = connect.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.0.ip());
+    let caller = auth::authenticate(&state.services, &headers, client_ip, Utc::now()).await;
+    let request = request.into_inner();
+    let variables = RequestVariables(request.variables.clone());
+    let request = request
+        .data(caller)
+        .data(variables)
+        .data(loaders::Loaders::new(&state.services.db));
+    state.schema.execute(request).await.into()
 }
 
 /// `GET /graphql`: GraphiQL when enabled.
@@ -84,4 +165,86 @@ pub async fn graphiql(State(state): State<AppState>) -> Response {
         )
             .into_response()
     }
+}
+
+// === context access ===
+
+/// A piece of request or schema data that should always be there is missing (a bug).
+#[derive(Debug, thiserror::Error)]
+#[error("GraphQL context data {0} is missing")]
+struct MissingContext(&'static str);
+
+/// The services.
+pub fn services<'a>(ctx: &Context<'a>) -> ApiResult<&'a ServiceContext> {
+    ctx.data_opt::<ServiceContext>()
+        .ok_or_else(|| ApiError::internal(MissingContext("ServiceContext")))
+}
+
+/// The caller, as authenticated by the handler.
+pub fn caller<'a>(ctx: &Context<'a>) -> ApiResult<&'a Caller> {
+    ctx.data_opt::<Caller>()
+        .ok_or_else(|| ApiError::internal(MissingContext("Caller")))
+}
+
+/// The per-request DataLoaders.
+pub fn loaders<'a>(ctx: &Context<'a>) -> ApiResult<&'a loaders::Loaders> {
+    ctx.data_opt::<loaders::Loaders>()
+        .ok_or_else(|| ApiError::internal(MissingContext("Loaders")))
+}
+
+// === pagination ===
+
+/// Opaque cursor: base64 of the row's key.
+pub type Cursor = OpaqueCursor<String>;
+
+/// A Relay connection of `T` with opaque cursors.
+pub type Conn<T> = Connection<Cursor, T>;
+
+/// Complexity of a list field: the children count once per requested row.
+pub fn list_complexity(first: Option<i32>, child_complexity: usize) -> usize {
+    let rows = first.map_or(DEFAULT_PAGE_SIZE, |f| {
+        f.clamp(0, MAX_PAGE_SIZE as i32) as u64
+    });
+    rows as usize * child_complexity + 1
+}
+
+/// Parses `first` / `after` into a page request over keys of type `K`.
+pub fn page_request<K: FromStr>(
+    first: Option<i32>,
+    after: Option<String>,
+) -> ApiResult<PageRequest<K>> {
+    let first = match first {
+        None => DEFAULT_PAGE_SIZE,
+        Some(n) if (1..=MAX_PAGE_SIZE as i32).contains(&n) => n as u64,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "first",
+                format!("must be between 1 and {MAX_PAGE_SIZE}"),
+            ));
+        }
+    };
+    let after = after
+        .map(|cursor| {
+            Cursor::decode_cursor(&cursor)
+                .ok()
+                .and_then(|c| c.0.parse::<K>().ok())
+                .ok_or_else(|| ApiError::invalid("after", "is not a cursor from this list"))
+        })
+        .transpose()?;
+    Ok(PageRequest { first, after })
+}
+
+/// Turns a page of rows into a connection, with the cursor taken from `key`.
+pub fn connection<T, O: OutputType>(
+    page: Page<T>,
+    key: impl Fn(&T) -> String,
+    mut node: impl FnMut(T) -> O,
+) -> Conn<O> {
+    let mut connection = Connection::new(page.has_previous, page.has_next);
+    connection.edges.extend(
+        page.items
+            .into_iter()
+            .map(|item| Edge::new(OpaqueCursor(key(&item)), node(item))),
+    );
+    connection
 }

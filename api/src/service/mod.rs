@@ -1,3 +1,35 @@
-//! Business operations shared by GraphQL resolvers, webhooks and jobs. Services own transactions.
+//! Business operations shared by GraphQL resolvers, webhooks and jobs. Services own
+//! transactions: every write that affects enforcement appends to the change feed
+//! ([`feed::record`]) in the same transaction.
 
+pub mod access;
+pub mod api_keys;
+pub mod audit;
+pub mod auth;
 pub mod feed;
+pub mod ip_rules;
+pub mod management;
+pub mod page;
+pub mod principals;
+pub mod roles;
+pub mod routes;
+pub mod validate;
+
+use std::sync::Arc;
+
+use proxy::{cache::PolicyCache, keys::KeyHasher, oidc::OidcVerifier};
+use sea_orm::DatabaseConnection;
+
+/// What services need besides their arguments; cheap to clone, one per process.
+#[derive(Clone)]
+pub struct ServiceContext {
+    /// The database.
+    pub db: DatabaseConnection,
+    /// The proxy's policy cache, kept current from the change feed; authorizes management
+    /// calls exactly as the proxy authorizes requests.
+    pub cache: Arc<PolicyCache>,
+    /// Hashes issued keys and verifies presented ones (server pepper).
+    pub hasher: KeyHasher,
+    /// Verifies OIDC bearer tokens, when OIDC is configured.
+    pub oidc: Option<Arc<OidcVerifier>>,
+}

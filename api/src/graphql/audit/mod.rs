@@ -1,0 +1,4 @@
+//! Audit and security events; audit chain verification.
+
+pub mod query;
+pub mod types;

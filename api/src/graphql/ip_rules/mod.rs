@@ -1,0 +1,5 @@
+//! IP rules.
+
+pub mod mutation;
+pub mod query;
+pub mod types;

@@ -1,0 +1,5 @@
+//! Roles, their permissions, and role bindings.
+
+pub mod mutation;
+pub mod query;
+pub mod types;

@@ -1,0 +1,232 @@
+//! Audit and security events: filtered queries, chain verification, and the audit record of
+//! every management mutation.
+
+use chrono::{DateTime, Utc};
+use entity::{
+    audit_event::{self, AuditDecision, AuditEventKind},
+    security_event::{self, Severity},
+};
+use proxy::audit::{self as chain, AuditRecord, GENESIS};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{
+    auth::Caller,
+    page::{self, Direction, Page, PageRequest},
+};
+use crate::graphql::error::{ApiError, ApiResult};
+
+/// Most rows one `verifyAuditChain` call checks.
+pub const MAX_VERIFY_ROWS: u64 = 100_000;
+
+/// Filter of [`list_events`].
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Acting principal.
+    pub principal_id: Option<Uuid>,
+    /// Key used.
+    pub api_key_id: Option<Uuid>,
+    /// Matched route.
+    pub route_id: Option<Uuid>,
+    /// Allow or deny.
+    pub decision: Option<AuditDecision>,
+    /// Proxy request, management, webhook.
+    pub kind: Option<AuditEventKind>,
+    /// At or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Before.
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// Filter of [`list_security_events`].
+#[derive(Debug, Clone, Default)]
+pub struct SecurityFilter {
+    /// Principal involved.
+    pub principal_id: Option<Uuid>,
+    /// Key involved.
+    pub api_key_id: Option<Uuid>,
+    /// Route involved.
+    pub route_id: Option<Uuid>,
+    /// Detector kind, e.g. `failed_auth_burst`.
+    pub kind: Option<String>,
+    /// At least this severe.
+    pub min_severity: Option<Severity>,
+    /// At or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Before.
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// Audit events, newest first.
+pub async fn list_events(
+    db: &DatabaseConnection,
+    filter: &AuditFilter,
+    page: &PageRequest<i64>,
+) -> ApiResult<Page<audit_event::Model>> {
+    let mut select = audit_event::Entity::find();
+    if let Some(v) = filter.principal_id {
+        select = select.filter(audit_event::Column::PrincipalId.eq(v));
+    }
+    if let Some(v) = filter.api_key_id {
+        select = select.filter(audit_event::Column::ApiKeyId.eq(v));
+    }
+    if let Some(v) = filter.route_id {
+        select = select.filter(audit_event::Column::RouteId.eq(v));
+    }
+    if let Some(v) = filter.decision {
+        select = select.filter(audit_event::Column::Decision.eq(v));
+    }
+    if let Some(v) = filter.kind {
+        select = select.filter(audit_event::Column::Kind.eq(v));
+    }
+    if let Some(v) = filter.from {
+        select = select.filter(audit_event::Column::OccurredAt.gte(v));
+    }
+    if let Some(v) = filter.to {
+        select = select.filter(audit_event::Column::OccurredAt.lt(v));
+    }
+    Ok(page::fetch(
+        db,
+        select,
+        audit_event::Column::Id,
+        Direction::Descending,
+        page,
+    )
+    .await?)
+}
+
+/// Security events, newest first.
+pub async fn list_security_events(
+    db: &DatabaseConnection,
+    filter: &SecurityFilter,
+    page: &PageRequest<Uuid>,
+) -> ApiResult<Page<security_event::Model>> {
+    let mut select = security_event::Entity::find();
+    if let Some(v) = filter.principal_id {
+        select = select.filter(security_event::Column::PrincipalId.eq(v));
+    }
+    if let Some(v) = filter.api_key_id {
+        select = select.filter(security_event::Column::ApiKeyId.eq(v));
+    }
+    if let Some(v) = filter.route_id {
+        select = select.filter(security_event::Column::RouteId.eq(v));
+    }
+    if let Some(v) = &filter.kind {
+        select = select.filter(security_event::Column::Kind.eq(v.clone()));
+    }
+    if let Some(min) = filter.min_severity {
+        let severities: Vec<Severity> = [
+            Severity::Low,
+            Severity::Medium,
+            Severity::High,
+            Severity::Critical,
+        ]
+        .into_iter()
+        .filter(|s| *s >= min)
+        .collect();
+        select = select.filter(security_event::Column::Severity.is_in(severities));
+    }
+    if let Some(v) = filter.from {
+        select = select.filter(security_event::Column::OccurredAt.gte(v));
+    }
+    if let Some(v) = filter.to {
+        select = select.filter(security_event::Column::OccurredAt.lt(v));
+    }
+    // UUID v7 ids sort by creation time.
+    Ok(page::fetch(
+        db,
+        select,
+        security_event::Column::Id,
+        Direction::Descending,
+        page,
+    )
+    .await?)
+}
+
+/// Result of [`verify_chain`].
+#[derive(Debug, Clone)]
+pub struct ChainVerification {
+    /// No broken link in the range.
+    pub ok: bool,
+    /// Rows verified before the first broken one (or all of them).
+    pub checked: u64,
+    /// Id of the first row that fails.
+    pub first_broken_id: Option<i64>,
+    /// What is wrong with it.
+    pub problem: Option<String>,
+}
+
+/// Verifies the hash chain over ids `from_id..=to_id` (defaults: the whole table), linking
+/// the first row to its predecessor's hash (or [`GENESIS`]).
+#[tracing::instrument(skip_all)]
+pub async fn verify_chain(
+    db: &DatabaseConnection,
+    from_id: Option<i64>,
+    to_id: Option<i64>,
+) -> ApiResult<ChainVerification> {
+    if let (Some(from), Some(to)) = (from_id, to_id)
+        && from > to
+    {
+        return Err(ApiError::invalid("fromId", "must not be greater than toId"));
+    }
+    let mut select = audit_event::Entity::find().order_by_asc(audit_event::Column::Id);
+    let expected_prev = match from_id {
+        Some(from) => {
+            select = select.filter(audit_event::Column::Id.gte(from));
+            audit_event::Entity::find()
+                .filter(audit_event::Column::Id.lt(from))
+                .order_by_desc(audit_event::Column::Id)
+                .one(db)
+                .await?
+                .map_or_else(|| GENESIS.to_owned(), |row| row.hash)
+        }
+        None => GENESIS.to_owned(),
+    };
+    if let Some(to) = to_id {
+        select = select.filter(audit_event::Column::Id.lte(to));
+    }
+    let rows = select.limit(MAX_VERIFY_ROWS).all(db).await?;
+    Ok(match chain::verify_rows(&expected_prev, &rows) {
+        Ok(checked) => ChainVerification {
+            ok: true,
+            checked: checked as u64,
+            first_broken_id: None,
+            problem: None,
+        },
+        Err(broken) => ChainVerification {
+            ok: false,
+            checked: rows.iter().take_while(|r| r.id < broken.id).count() as u64,
+            first_broken_id: Some(broken.id),
+            problem: Some(broken.problem.to_owned()),
+        },
+    })
+}
+
+/// Appends the audit event of one management mutation (allowed or refused) to the chain.
+pub async fn record_mutation(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    mutation: &str,
+    detail: Value,
+    outcome: Result<(), &str>,
+) {
+    let (decision, reason) = match outcome {
+        Ok(()) => (AuditDecision::Allow, "ok".to_owned()),
+        Err(reason) => (AuditDecision::Deny, reason.to_owned()),
+    };
+    let mut record = AuditRecord::new(AuditEventKind::Management, reason);
+    record.request_id = caller.request_id.clone();
+    record.principal_id = caller.actor.as_ref().map(|a| a.principal_id);
+    record.api_key_id = caller.actor.as_ref().and_then(|a| a.key_id);
+    record.client_ip = Some(caller.client_ip.to_string());
+    record.method = Some("mutation".into());
+    record.path = Some(mutation.to_owned());
+    record.decision = Some(decision);
+    record.detail = detail;
+    if let Err(error) = chain::append(db, &[record]).await {
+        // The change itself is committed; losing its audit record must at least be loud.
+        tracing::error!(%error, mutation, "failed to audit a management mutation");
+        metrics::counter!("portcullis_management_audit_failures_total").increment(1);
+    }
+}

@@ -1,0 +1,512 @@
+//! Detectors: turn the stream of audited requests into security events that the remediation
+//! engine (in `api`) acts on. The proxy itself never remediates.
+//!
+//! * `failed_auth_burst` — ≥ N authentication failures from one client IP within the window.
+//! * `failed_auth_burst_key` — ≥ N wrong secrets presented for one existing key's prefix.
+//! * `key_new_network` — a key used from a network (/24 for IPv4, /48 for IPv6) it has never
+//!   been used from before (history: this instance's memory, seeded from the audit trail).
+//! * `traffic_spike` — a principal's requests in the current minute exceed `spike_factor` times
+//!   its own moving average (and at least `spike_min_requests`).
+//! * `revoked_key_used` / `expired_key_used` — a dead key presented again.
+//!
+//! Counting happens in memory on the request path (a mutex-guarded map, no I/O); events and the
+//! history lookups for new networks go to a background task. Each event is emitted once per
+//! window per subject (its `fingerprint`), so a sustained attack produces one event per window,
+//! not one per request.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use entity::{
+    audit_event::{self, AuditDecision},
+    security_event::{self, SecurityEventStatus, Severity},
+};
+use ipnet::IpNet;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::{sync::mpsc, task::JoinHandle};
+use uuid::Uuid;
+
+use crate::audit::AuditRecord;
+
+/// Detector thresholds (`PORTCULLIS_PROXY__DETECTORS__*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectorConfig {
+    /// Sliding window for the failure bursts, in seconds.
+    pub window_secs: u64,
+    /// Authentication failures from one IP within the window that make a burst.
+    pub failed_auth_per_ip: u32,
+    /// Wrong secrets for one key within the window that make a burst.
+    pub failed_auth_per_key: u32,
+    /// Report keys used from a network they never used before.
+    pub new_network: bool,
+    /// A minute's requests above this multiple of the principal's average is a spike.
+    pub spike_factor: f64,
+    /// ...and only when the minute has at least this many requests.
+    pub spike_min_requests: u32,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self {
+            window_secs: 60,
+            failed_auth_per_ip: 20,
+            failed_auth_per_key: 10,
+            new_network: true,
+            spike_factor: 5.0,
+            spike_min_requests: 100,
+        }
+    }
+}
+
+/// A security event about to be stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detection {
+    /// `failed_auth_burst`, `key_new_network`, ...
+    pub kind: &'static str,
+    /// How bad.
+    pub severity: Severity,
+    /// Subject principal.
+    pub principal_id: Option<Uuid>,
+    /// Subject key.
+    pub api_key_id: Option<Uuid>,
+    /// Client address.
+    pub client_ip: Option<String>,
+    /// Route involved.
+    pub route_id: Option<Uuid>,
+    /// Dedupe key: one event per fingerprint per window.
+    pub fingerprint: String,
+    /// Evidence.
+    pub detail: serde_json::Value,
+}
+
+#[derive(Default)]
+struct Counter {
+    window_start: Option<Instant>,
+    count: u32,
+    reported: bool,
+}
+
+impl Counter {
+    /// Counts one occurrence; true exactly once per window when `threshold` is reached.
+    fn hit(&mut self, now: Instant, window: Duration, threshold: u32) -> bool {
+        if self
+            .window_start
+            .is_none_or(|start| now.duration_since(start) >= window)
+        {
+            *self = Self {
+                window_start: Some(now),
+                count: 0,
+                reported: false,
+            };
+        }
+        self.count += 1;
+        if self.count >= threshold && !self.reported {
+            self.reported = true;
+            return true;
+        }
+        false
+    }
+}
+
+#[derive(Default)]
+struct Traffic {
+    minute_start: Option<Instant>,
+    count: u32,
+    /// Exponential moving average of requests per minute (None until one full minute passed).
+    average: Option<f64>,
+    reported: bool,
+}
+
+#[derive(Default)]
+struct State {
+    failures_by_ip: HashMap<IpAddr, Counter>,
+    failures_by_key: HashMap<Uuid, Counter>,
+    dead_key_reported: HashMap<Uuid, Instant>,
+    traffic: HashMap<Uuid, Traffic>,
+    networks: HashMap<Uuid, HashSet<IpNet>>,
+    last_sweep: Option<Instant>,
+}
+
+/// Work for the background task.
+enum Job {
+    Store(Detection),
+    /// Key used from a network not in memory: check history, maybe emit.
+    CheckNetwork {
+        key_id: Uuid,
+        principal_id: Option<Uuid>,
+        ip: IpAddr,
+        net: IpNet,
+        route_id: Option<Uuid>,
+    },
+}
+
+/// The detectors of one proxy instance.
+pub struct Detectors {
+    config: DetectorConfig,
+    state: Mutex<State>,
+    jobs: mpsc::Sender<Job>,
+}
+
+/// How many detector jobs may wait; beyond that, observations are dropped and counted
+/// (detection is best effort under overload; the audit trail is not).
+const JOB_QUEUE: usize = 4_096;
+
+impl Detectors {
+    /// Starts the background task that stores events; it drains and ends once `stop` is set.
+    pub fn spawn(
+        db: DatabaseConnection,
+        config: DetectorConfig,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> (Self, JoinHandle<()>) {
+        let (jobs, rx) = mpsc::channel(JOB_QUEUE);
+        let task = tokio::spawn(run(db, rx, config.new_network, stop));
+        (
+            Self {
+                config,
+                state: Mutex::default(),
+                jobs,
+            },
+            task,
+        )
+    }
+
+    /// Observes one finished request (its audit record). Cheap; never blocks on I/O.
+    pub fn observe(&self, record: &AuditRecord) {
+        let now = Instant::now();
+        let window = Duration::from_secs(self.config.window_secs.max(1));
+        let mut detections = Vec::new();
+        let mut network_check = None;
+        {
+            let mut state = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            sweep(&mut state, now, window);
+            let ip = record
+                .client_ip
+                .as_deref()
+                .and_then(|ip| ip.parse::<IpAddr>().ok());
+            let auth_failure = record.status == Some(401);
+            if auth_failure && let Some(ip) = ip {
+                let counter = state.failures_by_ip.entry(ip).or_default();
+                if counter.hit(now, window, self.config.failed_auth_per_ip) {
+                    detections.push(Detection {
+                        kind: "failed_auth_burst",
+                        severity: Severity::High,
+                        principal_id: None,
+                        api_key_id: None,
+                        client_ip: Some(ip.to_string()),
+                        route_id: record.route_id,
+                        fingerprint: format!("failed_auth_burst:ip:{ip}"),
+                        detail: json!({ "failures": counter.count, "window_secs": window.as_secs() }),
+                    });
+                }
+            }
+            if let Some(key_id) = record.api_key_id {
+                match record.reason.as_str() {
+                    "wrong_secret" => {
+                        let counter = state.failures_by_key.entry(key_id).or_default();
+                        if counter.hit(now, window, self.config.failed_auth_per_key) {
+                            detections.push(Detection {
+                                kind: "failed_auth_burst_key",
+                                severity: Severity::High,
+                                principal_id: record.principal_id,
+                                api_key_id: Some(key_id),
+                                client_ip: record.client_ip.clone(),
+                                route_id: record.route_id,
+                                fingerprint: format!("failed_auth_burst:key:{key_id}"),
+                                detail: json!({ "failures": counter.count, "window_secs": window.as_secs() }),
+                            });
+                        }
+                    }
+                    reason @ ("key_revoked" | "key_expired") => {
+                        let recent = state
+                            .dead_key_reported
+                            .get(&key_id)
+                            .is_some_and(|at| now.duration_since(*at) < window);
+                        if !recent {
+                            state.dead_key_reported.insert(key_id, now);
+                            let kind = if reason == "key_revoked" {
+                                "revoked_key_used"
+                            } else {
+                                "expired_key_used"
+                            };
+                            detections.push(Detection {
+                                kind,
+                                severity: if kind == "revoked_key_used" {
+                                    Severity::High
+                                } else {
+                                    Severity::Medium
+                                },
+                                principal_id: record.principal_id,
+                                api_key_id: Some(key_id),
+                                client_ip: record.client_ip.clone(),
+                                route_id: record.route_id,
+                                fingerprint: format!("{kind}:{key_id}"),
+                                detail: json!({ "reason": reason }),
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+                if self.config.new_network
+                    && record.decision == Some(AuditDecision::Allow)
+                    && let Some(ip) = ip
+                {
+                    let net = network_of(ip);
+                    let known = state.networks.entry(key_id).or_default();
+                    if !known.contains(&net) {
+                        known.insert(net);
+                        network_check = Some(Job::CheckNetwork {
+                            key_id,
+                            principal_id: record.principal_id,
+                            ip,
+                            net,
+                            route_id: record.route_id,
+                        });
+                    }
+                }
+            }
+            if let Some(principal) = record.principal_id
+                && record.decision == Some(AuditDecision::Allow)
+                && let Some(detection) = self.count_traffic(&mut state, principal, now, record)
+            {
+                detections.push(detection);
+            }
+        }
+        for job in detections.into_iter().map(Job::Store).chain(network_check) {
+            if self.jobs.try_send(job).is_err() {
+                metrics::counter!("portcullis_detector_jobs_dropped_total").increment(1);
+            }
+        }
+    }
+
+    fn count_traffic(
+        &self,
+        state: &mut State,
+        principal: Uuid,
+        now: Instant,
+        record: &AuditRecord,
+    ) -> Option<Detection> {
+        let traffic = state.traffic.entry(principal).or_default();
+        let minute = Duration::from_secs(60);
+        match traffic.minute_start {
+            Some(start) if now.duration_since(start) < minute => {}
+            Some(start) => {
+                // Close the finished minute(s) into the average; idle minutes count as zero.
+                let idle_minutes = (now.duration_since(start).as_secs() / 60).saturating_sub(1);
+                let mut average = traffic.average.map_or(f64::from(traffic.count), |a| {
+                    0.8 * a + 0.2 * f64::from(traffic.count)
+                });
+                for _ in 0..idle_minutes.min(30) {
+                    average *= 0.8;
+                }
+                *traffic = Traffic {
+                    minute_start: Some(now),
+                    count: 0,
+                    average: Some(average),
+                    reported: false,
+                };
+            }
+            None => traffic.minute_start = Some(now),
+        }
+        traffic.count += 1;
+        let average = traffic.average?;
+        let threshold =
+            (average * self.config.spike_factor).max(f64::from(self.config.spike_min_requests));
+        if f64::from(traffic.count) > threshold && !traffic.reported {
+            traffic.reported = true;
+            return Some(Detection {
+                kind: "traffic_spike",
+                severity: Severity::Medium,
+                principal_id: Some(principal),
+                api_key_id: record.api_key_id,
+                client_ip: record.client_ip.clone(),
+                route_id: record.route_id,
+                fingerprint: format!("traffic_spike:principal:{principal}"),
+                detail: json!({ "requests_this_minute": traffic.count, "average_per_minute": average }),
+            });
+        }
+        None
+    }
+}
+
+/// The network a client address belongs to for "new network" purposes.
+pub fn network_of(ip: IpAddr) -> IpNet {
+    let prefix = match ip {
+        IpAddr::V4(_) => 24,
+        IpAddr::V6(_) => 48,
+    };
+    IpNet::new(ip, prefix)
+        .map(|n| n.trunc())
+        .unwrap_or_else(|_| IpNet::from(ip))
+}
+
+/// Forgets old counters so memory stays bounded by recent activity.
+fn sweep(state: &mut State, now: Instant, window: Duration) {
+    if state
+        .last_sweep
+        .is_some_and(|at| now.duration_since(at) < window)
+    {
+        return;
+    }
+    state.last_sweep = Some(now);
+    let stale = |start: Option<Instant>| start.is_none_or(|s| now.duration_since(s) >= window * 2);
+    state.failures_by_ip.retain(|_, c| !stale(c.window_start));
+    state.failures_by_key.retain(|_, c| !stale(c.window_start));
+    state
+        .dead_key_reported
+        .retain(|_, at| now.duration_since(*at) < window * 2);
+    state.traffic.retain(|_, t| {
+        t.minute_start
+            .is_some_and(|s| now.duration_since(s) < Duration::from_secs(3_600))
+    });
+}
+
+async fn run(
+    db: DatabaseConnection,
+    mut jobs: mpsc::Receiver<Job>,
+    new_network: bool,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let job = tokio::select! {
+            job = jobs.recv() => job,
+            () = async { let _ = stop.wait_for(|s| *s).await; } => {
+                // Stop taking new work; what is queued is still stored below.
+                jobs.close();
+                jobs.recv().await
+            }
+        };
+        let Some(job) = job else { return };
+        let detection = match job {
+            Job::Store(detection) => Some(detection),
+            Job::CheckNetwork {
+                key_id,
+                principal_id,
+                ip,
+                net,
+                route_id,
+            } if new_network => match seen_before(&db, key_id, net).await {
+                Ok(History::Seen) | Ok(History::FirstUse) => None,
+                Ok(History::NewNetwork(known)) => Some(Detection {
+                    kind: "key_new_network",
+                    severity: Severity::Medium,
+                    principal_id,
+                    api_key_id: Some(key_id),
+                    client_ip: Some(ip.to_string()),
+                    route_id,
+                    fingerprint: format!("key_new_network:{key_id}:{net}"),
+                    detail: json!({ "network": net.to_string(), "known_networks": known }),
+                }),
+                Err(error) => {
+                    tracing::warn!(%error, "new-network check failed");
+                    None
+                }
+            },
+            Job::CheckNetwork { .. } => None,
+        };
+        if let Some(detection) = detection
+            && let Err(error) = store(&db, &detection).await
+        {
+            tracing::error!(%error, kind = detection.kind, "security event not stored");
+        }
+    }
+}
+
+enum History {
+    Seen,
+    FirstUse,
+    NewNetwork(Vec<String>),
+}
+
+/// Looks at the key's recent allowed requests (before this one) for the network.
+async fn seen_before(
+    db: &DatabaseConnection,
+    key_id: Uuid,
+    net: IpNet,
+) -> Result<History, sea_orm::DbErr> {
+    let recent: Vec<Option<String>> = audit_event::Entity::find()
+        .select_only()
+        .column(audit_event::Column::ClientIp)
+        .filter(audit_event::Column::ApiKeyId.eq(key_id))
+        .filter(audit_event::Column::Decision.eq(AuditDecision::Allow))
+        .order_by_desc(audit_event::Column::Id)
+        .limit(1_000)
+        .into_tuple()
+        .all(db)
+        .await?;
+    let networks: HashSet<IpNet> = recent
+        .iter()
+        .flatten()
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .map(network_of)
+        .collect();
+    Ok(if networks.is_empty() {
+        History::FirstUse
+    } else if networks.contains(&net) {
+        History::Seen
+    } else {
+        History::NewNetwork(networks.iter().map(ToString::to_string).collect())
+    })
+}
+
+async fn store(db: &DatabaseConnection, detection: &Detection) -> Result<(), sea_orm::DbErr> {
+    let now = Utc::now();
+    security_event::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        kind: Set(detection.kind.to_owned()),
+        severity: Set(detection.severity),
+        occurred_at: Set(now),
+        principal_id: Set(detection.principal_id),
+        api_key_id: Set(detection.api_key_id),
+        client_ip: Set(detection.client_ip.clone()),
+        route_id: Set(detection.route_id),
+        fingerprint: Set(detection.fingerprint.clone()),
+        detail: Set(detection.detail.clone()),
+        status: Set(SecurityEventStatus::New),
+        handled_by_run_id: Set(None),
+        created_at: Set(now),
+    }
+    .insert(db)
+    .await?;
+    metrics::counter!("portcullis_security_events_total", "kind" => detection.kind).increment(1);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counter_fires_once_per_window_at_the_threshold() {
+        let start = Instant::now();
+        let window = Duration::from_secs(60);
+        let mut counter = Counter::default();
+        let fired: Vec<bool> = (0..25).map(|_| counter.hit(start, window, 20)).collect();
+        assert_eq!(fired.iter().filter(|f| **f).count(), 1);
+        assert!(fired[19]);
+        // A new window starts over.
+        assert!(!counter.hit(start + window, window, 20));
+        assert_eq!(counter.count, 1);
+    }
+
+    #[test]
+    fn networks_are_slash_24_and_slash_48() {
+        let v4: IpAddr = [10, 1, 2, 3].into();
+        assert_eq!(network_of(v4).to_string(), "10.1.2.0/24");
+        let v6: IpAddr = "2001:db8:1:2::5".parse().unwrap_or(v4);
+        assert_eq!(network_of(v6).to_string(), "2001:db8:1::/48");
+    }
+}

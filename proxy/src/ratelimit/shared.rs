@@ -1,0 +1,117 @@
+//! The Redis limiter: the same GCRA as [`super::gcra`], run by one Lua script so that the read,
+//! the decision and the write are a single atomic step however many proxies share the key.
+
+use std::time::Duration;
+
+use redis::{
+    Script,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
+
+use super::{Limit, RateDecision};
+
+/// Bucket keys live under this prefix in Redis.
+const KEY_PREFIX: &str = "portcullis:rl:";
+
+/// GCRA in Lua. KEYS[1] = bucket; ARGV[1] = emission interval (µs); ARGV[2] = burst.
+/// Returns `{allowed, remaining, reset µs, retry-after µs}`.
+///
+/// The clock is Redis's own `TIME`, never the caller's, so proxies with skewed clocks agree.
+/// Times are microseconds since the epoch (≈ 1.8e15, exact in a Lua double). The key expires
+/// when its TAT passes: an absent key and a full bucket are the same state.
+/// KEEP IN STEP WITH `gcra::decide`.
+const GCRA_LUA: &str = r"
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tolerance = interval * burst
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - tolerance
+if now < allow_at then
+  return {0, 0, tat - now, allow_at - now}
+end
+local ttl_ms = math.ceil((new_tat - now) / 1000)
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
+local remaining = math.floor((tolerance - (new_tat - now)) / interval)
+return {1, remaining, new_tat - now, 0}
+";
+
+/// Why the shared budget could not be consulted. The caller falls back to local limits.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedLimitError {
+    /// Redis answered with an error or the connection failed.
+    #[error("redis error")]
+    Redis(#[from] redis::RedisError),
+    /// Redis did not answer within the configured timeout.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A GCRA limiter whose buckets live in Redis, shared by every proxy instance.
+#[derive(Clone)]
+pub struct RedisLimiter {
+    connection: ConnectionManager,
+    script: Script,
+    timeout: Duration,
+}
+
+// === impl RedisLimiter ===
+
+impl RedisLimiter {
+    /// A limiter over `url`. Connects lazily (and reconnects by itself), so a Redis that is
+    /// down at start-up does not stop the proxy; only a malformed URL is an error.
+    ///
+    /// Must be called inside a Tokio runtime.
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, SharedLimitError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(200));
+        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self {
+            connection,
+            script: Script::new(GCRA_LUA),
+            timeout,
+        })
+    }
+
+    /// Runs the script for bucket `key` (EVALSHA; on `NOSCRIPT`, SCRIPT LOAD and again), bounded
+    /// by the timeout.
+    pub async fn check(&self, key: &str, limit: Limit) -> Result<RateDecision, SharedLimitError> {
+        let mut connection = self.connection.clone();
+        let interval_us = (limit.interval_ns() / 1_000).max(1);
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(format!("{KEY_PREFIX}{key}"))
+            .arg(interval_us)
+            .arg(limit.burst.max(1));
+        let (allowed, remaining, reset_us, retry_us): (i64, i64, i64, i64) =
+            tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection))
+                .await
+                .map_err(|_| SharedLimitError::Timeout(self.timeout))??;
+        let micros = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
+        Ok(RateDecision {
+            allowed: allowed == 1,
+            limit: limit.burst.max(1),
+            remaining: u32::try_from(remaining).unwrap_or(0),
+            reset: micros(reset_us),
+            retry_after: (allowed != 1).then(|| micros(retry_us)),
+        })
+    }
+
+    /// Whether Redis answers a `PING` within the timeout.
+    pub async fn ping(&self) -> bool {
+        let mut connection = self.connection.clone();
+        let ping = redis::cmd("PING");
+        let answer =
+            tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut connection));
+        matches!(answer.await, Ok(Ok(_)))
+    }
+}
