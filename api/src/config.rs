@@ -18,6 +18,37 @@ pub struct ApiConfig {
     pub max_query_depth: usize,
     /// Most complex accepted GraphQL query (async-graphql's complexity units).
     pub max_query_complexity: usize,
+    /// The inbound SNS webhook (`POST /webhooks/sns`), `PORTCULLIS_API__SNS__*`.
+    pub sns: SnsWebhookConfig,
+}
+
+/// Settings of the inbound SNS webhook.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnsWebhookConfig {
+    /// Topic ARNs whose messages are accepted and whose subscriptions are confirmed
+    /// (`PORTCULLIS_API__SNS__ALLOWED_TOPICS`). Empty: every message is refused.
+    pub allowed_topics: Vec<String>,
+    /// TEST/DEV ONLY: base URL (e.g. a wiremock server) from which signing certificates are
+    /// fetched instead of the allow-listed AWS URL in the message; the allow-list check still
+    /// applies to the URL in the message. `PORTCULLIS_API__SNS__CERT_URL_OVERRIDE`.
+    pub cert_url_override: Option<String>,
+    /// TEST/DEV ONLY: base URL that receives the subscription-confirmation `GET` instead of the
+    /// allow-listed AWS `SubscribeURL`. `PORTCULLIS_API__SNS__SUBSCRIBE_URL_OVERRIDE`.
+    pub subscribe_url_override: Option<String>,
+    /// Messages whose `Timestamp` is older than this are refused as replays.
+    pub max_message_age_secs: u64,
+}
+
+impl Default for SnsWebhookConfig {
+    fn default() -> Self {
+        Self {
+            allowed_topics: Vec::new(),
+            cert_url_override: None,
+            subscribe_url_override: None,
+            max_message_age_secs: 3600,
+        }
+    }
 }
 
 impl Default for ApiConfig {
@@ -29,6 +60,7 @@ impl Default for ApiConfig {
             max_request_bytes: 256 * 1024,
             max_query_depth: 12,
             max_query_complexity: 5000,
+            sns: SnsWebhookConfig::default(),
         }
     }
 }
@@ -53,6 +85,69 @@ impl ApiConfig {
                 "limits must be greater than 0".into(),
             ));
         }
+        self.sns.validate()
+    }
+}
+
+impl SnsWebhookConfig {
+    /// Checks topic ARNs, override URLs and the replay window.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        for topic in &self.allowed_topics {
+            if !is_sns_topic_arn(topic) {
+                return Err((
+                    "PORTCULLIS_API__SNS__ALLOWED_TOPICS",
+                    format!(
+                        "{topic:?} is not a topic ARN like arn:aws:sns:us-east-1:123456789012:name"
+                    ),
+                ));
+            }
+        }
+        for (var, url) in [
+            (
+                "PORTCULLIS_API__SNS__CERT_URL_OVERRIDE",
+                &self.cert_url_override,
+            ),
+            (
+                "PORTCULLIS_API__SNS__SUBSCRIBE_URL_OVERRIDE",
+                &self.subscribe_url_override,
+            ),
+        ] {
+            if let Some(url) = url
+                && reqwest::Url::parse(url)
+                    .map_or(true, |u| !matches!(u.scheme(), "http" | "https"))
+            {
+                return Err((var, format!("{url:?} is not an http(s) base URL")));
+            }
+        }
+        if self.max_message_age_secs == 0 {
+            return Err((
+                "PORTCULLIS_API__SNS__MAX_MESSAGE_AGE_SECS",
+                "must be greater than 0".into(),
+            ));
+        }
         Ok(())
     }
+}
+
+/// `arn:<partition>:sns:<region>:<12-digit account>:<topic name>` (partition `aws`, `aws-cn`,
+/// `aws-us-gov`; FIFO names end in `.fifo`).
+fn is_sns_topic_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.split(':').collect();
+    let [arn_tag, partition, service, region, account, name] = parts.as_slice() else {
+        return false;
+    };
+    *arn_tag == "arn"
+        && partition.starts_with("aws")
+        && *service == "sns"
+        && !region.is_empty()
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && !name.is_empty()
+        && name.len() <= 256
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }

@@ -13,13 +13,17 @@ mod health;
 pub mod metrics;
 pub mod service;
 pub mod state;
+pub mod webhooks;
 
 use axum::{Router, routing::get};
 use tower_http::{cors::CorsLayer, limit::RequestBodyLimitLayer};
 
-pub use crate::{config::ApiConfig, state::AppState};
+pub use crate::{
+    config::{ApiConfig, SnsWebhookConfig},
+    state::AppState,
+};
 
-/// The management API: `/graphql`, `/healthz`, `/readyz`, `/metrics`.
+/// The management API: `/graphql`, `/healthz`, `/readyz`, `/metrics`, `POST /webhooks/sns`.
 pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.config);
     let body_limit = RequestBodyLimitLayer::new(state.config.max_request_bytes);
@@ -28,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(render_metrics))
+        .merge(webhooks::router())
         .layer(body_limit)
         .layer(cors)
         .with_state(state);

@@ -33,6 +33,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Database, policy cache and key hasher, shared with the resolvers.
     pub services: ServiceContext,
+    /// The inbound SNS webhook (verifier, certificate cache, allow-listed topics).
+    pub sns: Arc<crate::webhooks::sns::SnsWebhook>,
     /// Dropping the last clone of the state stops the change-feed poller.
     _poller: Arc<watch::Sender<bool>>,
 }
@@ -80,6 +82,10 @@ impl AppState {
             hasher,
             oidc,
         };
+        let sns = Arc::new(
+            crate::webhooks::sns::SnsWebhook::from_config(&config.sns)
+                .context("failed to set up the SNS webhook")?,
+        );
         let config = Arc::new(config);
         let schema = crate::graphql::build_schema(services.clone(), &config);
         Ok(Self {
@@ -88,6 +94,7 @@ impl AppState {
             schema,
             metrics: crate::metrics::install(),
             services,
+            sns,
             _poller: Arc::new(stop),
         })
     }

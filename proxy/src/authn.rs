@@ -40,6 +40,10 @@ pub enum AuthFailure {
     Oidc(crate::oidc::OidcError),
     /// A valid OIDC token for a subject no user principal is linked to (never auto-provisioned).
     OidcUnknownSubject,
+    /// A well-formed grant token whose prefix matches no grant.
+    UnknownGrant,
+    /// The grant exists but is not approved, or was revoked, or has expired.
+    GrantNotActive,
 }
 
 impl AuthFailure {
@@ -57,6 +61,8 @@ impl AuthFailure {
             Self::MethodNotAccepted => "auth_method_not_accepted",
             Self::Oidc(error) => error.code(),
             Self::OidcUnknownSubject => "oidc_unknown_subject",
+            Self::UnknownGrant => "unknown_grant",
+            Self::GrantNotActive => "grant_not_active",
         }
     }
 }
@@ -66,7 +72,9 @@ impl AuthFailure {
 pub enum Presented<'a> {
     /// An API key from `Authorization: Bearer` or `x-api-key`.
     ApiKey(&'a str),
-    /// Another bearer token (OIDC JWT or grant token).
+    /// An incident-grant token (`pg_…`).
+    GrantToken(&'a str),
+    /// Another bearer token (an OIDC JWT).
     Bearer(&'a str),
 }
 
@@ -106,6 +114,7 @@ pub fn presented(headers: &HeaderMap) -> Result<Option<Presented<'_>>, ProxyErro
             Ok(Some(Presented::ApiKey(token)))
         }
         (None, Some(token)) => Ok(Some(Presented::ApiKey(token))),
+        (Some(token), _) if token.starts_with("pg_") => Ok(Some(Presented::GrantToken(token))),
         (Some(token), _) => Ok(Some(Presented::Bearer(token))),
         (None, None) => Ok(None),
     }
@@ -209,6 +218,61 @@ pub async fn verify_api_key(
         return Err(refuse(AuthFailure::KeySuspended));
     }
     Ok(entry)
+}
+
+/// Verifies an incident-grant token: offline format check, cached lookup by prefix,
+/// constant-time HMAC comparison, then the grant must be among the owner's active grants
+/// (approved, not revoked, not expired at `now`).
+pub async fn verify_grant_token(
+    cache: &PolicyCache,
+    hasher: &KeyHasher,
+    raw: &str,
+    now: DateTime<Utc>,
+) -> Result<Authenticated, Refused> {
+    let token =
+        PlainToken::parse(raw).map_err(|e| unauthenticated(AuthFailure::MalformedKey(e)))?;
+    if token.kind() != TokenKind::IncidentGrant {
+        return Err(
+            unauthenticated(AuthFailure::MalformedKey(TokenFormatError::UnknownProduct)).into(),
+        );
+    }
+    let Some(entry) = cache
+        .grant_token(token.lookup_prefix())
+        .await
+        .map_err(ProxyError::from)?
+    else {
+        return Err(unauthenticated(AuthFailure::UnknownGrant).into());
+    };
+    let refuse = |failure| Refused {
+        error: unauthenticated(failure),
+        key_id: None,
+        principal_id: Some(entry.principal_id),
+    };
+    if !hasher.verify(&token, &entry.hash) {
+        return Err(refuse(AuthFailure::WrongSecret));
+    }
+    let owner = cache
+        .principal(entry.principal_id, now)
+        .await
+        .map_err(ProxyError::from)?;
+    let active = owner.is_some_and(|p| {
+        !p.disabled
+            && p.grants
+                .iter()
+                .any(|g| g.id == entry.grant_id && g.is_active_at(now))
+    });
+    if !active {
+        return Err(refuse(AuthFailure::GrantNotActive));
+    }
+    Ok(Authenticated {
+        principal_id: entry.principal_id,
+        key_id: None,
+        grant_id: Some(entry.grant_id.0),
+        method: AuthMethod::Grant,
+        key_rate_limit: None,
+        has_quota: false,
+        extra_group_ids: Vec::new(),
+    })
 }
 
 /// Spends one use of a quota-limited key, refilling it first when its period has passed.

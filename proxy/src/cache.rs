@@ -103,6 +103,17 @@ pub struct KeyEntry {
     pub rate_limit: Option<(u32, u32)>,
 }
 
+/// An incident-grant token as enforced.
+#[derive(Debug, Clone)]
+pub struct GrantTokenEntry {
+    /// The grant.
+    pub grant_id: GrantId,
+    /// The grantee.
+    pub principal_id: Uuid,
+    /// HMAC of the token.
+    pub hash: TokenHash,
+}
+
 /// A principal as enforced: its groups, every binding that applies and its active grants.
 #[derive(Debug, Clone)]
 pub struct PrincipalEntry {
@@ -133,6 +144,8 @@ pub struct PolicyCache {
     /// `None` = known not to exist.
     keys: RwLock<HashMap<String, Option<Arc<KeyEntry>>>>,
     principals: RwLock<HashMap<Uuid, Arc<PrincipalEntry>>>,
+    /// Incident-grant tokens by lookup prefix (`None` = known not to exist).
+    grant_tokens: RwLock<HashMap<String, Option<Arc<GrantTokenEntry>>>>,
     /// OIDC `iss` → `sub` → user principal (`None` = no such user); see [`Self::principal_for_subject`].
     oidc_subjects: RwLock<HashMap<String, HashMap<String, Option<PrincipalId>>>>,
     /// IdP group name → group principals, loaded whole on first use; see [`Self::groups_for_claims`].
@@ -178,6 +191,7 @@ impl PolicyCache {
             db,
             snapshot: ArcSwap::from_pointee(snapshot),
             keys: RwLock::default(),
+            grant_tokens: RwLock::default(),
             principals: RwLock::default(),
             oidc_subjects: RwLock::default(),
             oidc_groups: arc_swap::ArcSwapOption::empty(),
@@ -223,6 +237,39 @@ impl PolicyCache {
                 keys.retain(|_, e| e.is_some());
             }
             keys.insert(prefix.to_owned(), entry.clone());
+        }
+        Ok(entry)
+    }
+
+    /// The incident grant whose token has this lookup prefix, loading it on a miss. Only the
+    /// token's hash and owner are cached; whether the grant is active comes from the owner's
+    /// [`PrincipalEntry`], which is evicted on every grant change.
+    pub async fn grant_token(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<Arc<GrantTokenEntry>>, CacheError> {
+        if let Some(entry) = read(&self.grant_tokens).get(prefix) {
+            return Ok(entry.clone());
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let row = incident_grant::Entity::find()
+            .filter(incident_grant::Column::TokenPrefix.eq(prefix))
+            .one(&self.db)
+            .await?;
+        let entry = row.and_then(|row| {
+            let hash = TokenHash::from_hex(row.token_hash.as_deref()?).ok()?;
+            Some(Arc::new(GrantTokenEntry {
+                grant_id: GrantId(row.id),
+                principal_id: row.requester_id,
+                hash,
+            }))
+        });
+        let mut tokens = write(&self.grant_tokens);
+        if self.generation.load(Ordering::Acquire) == generation {
+            if entry.is_none() && tokens.len() >= MAX_NEGATIVE_KEYS {
+                tokens.retain(|_, e| e.is_some());
+            }
+            tokens.insert(prefix.to_owned(), entry.clone());
         }
         Ok(entry)
     }
@@ -331,6 +378,14 @@ impl PolicyCache {
                     .is_some_and(|e| !keys_changed.contains(&e.id))
             });
         }
+        if changes
+            .iter()
+            .any(|c| c.entity_kind == kind::INCIDENT_GRANT)
+        {
+            // Grants are few and change rarely: forget every token entry.
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            write(&self.grant_tokens).clear();
+        }
         if !principals_changed.is_empty() {
             self.generation.fetch_add(1, Ordering::AcqRel);
             let mut principals = write(&self.principals);
@@ -416,6 +471,7 @@ impl PolicyCache {
         self.generation.fetch_add(1, Ordering::AcqRel);
         write(&self.keys).clear();
         write(&self.principals).clear();
+        write(&self.grant_tokens).clear();
         self.forget_oidc_identities();
     }
 }

@@ -139,11 +139,29 @@ async fn run(
             .cache
             .with_extra_groups(principal, &caller.extra_group_ids, now)
             .await?;
-        let subject = Subject {
-            principal_id: principal.id,
-            group_ids: &principal.group_ids,
-            bindings: &principal.bindings,
-            grants: &principal.grants,
+        // A grant token carries exactly its grant's permissions, nothing else the holder has.
+        let grant_only: Vec<_> = match caller.grant_id {
+            Some(id) => principal
+                .grants
+                .iter()
+                .filter(|g| g.id.0 == id)
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        let subject = match caller.grant_id {
+            Some(_) => Subject {
+                principal_id: principal.id,
+                group_ids: &[],
+                bindings: &[],
+                grants: &grant_only,
+            },
+            None => Subject {
+                principal_id: principal.id,
+                group_ids: &principal.group_ids,
+                bindings: &principal.bindings,
+                grants: &principal.grants,
+            },
         };
         let facts = RequestFacts {
             method: request.method(),
@@ -228,16 +246,23 @@ async fn authenticate(
                 extra_group_ids: Vec::new(),
             }))
         }
+        Some(Presented::GrantToken(token)) if accepts(AuthMethod::Grant) => {
+            authn::verify_grant_token(&state.cache, &state.hasher, token, now)
+                .await
+                .map(Some)
+        }
         Some(Presented::Bearer(token)) => match &state.oidc {
-            Some(verifier) if accepts(AuthMethod::Oidc) && !token.starts_with("pg_") => {
+            Some(verifier) if accepts(AuthMethod::Oidc) => {
                 crate::oidc::authenticate(verifier, &state.cache, token)
                     .await
                     .map(Some)
             }
-            // Grant tokens (`pg_…`) are verified by an authenticator still to come; until then
-            // they, and JWTs where OIDC is off, are refused, never waved through.
+            // JWTs where OIDC is off are refused, never waved through.
             _ => Err(ProxyError::Unauthenticated(AuthFailure::MethodNotAccepted).into()),
         },
+        Some(Presented::GrantToken(_)) => {
+            Err(ProxyError::Unauthenticated(AuthFailure::MethodNotAccepted).into())
+        }
     }
 }
 

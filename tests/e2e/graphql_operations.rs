@@ -71,14 +71,7 @@ type Step = (
     Vec<(&'static str, &'static str)>,
 );
 
-fn script(
-    upstream: &str,
-) -> Vec<(
-    &'static str,
-    &'static str,
-    Value,
-    Vec<(&'static str, &'static str)>,
-)> {
+fn script(upstream: &str) -> Vec<Step> {
     let future = (chrono::Utc::now() + chrono::Duration::days(7)).to_rfc3339();
     vec![
         ("me.graphql", "ServerInfo", json!({}), vec![]),

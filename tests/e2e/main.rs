@@ -8,6 +8,7 @@ mod bypass;
 mod cli;
 mod detectors;
 mod dev_stack;
+mod grants;
 mod graphql_access;
 mod graphql_authz;
 mod graphql_keys;

@@ -6,6 +6,9 @@
 //! in-process mocks of `portcullis dev`, or wiremock in tests) without touching the environment.
 
 pub mod dev_mock;
+pub mod error;
+pub mod secrets;
+pub mod sns;
 
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_secretsmanager::config::Credentials;

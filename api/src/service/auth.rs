@@ -69,8 +69,7 @@ pub async fn authenticate(
             }
         }
         Ok(Some(Presented::Bearer(token))) => match &services.oidc {
-            // Incident-grant tokens (`pg_…`) are not management credentials.
-            Some(verifier) if !token.starts_with("pg_") => {
+            Some(verifier) => {
                 match proxy::oidc::authenticate(verifier, &services.cache, token).await {
                     Ok(identity) => Ok(Actor {
                         principal_id: identity.principal_id,
@@ -82,6 +81,8 @@ pub async fn authenticate(
             }
             _ => Err("auth_method_not_accepted"),
         },
+        // Incident-grant tokens open proxied routes, never the management API.
+        Ok(Some(Presented::GrantToken(_))) => Err("auth_method_not_accepted"),
         Err(error) => Err(failure_code(&error)),
     };
     let (actor, failure) = match result {

@@ -1,0 +1,190 @@
+//! Incident-grant tokens at the proxy: time-boxed access carrying exactly the grant's
+//! permissions, tagged on every request, revocable at once.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use entity::{incident_grant, policy_change::PolicyChangeOp, principal, route};
+use proxy::keys::{PlainToken, TokenEnv, TokenKind};
+use reqwest::StatusCode;
+use sea_orm::{ActiveModelTrait, EntityTrait, Set};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::support::{TestApp, eventually, for_each_backend};
+
+async fn on_call_engineer(app: &TestApp) -> Uuid {
+    let now = Utc::now();
+    principal::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        kind: Set(principal::PrincipalKind::User),
+        name: Set("oncall".into()),
+        display_name: Set("On-call engineer".into()),
+        email: Set(None),
+        oidc_issuer: Set(None),
+        oidc_subject: Set(None),
+        oidc_group: Set(None),
+        disabled: Set(false),
+        metadata: Set(json!({})),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(&app.db)
+    .await
+    .unwrap()
+    .id
+}
+
+/// An approved grant for `GET /demo/incident/**`, valid for an hour; returns (grant id, token).
+async fn approved_grant(app: &TestApp, requester: Uuid) -> (Uuid, String) {
+    let token = PlainToken::generate(TokenKind::IncidentGrant, TokenEnv::Test);
+    let now = Utc::now();
+    let grant = incident_grant::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        incident_id: Set("INC-42".into()),
+        requester_id: Set(requester),
+        approver_id: Set(None),
+        justification: Set("database on fire".into()),
+        role_id: Set(None),
+        permissions: Set(json!([{ "name": "demo:incident", "methods": ["GET"], "path_glob": "/demo/incident/**" }])),
+        duration_seconds: Set(3_600),
+        status: Set(incident_grant::IncidentGrantStatus::Approved),
+        break_glass: Set(false),
+        token_prefix: Set(Some(token.lookup_prefix().to_owned())),
+        token_hash: Set(Some(app.hasher.hash(token.as_parsed()).to_hex())),
+        requested_at: Set(now),
+        decided_at: Set(Some(now)),
+        expires_at: Set(Some(now + chrono::Duration::hours(1))),
+        revoked_at: Set(None),
+        revoked_reason: Set(None),
+        follow_up_review_id: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(&app.db)
+    .await
+    .unwrap();
+    api::service::feed::record(
+        &app.db,
+        proxy::cache::kind::INCIDENT_GRANT,
+        requester,
+        PolicyChangeOp::Upsert,
+    )
+    .await
+    .unwrap();
+    (grant.id, token.expose_secret().to_owned())
+}
+
+async fn accept_grants_on_demo_route(app: &TestApp) {
+    let demo = route::Entity::find().one(&app.db).await.unwrap().unwrap();
+    let mut active: route::ActiveModel = demo.clone().into();
+    active.auth_methods = Set(json!(["api_key", "grant"]));
+    active.update(&app.db).await.unwrap();
+    api::service::feed::record(
+        &app.db,
+        proxy::cache::kind::ROUTE,
+        demo.id,
+        PolicyChangeOp::Upsert,
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_grant_token_allows_exactly_its_permissions_is_tagged_and_dies_on_revocation() {
+    for_each_backend(|db| async move {
+        let app = TestApp::spawn(db).await;
+        let engineer = on_call_engineer(&app).await;
+        let (grant_id, token) = approved_grant(&app, engineer).await;
+
+        // The route does not accept grants yet.
+        assert_eq!(
+            app.proxy_get("/demo/incident/logs", Some(&token))
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+        accept_grants_on_demo_route(&app).await;
+        let allowed = eventually(Duration::from_secs(2), || async {
+            app.proxy_get("/demo/incident/logs", Some(&token))
+                .await
+                .status()
+                == StatusCode::OK
+        })
+        .await;
+        assert!(allowed.is_some());
+        let echo: Value = app
+            .proxy_get("/demo/incident/logs", Some(&token))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            echo["headers"]["x-portcullis-grant-id"],
+            grant_id.to_string()
+        );
+        assert_eq!(
+            echo["headers"]["x-portcullis-principal"],
+            engineer.to_string()
+        );
+
+        // Outside the grant's path, or another method: forbidden.
+        assert_eq!(
+            app.proxy_get("/demo/other", Some(&token)).await.status(),
+            StatusCode::FORBIDDEN
+        );
+        let post = app
+            .http
+            .post(format!("{}/demo/incident/logs", app.dev.proxy_url()))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(post.status(), StatusCode::FORBIDDEN);
+
+        // Revoke: refused within a second.
+        let mut grant: incident_grant::ActiveModel = incident_grant::Entity::find_by_id(grant_id)
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap()
+            .into();
+        grant.status = Set(incident_grant::IncidentGrantStatus::Revoked);
+        grant.revoked_at = Set(Some(Utc::now()));
+        grant.update(&app.db).await.unwrap();
+        api::service::feed::record(
+            &app.db,
+            proxy::cache::kind::INCIDENT_GRANT,
+            engineer,
+            PolicyChangeOp::Upsert,
+        )
+        .await
+        .unwrap();
+        let refused = eventually(Duration::from_secs(1), || async {
+            app.proxy_get("/demo/incident/logs", Some(&token))
+                .await
+                .status()
+                == StatusCode::UNAUTHORIZED
+        })
+        .await;
+        assert!(refused.is_some(), "revoked grant still works after 1 s");
+
+        let db = app.stop().await;
+        let tagged = entity::audit_event::Entity::find()
+            .all(&db.conn)
+            .await
+            .unwrap();
+        assert!(
+            tagged
+                .iter()
+                .any(|e| e.grant_id == Some(grant_id) && e.status == Some(200))
+        );
+        assert!(
+            tagged
+                .iter()
+                .any(|e| e.reason == "grant_not_active" && e.principal_id == Some(engineer))
+        );
+        db.drop_database().await;
+    })
+    .await;
+}
