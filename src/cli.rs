@@ -171,9 +171,30 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Worker => {
-            let _db = connect(&config).await?;
-            tracing::info!("worker started; no background jobs are scheduled in this version");
+            let db = connect(&config).await?;
+            let secrets = ServerSecrets::resolve(&config)?;
+            let hasher = proxy::keys::KeyHasher::new(&secrets.key_pepper)
+                .context("invalid key pepper")?;
+            let aws = api::aws::AwsClients::from_env().await;
+            if config.api.notify_topic_arn.is_none() {
+                tracing::warn!(
+                    "PORTCULLIS_API__NOTIFY_TOPIC_ARN is unset: remediation runs will not notify"
+                );
+            }
+            let engine = api::remediation::Engine::from_aws(
+                db.clone(),
+                hasher,
+                &aws,
+                config.api.remediation.clone(),
+                config.api.notify_topic_arn.clone(),
+            );
+            api::remediation::seed_builtin_playbooks(&db)
+                .await
+                .context("failed to seed the builtin remediation playbooks")?;
+            let worker = engine.spawn();
+            tracing::info!("worker started: security-event triggers, remediation runs, SNS outbox");
             serve::termination_signal().await;
+            worker.shutdown().await;
             Ok(())
         }
         Command::Migrate { action } => {

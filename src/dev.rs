@@ -25,6 +25,9 @@ use crate::{
     serve::{self, ShutdownTrigger},
 };
 
+/// The SNS topic `POST /webhooks/sns` accepts in development, besides the configured ones.
+pub const DEV_SNS_TOPIC: &str = "arn:aws:sns:us-east-1:000000000000:portcullis-dev";
+
 /// Where the three local servers listen (port 0 picks a free port).
 #[derive(Debug, Clone, Copy)]
 pub struct Ports {
@@ -50,6 +53,10 @@ pub struct RunningDev {
     pub aws: DevAws,
     /// Clients pointed at the mocks.
     pub aws_clients: AwsClients,
+    /// The remediation engine (over the mocked AWS), for manual triggers.
+    pub remediation: api::remediation::Engine,
+    /// Its background loops (security events, runs, outbox); `None` once stopped.
+    remediation_worker: Option<api::remediation::Worker>,
     proxy_state: proxy::ProxyState,
     trigger: ShutdownTrigger,
     servers: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -109,10 +116,35 @@ pub async fn start(config: &Config, ports: Ports) -> anyhow::Result<RunningDev> 
 
     let aws = DevAws::start().await;
     let aws_clients = AwsClients::for_endpoints(&aws.sns_endpoint(), &aws.secrets_endpoint()).await;
+    let remediation = api::remediation::Engine::from_aws(
+        db.clone(),
+        hasher.clone(),
+        &aws_clients,
+        config.api.remediation.clone(),
+        Some(
+            config
+                .api
+                .notify_topic_arn
+                .clone()
+                .unwrap_or_else(|| DEV_SNS_TOPIC.to_owned()),
+        ),
+    );
+    api::remediation::seed_builtin_playbooks(&db)
+        .await
+        .context("failed to seed the builtin remediation playbooks")?;
+    let remediation_worker = Some(remediation.spawn());
 
     let mut api_config = config.api.clone();
     api_config.graphiql = true;
     api_config.introspection = true;
+    if !api_config
+        .sns
+        .allowed_topics
+        .iter()
+        .any(|t| t == DEV_SNS_TOPIC)
+    {
+        api_config.sns.allowed_topics.push(DEV_SNS_TOPIC.to_owned());
+    }
     let api_state = api::AppState::new(
         db.clone(),
         api_config,
@@ -155,6 +187,8 @@ pub async fn start(config: &Config, ports: Ports) -> anyhow::Result<RunningDev> 
         admin_key,
         aws,
         aws_clients,
+        remediation,
+        remediation_worker,
         proxy_state,
         trigger,
         servers,
@@ -194,6 +228,14 @@ impl RunningDev {
         )
     }
 
+    /// Stops the remediation loops (security events, runs, outbox) and waits for them, leaving
+    /// everything else running; tests use it to simulate a worker that went away.
+    pub async fn stop_remediation(&mut self) {
+        if let Some(worker) = self.remediation_worker.take() {
+            worker.shutdown().await;
+        }
+    }
+
     /// Stops accepting connections, lets in-flight requests finish (up to 10 s), flushes audit.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.trigger.trigger();
@@ -204,6 +246,9 @@ impl RunningDev {
                     tracing::warn!("a server did not finish its in-flight requests within 10 s")
                 }
             }
+        }
+        if let Some(worker) = self.remediation_worker {
+            worker.shutdown().await;
         }
         self.proxy_state.shutdown().await;
         Ok(())

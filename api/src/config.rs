@@ -20,6 +20,11 @@ pub struct ApiConfig {
     pub max_query_complexity: usize,
     /// The inbound SNS webhook (`POST /webhooks/sns`), `PORTCULLIS_API__SNS__*`.
     pub sns: SnsWebhookConfig,
+    /// SNS topic remediation notifications are published to (`PORTCULLIS_API__NOTIFY_TOPIC_ARN`);
+    /// `None`: runs do not notify. `portcullis dev` uses its mocked topic.
+    pub notify_topic_arn: Option<String>,
+    /// Remediation engine tuning (`PORTCULLIS_API__REMEDIATION__*`).
+    pub remediation: crate::remediation::RemediationConfig,
 }
 
 /// Settings of the inbound SNS webhook.
@@ -61,6 +66,8 @@ impl Default for ApiConfig {
             max_query_depth: 12,
             max_query_complexity: 5000,
             sns: SnsWebhookConfig::default(),
+            notify_topic_arn: None,
+            remediation: crate::remediation::RemediationConfig::default(),
         }
     }
 }

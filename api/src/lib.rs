@@ -11,6 +11,8 @@ mod config;
 pub mod graphql;
 mod health;
 pub mod metrics;
+pub mod outbox;
+pub mod remediation;
 pub mod service;
 pub mod state;
 pub mod webhooks;

@@ -163,6 +163,50 @@ pub async fn send(
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 
+/// The protocol of a WebSocket upgrade request (`Connection: upgrade` + `Upgrade: websocket`).
+/// Other upgrades (h2c, TLS) are not passed through.
+pub fn websocket_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let upgrade = headers.get(header::UPGRADE)?;
+    (connection_upgrade
+        && upgrade
+            .to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket")))
+    .then(|| upgrade.clone())
+}
+
+/// Puts back the upgrade headers that hop-by-hop stripping removed.
+pub fn restore_upgrade_headers(headers: &mut HeaderMap, protocol: &HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol.clone());
+}
+
+/// Once the upstream answered 101, joins the client's and the upstream's upgraded
+/// connections and copies bytes both ways until either side closes. Authorization happened
+/// before the upgrade; the tunnel itself is opaque.
+pub fn splice_upgraded(client: hyper::upgrade::OnUpgrade, response: &mut Response<Body>) {
+    let upstream = hyper::upgrade::on(&mut *response);
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::warn!(%error, "upgrade failed");
+                return;
+            }
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(%error, "upgraded connection closed with an error");
+        }
+    });
+}
+
 fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(error);
     while let Some(e) = source {

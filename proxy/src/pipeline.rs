@@ -316,8 +316,13 @@ async fn forward_request(
     host: Option<&str>,
     caller: Option<&Authenticated>,
 ) -> Result<Response, ProxyError> {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let max = state.config.max_body_bytes;
+    // WebSocket: the client's side of the upgrade, joined to the upstream's after its 101.
+    let upgrade = forward::websocket_upgrade(&parts.headers);
+    let client_upgrade = upgrade
+        .as_ref()
+        .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -335,7 +340,7 @@ async fn forward_request(
         .unwrap_or("-")
         .to_owned();
     let uri = forward::upstream_uri(&route.upstream, &route.upstream_path(path), query)?;
-    let headers = forward::upstream_headers(
+    let mut headers = forward::upstream_headers(
         parts.headers,
         client_ip,
         host,
@@ -343,6 +348,9 @@ async fn forward_request(
         &identity,
         &request_id,
     );
+    if let Some(protocol) = &upgrade {
+        forward::restore_upgrade_headers(&mut headers, protocol);
+    }
     let mut upstream = http::Request::builder()
         .method(parts.method)
         .uri(uri)
@@ -352,14 +360,21 @@ async fn forward_request(
     let timeout = route
         .timeout
         .unwrap_or_else(|| state.config.upstream_timeout());
-    forward::send(&state.client, upstream, timeout)
+    let mut response = forward::send(&state.client, upstream, timeout)
         .await
         .map_err(|error| match error {
             ProxyError::UpstreamUnavailable(source) if caused_by_length_limit(source.as_ref()) => {
                 ProxyError::PayloadTooLarge
             }
             other => other,
-        })
+        })?;
+    if let (Some(protocol), Some(client_upgrade)) = (upgrade, client_upgrade)
+        && response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+    {
+        forward::restore_upgrade_headers(response.headers_mut(), &protocol);
+        forward::splice_upgraded(client_upgrade, &mut response);
+    }
+    Ok(response)
 }
 
 fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {

@@ -19,4 +19,6 @@ mod oidc;
 mod proxy_auth;
 mod rate_limit;
 mod schema;
+mod sns_webhook;
 mod support;
+mod websocket;

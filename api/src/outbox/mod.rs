@@ -110,7 +110,11 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// A dispatcher over `db` publishing through `notifier`.
-    pub fn new(db: DatabaseConnection, notifier: Arc<dyn Notifier>, config: DispatcherConfig) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        notifier: Arc<dyn Notifier>,
+        config: DispatcherConfig,
+    ) -> Self {
         Self {
             db,
             notifier,
@@ -143,7 +147,10 @@ impl Dispatcher {
             }
             // Claim: only one dispatcher publishes a given attempt.
             let claimed = notification_outbox::Entity::update_many()
-                .col_expr(notification_outbox::Column::Attempts, Expr::value(row.attempts + 1))
+                .col_expr(
+                    notification_outbox::Column::Attempts,
+                    Expr::value(row.attempts + 1),
+                )
                 .col_expr(
                     notification_outbox::Column::NextAttemptAt,
                     Expr::value(now + chrono::Duration::seconds(60)),

@@ -15,9 +15,7 @@ use entity::{
     rate_limit_override, remediation_step, role_binding, route,
     security_event::Severity,
 };
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, Set,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, Set};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -161,9 +159,8 @@ impl StepAction {
         if let Some(object) = params.as_object_mut() {
             object.insert("action".into(), Value::String(step.action.clone()));
         }
-        serde_json::from_value(params).map_err(|e| {
-            StepError::permanent(format!("invalid step {:?}: {e}", step.action))
-        })
+        serde_json::from_value(params)
+            .map_err(|e| StepError::permanent(format!("invalid step {:?}: {e}", step.action)))
     }
 
     /// Whether the step calls AWS (and so runs outside a database transaction).
@@ -223,7 +220,10 @@ pub async fn apply(
             .insert(txn)
             .await?;
             feed::record(txn, kind::IP_RULE, rule.id, PolicyChangeOp::Upsert).await?;
-            Ok((false, json!({ "ip_rule_id": rule.id, "expires_at": expires_at })))
+            Ok((
+                false,
+                json!({ "ip_rule_id": rule.id, "expires_at": expires_at }),
+            ))
         }
         StepAction::UnblockIp { cidr } => {
             let rules = ip_rule::Entity::find()
@@ -273,7 +273,10 @@ pub async fn apply(
             let key = find_key(txn, *key_id).await?;
             let grace_end = now + Duration::seconds(*grace_secs);
             if key.revoked_at.is_some() || key.expires_at.is_some_and(|at| at <= grace_end) {
-                return Ok((true, json!({ "already": true, "expires_at": key.expires_at })));
+                return Ok((
+                    true,
+                    json!({ "already": true, "expires_at": key.expires_at }),
+                ));
             }
             let mut active: api_key::ActiveModel = key.into();
             active.expires_at = Set(Some(grace_end));
@@ -286,19 +289,26 @@ pub async fn apply(
             principal_id,
             role_id,
         } => {
-            let mut select =
-                role_binding::Entity::find().filter(role_binding::Column::PrincipalId.eq(*principal_id));
+            let mut select = role_binding::Entity::find()
+                .filter(role_binding::Column::PrincipalId.eq(*principal_id));
             if let Some(role_id) = role_id {
                 select = select.filter(role_binding::Column::RoleId.eq(*role_id));
             }
             let bindings = select.all(txn).await?;
             let removed: Vec<Uuid> = bindings.iter().map(|b| b.id).collect();
             for binding in &bindings {
-                role_binding::Entity::delete_by_id(binding.id).exec(txn).await?;
+                role_binding::Entity::delete_by_id(binding.id)
+                    .exec(txn)
+                    .await?;
             }
             if !removed.is_empty() {
-                feed::record(txn, kind::ROLE_BINDING, *principal_id, PolicyChangeOp::Delete)
-                    .await?;
+                feed::record(
+                    txn,
+                    kind::ROLE_BINDING,
+                    *principal_id,
+                    PolicyChangeOp::Delete,
+                )
+                .await?;
             }
             Ok((removed.is_empty(), json!({ "removed": removed })))
         }
@@ -321,8 +331,13 @@ pub async fn apply(
                 active.update(txn).await?;
             }
             if !revoked.is_empty() {
-                feed::record(txn, kind::INCIDENT_GRANT, *principal_id, PolicyChangeOp::Upsert)
-                    .await?;
+                feed::record(
+                    txn,
+                    kind::INCIDENT_GRANT,
+                    *principal_id,
+                    PolicyChangeOp::Upsert,
+                )
+                .await?;
             }
             Ok((revoked.is_empty(), json!({ "revoked": revoked })))
         }
@@ -340,7 +355,10 @@ pub async fn apply(
                 .one(txn)
                 .await?
             {
-                return Ok((false, json!({ "override_id": existing.id, "already": true })));
+                return Ok((
+                    false,
+                    json!({ "override_id": existing.id, "already": true }),
+                ));
             }
             let mut base = (*default_per_minute, *default_burst);
             if let Some(key_id) = api_key_id
@@ -361,7 +379,11 @@ pub async fn apply(
             let row = rate_limit_override::ActiveModel {
                 id: Set(Uuid::now_v7()),
                 principal_id: Set(*principal_id),
-                api_key_id: Set(if principal_id.is_some() { None } else { *api_key_id }),
+                api_key_id: Set(if principal_id.is_some() {
+                    None
+                } else {
+                    *api_key_id
+                }),
                 route_id: Set(None),
                 per_minute: Set(per_minute),
                 burst: Set(burst),
@@ -372,7 +394,13 @@ pub async fn apply(
             }
             .insert(txn)
             .await?;
-            feed::record(txn, kind::RATE_LIMIT_OVERRIDE, row.id, PolicyChangeOp::Upsert).await?;
+            feed::record(
+                txn,
+                kind::RATE_LIMIT_OVERRIDE,
+                row.id,
+                PolicyChangeOp::Upsert,
+            )
+            .await?;
             Ok((
                 false,
                 json!({ "override_id": row.id, "per_minute": per_minute, "burst": burst, "expires_at": expires_at }),
@@ -465,7 +493,10 @@ mod tests {
             let parsed = StepAction::from_step(&step).unwrap_or_else(|e| panic!("{e:?}"));
             assert_eq!(parsed, action);
         }
-        let (name, _) = StepAction::RotateTest { secret_id: "s".into() }.to_columns();
+        let (name, _) = StepAction::RotateTest {
+            secret_id: "s".into(),
+        }
+        .to_columns();
         assert_eq!(name, "rotate_secret:test");
     }
 }

@@ -8,7 +8,9 @@ use rand::Rng;
 /// Delay before attempt `attempt + 1`, after `attempt` (≥ 1) failed: `base · 2^(attempt-1)`
 /// capped at `cap`, then a random point in its upper half.
 pub fn delay(attempt: i32, base: Duration, cap: Duration) -> Duration {
-    let exponent = u32::try_from(attempt.saturating_sub(1)).unwrap_or(0).min(20);
+    let exponent = u32::try_from(attempt.saturating_sub(1))
+        .unwrap_or(0)
+        .min(20);
     let full = base.saturating_mul(1 << exponent).min(cap);
     let half = full / 2;
     let jitter = rand::rng().random_range(0..=half.as_millis().max(1) as u64);

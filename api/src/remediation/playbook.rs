@@ -199,7 +199,10 @@ pub async fn load_enabled<C: ConnectionTrait>(db: &C) -> Result<Vec<Playbook>, D
         .filter_map(|row| match Playbook::parse(row) {
             Ok(playbook) => Some(playbook),
             Err(error) => {
-                tracing::error!(error = &error as &dyn std::error::Error, "skipping an invalid playbook");
+                tracing::error!(
+                    error = &error as &dyn std::error::Error,
+                    "skipping an invalid playbook"
+                );
                 None
             }
         })
@@ -289,7 +292,11 @@ pub async fn seed_builtin_playbooks<C: ConnectionTrait>(db: &C) -> Result<usize,
         match result {
             Ok(_) => inserted += 1,
             // Another process seeded it at the same moment.
-            Err(error) if matches!(error.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) => {}
+            Err(error)
+                if matches!(
+                    error.sql_err(),
+                    Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+                ) => {}
             Err(error) => return Err(error),
         }
     }

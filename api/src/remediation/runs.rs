@@ -91,7 +91,10 @@ pub async fn plan_steps<C: ConnectionTrait>(
 ) -> Result<(Vec<StepAction>, Vec<String>), DbErr> {
     let mut steps = Vec::new();
     let mut unresolved = Vec::new();
-    let reason = format!("remediation playbook {}: {}", playbook.name, subject.event_kind);
+    let reason = format!(
+        "remediation playbook {}: {}",
+        playbook.name, subject.event_kind
+    );
     for template in &playbook.actions {
         match template {
             ActionTemplate::BlockIp { duration_secs } => match subject
@@ -124,7 +127,9 @@ pub async fn plan_steps<C: ConnectionTrait>(
                 Some(key_id) => match secret_holding(db, key_id).await? {
                     Some(secret) => steps.extend(rotation_steps(&secret.secret_id, key_id)),
                     // Nothing to rotate into: revocation (if the playbook has it) suffices.
-                    None => unresolved.push("rotate_key (no managed secret holds the key)".to_owned()),
+                    None => {
+                        unresolved.push("rotate_key (no managed secret holds the key)".to_owned())
+                    }
                 },
                 None => unresolved.push("rotate_key".to_owned()),
             },
@@ -198,13 +203,25 @@ pub fn notify_step(
     if !spec.enabled {
         return None;
     }
-    let Some(topic_arn) = spec.topic_arn.clone().or_else(|| engine.topic_arn().map(str::to_owned))
+    let Some(topic_arn) = spec
+        .topic_arn
+        .clone()
+        .or_else(|| engine.topic_arn().map(str::to_owned))
     else {
-        tracing::warn!(playbook = name, "no notification topic configured; not notifying");
+        tracing::warn!(
+            playbook = name,
+            "no notification topic configured; not notifying"
+        );
         return None;
     };
-    let event_type = spec.event_type.clone().unwrap_or_else(|| subject.event_kind.clone());
-    let severity = spec.severity.or(subject.severity).unwrap_or(Severity::Medium);
+    let event_type = spec
+        .event_type
+        .clone()
+        .unwrap_or_else(|| subject.event_kind.clone());
+    let severity = spec
+        .severity
+        .or(subject.severity)
+        .unwrap_or(Severity::Medium);
     let group = subject
         .principal_id
         .map(|p| format!("principal:{p}"))
@@ -213,7 +230,10 @@ pub fn notify_step(
     let actions: Vec<String> = steps.iter().map(|s| s.to_columns().0).collect();
     Some(StepAction::Notify {
         topic_arn,
-        subject: format!("[portcullis] {name}: {event_type} ({})", severity_str(severity)),
+        subject: format!(
+            "[portcullis] {name}: {event_type} ({})",
+            severity_str(severity)
+        ),
         event_type: event_type.clone(),
         severity,
         principal: subject.principal_id.map(|p| p.to_string()),
@@ -351,8 +371,10 @@ async fn create(engine: &Engine, planned: PlannedRun) -> Result<remediation_run:
         }
         Err(error) => {
             txn.rollback().await?;
-            if matches!(error.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
-                && let Some(run) = find_by_key(engine.db(), &key).await?
+            if matches!(
+                error.sql_err(),
+                Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+            ) && let Some(run) = find_by_key(engine.db(), &key).await?
             {
                 return Ok(run);
             }
@@ -397,7 +419,13 @@ pub async fn report_leaked_key(
         severity: Some(Severity::Critical),
         ..NotifySpec::default()
     };
-    steps.extend(notify_step(engine, "report-leaked-key", &spec, &subject, &steps));
+    steps.extend(notify_step(
+        engine,
+        "report-leaked-key",
+        &spec,
+        &subject,
+        &steps,
+    ));
     Ok(create(
         engine,
         PlannedRun {
@@ -451,7 +479,13 @@ pub async fn rotate_secret(
         key_id: old_key_id,
         grace_secs: engine.config().rotation_grace_secs,
     });
-    steps.extend(notify_step(engine, "rotate-secret", &NotifySpec::default(), &subject, &steps));
+    steps.extend(notify_step(
+        engine,
+        "rotate-secret",
+        &NotifySpec::default(),
+        &subject,
+        &steps,
+    ));
     Ok(create(
         engine,
         PlannedRun {

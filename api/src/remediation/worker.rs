@@ -47,9 +47,9 @@ pub async fn work_once(
                 .is_in([RemediationRunStatus::Pending, RemediationRunStatus::Running]),
         )
         .filter(
-            remediation_run::Column::NextAttemptAt
-                .is_null()
-                .or(remediation_run::Column::NextAttemptAt.lte(now)),
+            sea_orm::Condition::any()
+                .add(remediation_run::Column::NextAttemptAt.is_null())
+                .add(remediation_run::Column::NextAttemptAt.lte(now)),
         )
         .order_by_asc(remediation_run::Column::CreatedAt)
         .limit(50)
@@ -102,7 +102,10 @@ async fn process_run(
             remediation_run::Column::Status,
             Expr::value(RemediationRunStatus::Running.to_value()),
         )
-        .col_expr(remediation_run::Column::Attempts, Expr::value(run.attempts + 1))
+        .col_expr(
+            remediation_run::Column::Attempts,
+            Expr::value(run.attempts + 1),
+        )
         .col_expr(remediation_run::Column::NextAttemptAt, Expr::value(lease))
         .col_expr(remediation_run::Column::UpdatedAt, Expr::value(now))
         .filter(remediation_run::Column::Id.eq(run.id))
@@ -272,7 +275,10 @@ async fn execute_step(
             tracing::warn!(run_id = %run.id, seq = step.seq, action = %step.action, attempt, retry, error = %message, "remediation step attempt failed");
             let now = Utc::now();
             let mut update = remediation_step::Entity::update_many()
-                .col_expr(remediation_step::Column::LastError, Expr::value(message.clone()))
+                .col_expr(
+                    remediation_step::Column::LastError,
+                    Expr::value(message.clone()),
+                )
                 .filter(remediation_step::Column::Id.eq(step.id))
                 .filter(remediation_step::Column::Attempts.eq(attempt));
             let outcome = if retry {
@@ -340,9 +346,15 @@ pub async fn complete_step<C: ConnectionTrait>(
         RemediationStepStatus::Succeeded
     };
     let done = remediation_step::Entity::update_many()
-        .col_expr(remediation_step::Column::Status, Expr::value(status.to_value()))
+        .col_expr(
+            remediation_step::Column::Status,
+            Expr::value(status.to_value()),
+        )
         .col_expr(remediation_step::Column::Output, Expr::value(output))
-        .col_expr(remediation_step::Column::FinishedAt, Expr::value(Utc::now()))
+        .col_expr(
+            remediation_step::Column::FinishedAt,
+            Expr::value(Utc::now()),
+        )
         .col_expr(
             remediation_step::Column::NextAttemptAt,
             Expr::value(Option::<DateTime<Utc>>::None),

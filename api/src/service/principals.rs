@@ -10,7 +10,7 @@ use entity::{
 };
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, Set,
-    TransactionTrait,
+    TransactionTrait, sea_query::Query,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -229,34 +229,34 @@ pub async fn load_many(
         .collect())
 }
 
-/// The groups `id` belongs to.
-pub async fn groups_of(db: &DatabaseConnection, id: Uuid) -> ApiResult<Vec<principal::Model>> {
-    let group_ids: Vec<Uuid> = group_membership::Entity::find()
-        .filter(group_membership::Column::MemberId.eq(id))
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|m| m.group_id)
-        .collect();
-    Ok(principal::Entity::find()
-        .filter(principal::Column::Id.is_in(group_ids))
-        .all(db)
-        .await?)
+/// The groups `id` belongs to, oldest first.
+pub async fn groups_of(
+    db: &DatabaseConnection,
+    id: Uuid,
+    page: &PageRequest<Uuid>,
+) -> ApiResult<Page<principal::Model>> {
+    let group_ids = Query::select()
+        .column(group_membership::Column::GroupId)
+        .from(group_membership::Entity)
+        .and_where(group_membership::Column::MemberId.eq(id))
+        .to_owned();
+    let select = principal::Entity::find().filter(principal::Column::Id.in_subquery(group_ids));
+    Ok(page::fetch(db, select, principal::Column::Id, Direction::Ascending, page).await?)
 }
 
-/// The members of group `id`.
-pub async fn members_of(db: &DatabaseConnection, id: Uuid) -> ApiResult<Vec<principal::Model>> {
-    let member_ids: Vec<Uuid> = group_membership::Entity::find()
-        .filter(group_membership::Column::GroupId.eq(id))
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|m| m.member_id)
-        .collect();
-    Ok(principal::Entity::find()
-        .filter(principal::Column::Id.is_in(member_ids))
-        .all(db)
-        .await?)
+/// The members of group `id`, oldest first.
+pub async fn members_of(
+    db: &DatabaseConnection,
+    id: Uuid,
+    page: &PageRequest<Uuid>,
+) -> ApiResult<Page<principal::Model>> {
+    let member_ids = Query::select()
+        .column(group_membership::Column::MemberId)
+        .from(group_membership::Entity)
+        .and_where(group_membership::Column::GroupId.eq(id))
+        .to_owned();
+    let select = principal::Entity::find().filter(principal::Column::Id.in_subquery(member_ids));
+    Ok(page::fetch(db, select, principal::Column::Id, Direction::Ascending, page).await?)
 }
 
 /// Principals matching `filter`, oldest first.

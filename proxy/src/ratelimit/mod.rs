@@ -229,7 +229,8 @@ impl Subject {
 }
 
 /// The bucket a request is counted in: per API key (or principal without a key, or client IP
-/// without either) and route.
+/// without either) and route. Anonymous IPv6 clients are counted per /64, the smallest block
+/// a single subscriber is usually given, so rotating addresses within it does not escape the limit.
 pub fn bucket_key(
     route_id: Uuid,
     principal_id: Option<Uuid>,
@@ -239,7 +240,13 @@ pub fn bucket_key(
     match (key_id, principal_id) {
         (Some(key), _) => format!("{route_id}:k:{key}"),
         (None, Some(principal)) => format!("{route_id}:p:{principal}"),
-        (None, None) => format!("{route_id}:ip:{client_ip}"),
+        (None, None) => match client_ip {
+            IpAddr::V4(v4) => format!("{route_id}:ip:{v4}"),
+            IpAddr::V6(v6) => {
+                let block = u128::from(v6) & !((1u128 << 64) - 1);
+                format!("{route_id}:ip:{}/64", std::net::Ipv6Addr::from(block))
+            }
+        },
     }
 }
 

@@ -203,7 +203,20 @@ fn bucket_keys_prefer_the_key_then_the_principal_then_the_address() {
     );
     assert_eq!(
         bucket_key(route, None, None, addr),
-        format!("{route}:ip:2001:db8::7")
+        format!("{route}:ip:2001:db8::/64")
+    );
+    // Another address in the same /64 shares the bucket; another /64 does not.
+    assert_eq!(
+        bucket_key(route, None, None, ip("2001:db8::ffff:1")),
+        bucket_key(route, None, None, addr)
+    );
+    assert_ne!(
+        bucket_key(route, None, None, ip("2001:db8:0:1::7")),
+        bucket_key(route, None, None, addr)
+    );
+    assert_eq!(
+        bucket_key(route, None, None, ip("10.0.0.1")),
+        format!("{route}:ip:10.0.0.1")
     );
 }
 

@@ -83,17 +83,35 @@ pub struct PrincipalOut {
 #[ComplexObject]
 impl PrincipalOut {
     /// Groups this principal belongs to.
-    #[graphql(guard = "RequirePermission(PRINCIPALS_READ)")]
-    async fn groups(&self, ctx: &Context<'_>) -> ApiResult<Vec<PrincipalOut>> {
-        let groups = principals::groups_of(&services(ctx)?.db, self.id).await?;
-        Ok(groups.into_iter().map(Into::into).collect())
+    #[graphql(
+        guard = "RequirePermission(PRINCIPALS_READ)",
+        complexity = "list_complexity(first, child_complexity)"
+    )]
+    async fn groups(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<Conn<PrincipalOut>> {
+        let page = page_request(first, after)?;
+        let groups = principals::groups_of(&services(ctx)?.db, self.id, &page).await?;
+        Ok(connection(groups, |p| p.id.to_string(), PrincipalOut::from))
     }
 
     /// Members, for a group.
-    #[graphql(guard = "RequirePermission(PRINCIPALS_READ)")]
-    async fn members(&self, ctx: &Context<'_>) -> ApiResult<Vec<PrincipalOut>> {
-        let members = principals::members_of(&services(ctx)?.db, self.id).await?;
-        Ok(members.into_iter().map(Into::into).collect())
+    #[graphql(
+        guard = "RequirePermission(PRINCIPALS_READ)",
+        complexity = "list_complexity(first, child_complexity)"
+    )]
+    async fn members(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<Conn<PrincipalOut>> {
+        let page = page_request(first, after)?;
+        let members = principals::members_of(&services(ctx)?.db, self.id, &page).await?;
+        Ok(connection(members, |p| p.id.to_string(), PrincipalOut::from))
     }
 
     /// The principal's API keys.

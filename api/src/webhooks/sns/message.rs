@@ -192,10 +192,8 @@ impl SnsMessage {
     /// TopicArn, Type`. Confirmations: `Message, MessageId, SubscribeURL, Timestamp, Token,
     /// TopicArn, Type`. `MessageAttributes` are NOT signed.
     pub fn string_to_sign(&self) -> String {
-        let mut fields: Vec<(&str, &str)> = vec![
-            ("Message", &self.message),
-            ("MessageId", &self.message_id),
-        ];
+        let mut fields: Vec<(&str, &str)> =
+            vec![("Message", &self.message), ("MessageId", &self.message_id)];
         match self.message_type {
             MessageType::Notification => {
                 if let Some(subject) = &self.subject {
@@ -224,9 +222,6 @@ impl SnsMessage {
 
     /// The `String`/`Number` value of message attribute `name` (unsigned: a hint only).
     pub fn attribute(&self, name: &str) -> Option<&str> {
-        self.message_attributes
-            .get(name)?
-            .get("Value")?
-            .as_str()
+        self.message_attributes.get(name)?.get("Value")?.as_str()
     }
 }

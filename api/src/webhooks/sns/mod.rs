@@ -285,7 +285,12 @@ pub async fn receive(
             } else {
                 tracing::warn!(%error, code = error.code(), "SNS message refused");
             }
-            (error.status(), AuditDecision::Deny, error.code(), Value::Null)
+            (
+                error.status(),
+                AuditDecision::Deny,
+                error.code(),
+                Value::Null,
+            )
         }
     };
     let mut record = AuditRecord::new(AuditEventKind::Webhook, reason);

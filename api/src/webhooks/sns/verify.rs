@@ -150,9 +150,8 @@ pub fn is_sns_host(host: &str) -> bool {
     let region = rest
         .strip_suffix(".amazonaws.com")
         .or_else(|| rest.strip_suffix(".amazonaws.com.cn"));
-    region.is_some_and(|r| {
-        r.len() >= 3 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    })
+    region
+        .is_some_and(|r| r.len() >= 3 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
 }
 
 /// Parses `raw` and checks it is an https URL on an SNS host (and, with `pem`, a path ending

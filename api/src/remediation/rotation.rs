@@ -1,0 +1,451 @@
+//! Rotation of an API key held in AWS Secrets Manager, following AWS's four-step protocol
+//! (<https://docs.aws.amazon.com/secretsmanager/latest/userguide/rotate-secrets_lambda-functions.html>),
+//! with the run id as `ClientRequestToken` (= the new `VersionId`):
+//!
+//! 1. `createSecret`: a new key for the same principal, staged `AWSPENDING`.
+//! 2. `setSecret`: nothing to configure for an API key (the key is ours).
+//! 3. `testSecret`: the pending key verifies (parse + constant-time hash comparison against the
+//!    stored row, as the proxy's verifier does, and the key is usable).
+//! 4. `finishSecret`: `AWSCURRENT` moves to the new version; the old one becomes `AWSPREVIOUS`.
+//!
+//! As in AWS's rotation template, every step first reads the version's stages: already
+//! `AWSCURRENT` → nothing to do; neither `AWSPENDING` nor `AWSCURRENT` → error. A stale
+//! `AWSPENDING` on another version (an abandoned rotation) is removed rather than blocking
+//! every later rotation.
+//!
+//! EXACTLY ONE KEY PER ROTATION: the secret version is the source of truth. `createSecret`
+//! generates the key id and value, stores them in the `AWSPENDING` version, and only then
+//! inserts the key row (by that id, in the transaction that completes the step). A retry after
+//! a lost response finds the version and reads the value back, so it inserts that same key
+//! instead of issuing a second one; the plaintext key is never stored in our database.
+
+use chrono::Utc;
+use entity::{
+    api_key,
+    managed_secret::{self, ManagedSecretKind},
+    policy_change::PolicyChangeOp,
+    remediation_step,
+};
+use proxy::keys::{PlainToken, TokenEnv, TokenHash, TokenKind};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set, TransactionTrait,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{Engine, StepError, actions::StepAction, worker::complete_step};
+use crate::{
+    aws::secrets::{AWSCURRENT, AWSPENDING, VersionStages},
+    service::feed::{self, kind},
+};
+
+/// The JSON document stored in the secret.
+#[derive(Serialize, Deserialize)]
+struct KeySecret {
+    /// The full API key.
+    api_key: String,
+    /// Its row id.
+    key_id: Uuid,
+    /// Its visible prefix.
+    prefix: String,
+}
+
+/// A Secrets Manager rotation-Lambda event.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RotationEvent {
+    /// `createSecret`, `setSecret`, `testSecret` or `finishSecret`.
+    #[serde(rename = "Step")]
+    pub step: String,
+    /// The secret's ARN or name.
+    #[serde(rename = "SecretId")]
+    pub secret_id: String,
+    /// The new version's id.
+    #[serde(rename = "ClientRequestToken")]
+    pub client_request_token: String,
+}
+
+/// Executes a rotation step of a run and completes it; `Ok(false)` if the step was taken
+/// over by another worker.
+pub(crate) async fn execute(
+    engine: &Engine,
+    run_id: Uuid,
+    step: &remediation_step::Model,
+    attempt: i32,
+    action: &StepAction,
+) -> Result<bool, StepError> {
+    let token = run_id.to_string();
+    let db = engine.db();
+    match action {
+        StepAction::RotateCreate {
+            secret_id,
+            old_key_id,
+        } => {
+            let staged = create_secret(engine, secret_id, &token).await?;
+            let txn = db.begin().await?;
+            let output = match staged {
+                Staged::AlreadyCurrent => json!({ "already": AWSCURRENT }),
+                Staged::Pending(secret) => {
+                    let (key_id, inserted) =
+                        ensure_key_row(&txn, engine, &secret, *old_key_id).await?;
+                    json!({ "new_key_id": key_id, "version_id": token, "issued": inserted })
+                }
+            };
+            finish(txn, step.id, attempt, output).await
+        }
+        StepAction::RotateSet { secret_id } => {
+            let already = check_stages(engine, secret_id, &token).await?;
+            complete(
+                db,
+                step.id,
+                attempt,
+                json!({ "version_id": token, "already_current": already }),
+            )
+            .await
+        }
+        StepAction::RotateTest { secret_id } => {
+            let key_id = test_secret(engine, secret_id, &token).await?;
+            complete(
+                db,
+                step.id,
+                attempt,
+                json!({ "version_id": token, "verified_key_id": key_id }),
+            )
+            .await
+        }
+        StepAction::RotateFinish { secret_id } => {
+            let new_key_id = finish_secret(engine, secret_id, &token).await?;
+            let txn = db.begin().await?;
+            record_rotation(&txn, secret_id, new_key_id).await?;
+            finish(
+                txn,
+                step.id,
+                attempt,
+                json!({ "version_id": token, "current_key_id": new_key_id }),
+            )
+            .await
+        }
+        _ => Err(StepError::permanent("not a rotation step")),
+    }
+}
+
+async fn complete<C: ConnectionTrait>(
+    db: &C,
+    step_id: Uuid,
+    attempt: i32,
+    output: Value,
+) -> Result<bool, StepError> {
+    Ok(complete_step(db, step_id, attempt, false, output).await?)
+}
+
+async fn finish(
+    txn: sea_orm::DatabaseTransaction,
+    step_id: Uuid,
+    attempt: i32,
+    output: Value,
+) -> Result<bool, StepError> {
+    if complete_step(&txn, step_id, attempt, false, output).await? {
+        txn.commit().await?;
+        Ok(true)
+    } else {
+        txn.rollback().await?;
+        Ok(false)
+    }
+}
+
+/// What `createSecret` left in the secret.
+enum Staged {
+    /// The token's version is already current: the rotation finished earlier.
+    AlreadyCurrent,
+    /// The token's version holds this pending key.
+    Pending(KeySecret),
+}
+
+/// Stage counts for the token's version after cleaning stale `AWSPENDING` labels.
+async fn stages(engine: &Engine, secret_id: &str) -> Result<VersionStages, StepError> {
+    Ok(engine.secrets().describe_stages(secret_id).await?)
+}
+
+fn has(versions: &VersionStages, version: &str, stage: &str) -> bool {
+    versions
+        .get(version)
+        .is_some_and(|stages| stages.iter().any(|s| s == stage))
+}
+
+/// Step 1. Returns the pending key (read back from the secret when it was staged before).
+async fn create_secret(engine: &Engine, secret_id: &str, token: &str) -> Result<Staged, StepError> {
+    let store = engine.secrets();
+    let versions = stages(engine, secret_id).await?;
+    if has(&versions, token, AWSCURRENT) {
+        return Ok(Staged::AlreadyCurrent);
+    }
+    for (version, labels) in &versions {
+        if version != token && labels.iter().any(|s| s == AWSPENDING) {
+            tracing::warn!(secret_id, version, "removing a stale AWSPENDING label");
+            store
+                .update_stage(secret_id, AWSPENDING, None, Some(version))
+                .await?;
+        }
+    }
+    if versions.contains_key(token) {
+        if !has(&versions, token, AWSPENDING) {
+            // Our version lost its label (an operator moved it): put it back.
+            store
+                .update_stage(secret_id, AWSPENDING, Some(token), None)
+                .await?;
+        }
+        let value = store.get_value(secret_id, Some(token), None).await?;
+        return Ok(Staged::Pending(parse_secret(&value.value)?));
+    }
+    // Which environment the new key is for: the old key's (read from the secret, when it
+    // holds one, else live).
+    let env = match store.get_value(secret_id, None, Some(AWSCURRENT)).await {
+        Ok(current) => parse_secret(&current.value)
+            .ok()
+            .and_then(|s| PlainToken::parse(&s.api_key).ok())
+            .map_or(TokenEnv::Live, |t| t.env()),
+        Err(error) if error.code == "ResourceNotFoundException" => TokenEnv::Live,
+        Err(error) => return Err(error.into()),
+    };
+    let token_value = PlainToken::generate(TokenKind::ApiKey, env);
+    let secret = KeySecret {
+        api_key: token_value.expose_secret().to_owned(),
+        key_id: Uuid::now_v7(),
+        prefix: token_value.lookup_prefix().to_owned(),
+    };
+    let document = SecretString::from(
+        serde_json::to_string(&secret)
+            .map_err(|e| StepError::permanent(format!("cannot encode the secret: {e}")))?,
+    );
+    store
+        .put_value(secret_id, token, &document, &[AWSPENDING])
+        .await?;
+    Ok(Staged::Pending(secret))
+}
+
+fn parse_secret(value: &SecretString) -> Result<KeySecret, StepError> {
+    serde_json::from_str(value.expose_secret()).map_err(|_| {
+        // Never echo the value: it is a credential.
+        StepError::permanent("the secret value is not a Portcullis API key document")
+    })
+}
+
+/// Inserts the key row of `secret` (same owner and settings as `old_key_id`) unless it
+/// exists; returns its id and whether it was inserted.
+async fn ensure_key_row<C: ConnectionTrait>(
+    db: &C,
+    engine: &Engine,
+    secret: &KeySecret,
+    old_key_id: Uuid,
+) -> Result<(Uuid, bool), StepError> {
+    if api_key::Entity::find_by_id(secret.key_id)
+        .one(db)
+        .await?
+        .is_some()
+    {
+        return Ok((secret.key_id, false));
+    }
+    let old = api_key::Entity::find_by_id(old_key_id)
+        .one(db)
+        .await?
+        .ok_or_else(|| StepError::permanent(format!("api key {old_key_id} does not exist")))?;
+    let token = PlainToken::parse(&secret.api_key)
+        .map_err(|_| StepError::permanent("the pending secret holds a malformed key"))?;
+    let now = Utc::now();
+    api_key::ActiveModel {
+        id: Set(secret.key_id),
+        principal_id: Set(old.principal_id),
+        name: Set(old.name.clone()),
+        prefix: Set(token.lookup_prefix().to_owned()),
+        hash: Set(engine.hasher().hash(&token).to_hex()),
+        environment: Set(token.env().as_str().to_owned()),
+        scopes: Set(old.scopes.clone()),
+        expires_at: Set(None),
+        revoked_at: Set(None),
+        revoked_reason: Set(None),
+        suspended_at: Set(None),
+        suspended_reason: Set(None),
+        last_used_at: Set(None),
+        last_used_ip: Set(None),
+        rate_limit_per_minute: Set(old.rate_limit_per_minute),
+        rate_limit_burst: Set(old.rate_limit_burst),
+        remaining_uses: Set(old.remaining_uses),
+        refill_amount: Set(old.refill_amount),
+        refill_interval_seconds: Set(old.refill_interval_seconds),
+        last_refill_at: Set(old.last_refill_at),
+        metadata: Set(old.metadata.clone()),
+        rotated_from: Set(Some(old.id)),
+        created_by: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(db)
+    .await?;
+    feed::record(db, kind::API_KEY, secret.key_id, PolicyChangeOp::Upsert).await?;
+    Ok((secret.key_id, true))
+}
+
+/// The stage check of steps 2–4: `true` if the token's version is already current; an error
+/// if it is neither pending nor current.
+async fn check_stages(engine: &Engine, secret_id: &str, token: &str) -> Result<bool, StepError> {
+    let versions = stages(engine, secret_id).await?;
+    if has(&versions, token, AWSCURRENT) {
+        return Ok(true);
+    }
+    if !has(&versions, token, AWSPENDING) {
+        return Err(StepError::permanent(format!(
+            "version {token} of secret {secret_id} is neither AWSPENDING nor AWSCURRENT"
+        )));
+    }
+    Ok(false)
+}
+
+/// Step 3: the pending key parses, matches its stored hash and is usable.
+async fn test_secret(engine: &Engine, secret_id: &str, token: &str) -> Result<Uuid, StepError> {
+    check_stages(engine, secret_id, token).await?;
+    let value = engine
+        .secrets()
+        .get_value(secret_id, Some(token), None)
+        .await?;
+    let secret = parse_secret(&value.value)?;
+    let parsed = PlainToken::parse(&secret.api_key)
+        .map_err(|_| StepError::permanent("the pending secret holds a malformed key"))?;
+    let row = api_key::Entity::find()
+        .filter(api_key::Column::Prefix.eq(parsed.lookup_prefix()))
+        .one(engine.db())
+        .await?
+        .ok_or_else(|| StepError::permanent("the pending key has no key row"))?;
+    let stored = TokenHash::from_hex(&row.hash)
+        .map_err(|_| StepError::permanent("the pending key's stored hash is malformed"))?;
+    let now = Utc::now();
+    let usable = row.revoked_at.is_none()
+        && row.suspended_at.is_none()
+        && row.expires_at.is_none_or(|at| at > now);
+    if parsed.kind() != TokenKind::ApiKey || !engine.hasher().verify(&parsed, &stored) || !usable {
+        return Err(StepError::permanent("the pending key does not verify"));
+    }
+    Ok(row.id)
+}
+
+/// Step 4: moves `AWSCURRENT` to the token's version and drops its `AWSPENDING`; returns the
+/// new key's id.
+async fn finish_secret(engine: &Engine, secret_id: &str, token: &str) -> Result<Uuid, StepError> {
+    let store = engine.secrets();
+    let versions = stages(engine, secret_id).await?;
+    if !has(&versions, token, AWSCURRENT) {
+        if !has(&versions, token, AWSPENDING) {
+            return Err(StepError::permanent(format!(
+                "version {token} of secret {secret_id} is neither AWSPENDING nor AWSCURRENT"
+            )));
+        }
+        let current = versions
+            .iter()
+            .find(|(_, labels)| labels.iter().any(|s| s == AWSCURRENT))
+            .map(|(version, _)| version.as_str());
+        store
+            .update_stage(secret_id, AWSCURRENT, Some(token), current)
+            .await?;
+    }
+    if has(&versions, token, AWSPENDING) {
+        store
+            .update_stage(secret_id, AWSPENDING, None, Some(token))
+            .await?;
+    }
+    let value = store.get_value(secret_id, Some(token), None).await?;
+    Ok(parse_secret(&value.value)?.key_id)
+}
+
+/// Points the managed secret at its new key.
+async fn record_rotation<C: ConnectionTrait>(
+    db: &C,
+    secret_id: &str,
+    new_key_id: Uuid,
+) -> Result<(), StepError> {
+    if let Some(secret) = managed_secret::Entity::find()
+        .filter(managed_secret::Column::SecretId.eq(secret_id))
+        .one(db)
+        .await?
+    {
+        let now = Utc::now();
+        let mut active: managed_secret::ActiveModel = secret.into();
+        active.api_key_id = Set(Some(new_key_id));
+        active.last_rotated_at = Set(Some(now));
+        active.updated_at = Set(now);
+        active.update(db).await?;
+    }
+    Ok(())
+}
+
+/// Why a rotation-Lambda event failed (Secrets Manager retries the step).
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    /// Unknown step name.
+    #[error("unknown rotation step {0:?}")]
+    UnknownStep(String),
+    /// No managed secret with this id.
+    #[error("secret {0} is not managed by Portcullis")]
+    UnknownSecret(String),
+    /// A step failed.
+    #[error(transparent)]
+    Step(#[from] StepError),
+}
+
+/// The rotation-Lambda entry: runs one step of a rotation that Secrets Manager drives (for
+/// scheduled rotation). The same idempotent step functions as the engine's, so Secrets
+/// Manager's own retries are safe. After `finishSecret` the old key expires after the
+/// configured grace period.
+pub async fn handle_rotation_event(
+    engine: &Engine,
+    event: RotationEvent,
+) -> Result<(), RotationError> {
+    let db = engine.db();
+    let managed = managed_secret::Entity::find()
+        .filter(managed_secret::Column::SecretId.eq(event.secret_id.as_str()))
+        .filter(managed_secret::Column::Kind.eq(ManagedSecretKind::ApiKey))
+        .one(db)
+        .await
+        .map_err(StepError::from)?
+        .ok_or_else(|| RotationError::UnknownSecret(event.secret_id.clone()))?;
+    let secret_id = managed.secret_id.as_str();
+    let token = event.client_request_token.as_str();
+    match event.step.as_str() {
+        "createSecret" => {
+            let old_key_id = managed.api_key_id.ok_or_else(|| {
+                StepError::permanent(format!("secret {secret_id} holds no API key"))
+            })?;
+            if let Staged::Pending(secret) = create_secret(engine, secret_id, token).await? {
+                let txn = db.begin().await.map_err(StepError::from)?;
+                ensure_key_row(&txn, engine, &secret, old_key_id).await?;
+                txn.commit().await.map_err(StepError::from)?;
+            }
+        }
+        "setSecret" => {
+            check_stages(engine, secret_id, token).await?;
+        }
+        "testSecret" => {
+            test_secret(engine, secret_id, token).await?;
+        }
+        "finishSecret" => {
+            let old_key_id = managed.api_key_id;
+            let new_key_id = finish_secret(engine, secret_id, token).await?;
+            let txn = db.begin().await.map_err(StepError::from)?;
+            if let Some(old_key_id) = old_key_id.filter(|old| *old != new_key_id) {
+                super::actions::apply(
+                    &txn,
+                    Uuid::nil(),
+                    0,
+                    &StepAction::ExpireKey {
+                        key_id: old_key_id,
+                        grace_secs: engine.config().rotation_grace_secs,
+                    },
+                )
+                .await?;
+            }
+            record_rotation(&txn, secret_id, new_key_id).await?;
+            txn.commit().await.map_err(StepError::from)?;
+        }
+        other => return Err(RotationError::UnknownStep(other.to_owned())),
+    }
+    Ok(())
+}
