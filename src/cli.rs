@@ -157,6 +157,11 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
                 config.redis_url.as_deref(),
             )
             .await?;
+            // Upstream credentials come from Secrets Manager, configured by the standard AWS_* variables.
+            let aws = api::aws::AwsClients::from_env().await;
+            state.set_secret_source(std::sync::Arc::new(api::aws::SecretsManagerSource::new(
+                aws.secrets,
+            )));
             let listener = serve::bind(config.proxy_addr, "proxy", "PORTCULLIS_PROXY_ADDR").await?;
             let (trigger, shutdown) = serve::shutdown_channel();
             let server = tokio::spawn(serve::serve(
@@ -173,8 +178,8 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Worker => {
             let db = connect(&config).await?;
             let secrets = ServerSecrets::resolve(&config)?;
-            let hasher = proxy::keys::KeyHasher::new(&secrets.key_pepper)
-                .context("invalid key pepper")?;
+            let hasher =
+                proxy::keys::KeyHasher::new(&secrets.key_pepper).context("invalid key pepper")?;
             let aws = api::aws::AwsClients::from_env().await;
             if config.api.notify_topic_arn.is_none() {
                 tracing::warn!(
@@ -191,6 +196,11 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             api::remediation::seed_builtin_playbooks(&db)
                 .await
                 .context("failed to seed the builtin remediation playbooks")?;
+            if !config.api.remediation.enabled {
+                tracing::warn!("PORTCULLIS_API__REMEDIATION__ENABLED is false: nothing to do");
+                serve::termination_signal().await;
+                return Ok(());
+            }
             let worker = engine.spawn();
             tracing::info!("worker started: security-event triggers, remediation runs, SNS outbox");
             serve::termination_signal().await;

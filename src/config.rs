@@ -214,6 +214,16 @@ impl Config {
         self.api
             .validate()
             .map_err(|(var, problem)| ConfigError::Invalid { var, problem })?;
+        if self.env == Environment::Production
+            && (self.api.sns.cert_url_override.is_some()
+                || self.api.sns.subscribe_url_override.is_some())
+        {
+            // Fakes never run in production: the override would trust any certificate it serves.
+            return Err(ConfigError::Invalid {
+                var: "PORTCULLIS_API__SNS__CERT_URL_OVERRIDE",
+                problem: "SNS URL overrides are for tests and development only".into(),
+            });
+        }
         Ok(())
     }
 

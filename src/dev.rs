@@ -132,7 +132,7 @@ pub async fn start(config: &Config, ports: Ports) -> anyhow::Result<RunningDev> 
     api::remediation::seed_builtin_playbooks(&db)
         .await
         .context("failed to seed the builtin remediation playbooks")?;
-    let remediation_worker = Some(remediation.spawn());
+    let remediation_worker = config.api.remediation.enabled.then(|| remediation.spawn());
 
     let mut api_config = config.api.clone();
     api_config.graphiql = true;
@@ -161,6 +161,9 @@ pub async fn start(config: &Config, ports: Ports) -> anyhow::Result<RunningDev> 
     )
     .await
     .context("failed to start the proxy")?;
+    proxy_state.set_secret_source(std::sync::Arc::new(api::aws::SecretsManagerSource::new(
+        aws_clients.secrets.clone(),
+    )));
 
     let (trigger, shutdown) = serve::shutdown_channel();
     let servers = vec![

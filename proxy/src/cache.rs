@@ -42,7 +42,7 @@ use crate::{
         RoleId, Roles,
     },
     ratelimit::{Limit, RateLimitOverride},
-    routes::{AuthMethod, IpRule, Route, RouteTable},
+    routes::{AuthMethod, IpRule, Route, RouteTable, UpstreamCredential},
 };
 
 /// Entity kinds written to the change feed. THE API AND THE PROXY MUST AGREE ON THESE.
@@ -63,6 +63,8 @@ pub mod kind {
     pub const IP_RULE: &str = "ip_rule";
     /// A rate-limit override (entity id = override id).
     pub const RATE_LIMIT_OVERRIDE: &str = "rate_limit_override";
+    /// A secret holding an upstream credential was rotated (entity id = secret id).
+    pub const UPSTREAM_CREDENTIAL: &str = "upstream_credential";
 }
 
 /// PostgreSQL NOTIFY channel; MUST MATCH `migration::POLICY_CHANGE_CHANNEL` (trigger in
@@ -160,6 +162,8 @@ pub struct PolicyCache {
     max_staleness: Duration,
     /// Set by the PostgreSQL listener: poll now rather than at the next tick.
     wake: tokio::sync::Notify,
+    /// Bumped when a route or an upstream credential changes; see [`crate::credentials`].
+    credential_epoch: AtomicU64,
 }
 
 /// Feed ids below the cursor that were not seen yet, with when they were first missed.
@@ -202,12 +206,18 @@ impl PolicyCache {
             last_sync_ms: AtomicU64::new(0),
             max_staleness,
             wake: tokio::sync::Notify::new(),
+            credential_epoch: AtomicU64::new(0),
         })
     }
 
     /// The current snapshot.
     pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         self.snapshot.load()
+    }
+
+    /// Changes whenever cached upstream credentials must be refetched.
+    pub fn credential_epoch(&self) -> u64 {
+        self.credential_epoch.load(Ordering::Acquire)
     }
 
     /// Fails when the database has not been reachable for longer than the allowed staleness.
@@ -362,6 +372,7 @@ impl PolicyCache {
                 kind::ROLE | kind::ROUTE | kind::IP_RULE | kind::RATE_LIMIT_OVERRIDE => {
                     reload_snapshot = true
                 }
+                kind::UPSTREAM_CREDENTIAL => {}
                 other => tracing::warn!(
                     kind = other,
                     "unknown entity kind in the policy change feed"
@@ -401,6 +412,12 @@ impl PolicyCache {
         if changes.iter().any(|c| c.entity_kind == kind::PRINCIPAL) {
             // Any principal may have gained or lost an OIDC subject or group name.
             self.forget_oidc_identities();
+        }
+        if changes
+            .iter()
+            .any(|c| c.entity_kind == kind::UPSTREAM_CREDENTIAL || c.entity_kind == kind::ROUTE)
+        {
+            self.credential_epoch.fetch_add(1, Ordering::AcqRel);
         }
         if reload_snapshot {
             let snapshot = load_snapshot(&self.db).await?;
@@ -750,6 +767,27 @@ pub async fn load_snapshot(db: &DatabaseConnection) -> Result<Snapshot, DbErr> {
             .iter()
             .filter_map(|m| AuthMethod::parse(m))
             .collect();
+        let upstream_credential = match (
+            &row.upstream_credential_secret_id,
+            &row.upstream_credential_header,
+        ) {
+            (Some(secret_id), header) => {
+                match http::HeaderName::from_bytes(
+                    header.as_deref().unwrap_or("authorization").as_bytes(),
+                ) {
+                    Ok(header) => Some(UpstreamCredential {
+                        secret_id: secret_id.clone(),
+                        header,
+                    }),
+                    Err(_) => {
+                        // Fail closed: never forward without the credential the route asks for.
+                        tracing::error!(route = %row.name, "invalid upstream credential header; route disabled");
+                        continue;
+                    }
+                }
+            }
+            (None, _) => None,
+        };
         routes.push(Route {
             id: row.id,
             name: row.name.clone(),
@@ -765,6 +803,7 @@ pub async fn load_snapshot(db: &DatabaseConnection) -> Result<Snapshot, DbErr> {
                 .filter(|ms| *ms > 0)
                 .map(|ms| Duration::from_millis(ms as u64)),
             ip_rules: route_rules.remove(&row.id).unwrap_or_default(),
+            upstream_credential,
             rate_limit: Limit::from_columns(row.rate_limit_per_minute, row.rate_limit_burst),
         });
     }

@@ -54,6 +54,9 @@ pub enum ProxyError {
     /// The upstream refused the connection or broke it.
     #[error("upstream unavailable")]
     UpstreamUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The route's upstream credential could not be read from the secret store.
+    #[error("upstream credential unavailable")]
+    UpstreamCredentialUnavailable,
     /// The upstream did not answer in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
@@ -78,6 +81,7 @@ impl ProxyError {
             Self::PolicyStale => "policy_stale",
             Self::UpstreamUnavailable(_) => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamCredentialUnavailable => "upstream_credential_unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -92,7 +96,9 @@ impl ProxyError {
             Self::QuotaExhausted | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::PolicyStale => StatusCode::SERVICE_UNAVAILABLE,
-            Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamUnavailable(_) | Self::UpstreamCredentialUnavailable => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod authn;
 pub mod cache;
 mod config;
+pub mod credentials;
 pub mod detect;
 pub mod error;
 pub mod forward;

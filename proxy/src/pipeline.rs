@@ -351,6 +351,13 @@ async fn forward_request(
     if let Some(protocol) = &upgrade {
         forward::restore_upgrade_headers(&mut headers, protocol);
     }
+    if let Some(credential) = &route.upstream_credential {
+        let value = state
+            .credentials
+            .header_value(&credential.secret_id, state.cache.credential_epoch())
+            .await?;
+        headers.insert(credential.header.clone(), value);
+    }
     let mut upstream = http::Request::builder()
         .method(parts.method)
         .uri(uri)

@@ -45,6 +45,15 @@ pub struct IpRule {
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// Where a route's upstream credential comes from and which header carries it.
+#[derive(Debug, Clone)]
+pub struct UpstreamCredential {
+    /// Secret id (name or ARN) in the secret store.
+    pub secret_id: String,
+    /// Header the value is injected into (replacing any client value).
+    pub header: http::HeaderName,
+}
+
 /// One route, compiled for matching.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -70,6 +79,8 @@ pub struct Route {
     pub timeout: Option<std::time::Duration>,
     /// Route-scoped IP rules.
     pub ip_rules: Vec<IpRule>,
+    /// A credential injected into every upstream request of this route.
+    pub upstream_credential: Option<UpstreamCredential>,
     /// Rate limit for callers whose key has none; `None` = the configured default.
     pub rate_limit: Option<crate::ratelimit::Limit>,
 }
@@ -198,6 +209,7 @@ mod tests {
             required_permission: None,
             timeout: None,
             ip_rules: vec![],
+            upstream_credential: None,
             rate_limit: None,
         }
     }

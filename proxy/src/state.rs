@@ -11,6 +11,7 @@ use crate::{
     ProxyConfig,
     audit::{self, AuditSink, AuditWriter},
     cache::PolicyCache,
+    credentials::{SecretSource, UpstreamCredentials},
     detect::Detectors,
     forward::{self, UpstreamClient},
     keys::KeyHasher,
@@ -36,6 +37,8 @@ pub struct Inner {
     pub client: UpstreamClient,
     /// Queues audit events.
     pub audit: AuditSink,
+    /// Cached upstream credentials (plug a store in with [`ProxyState::set_secret_source`]).
+    pub credentials: UpstreamCredentials,
     /// Turns audited requests into security events.
     pub detectors: Detectors,
     /// Normalisation settings derived from the config.
@@ -128,6 +131,7 @@ impl ProxyState {
             client,
             audit,
             detectors,
+            credentials: UpstreamCredentials::default(),
             normalize,
             ratelimit,
             oidc,
@@ -139,6 +143,14 @@ impl ProxyState {
                 audit: audit_writer,
             })),
         })))
+    }
+
+    /// Plugs in the store that routes' upstream credentials are read from. Without one, routes
+    /// that name a credential fail closed (502).
+    pub fn set_secret_source(&self, source: Arc<dyn SecretSource>) {
+        if !self.credentials.set_source(source) {
+            tracing::warn!("secret source already set; keeping the first");
+        }
     }
 
     /// Stops polling and flushes every queued audit event. Call after the server stopped

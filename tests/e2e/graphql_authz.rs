@@ -191,3 +191,65 @@ async fn an_operator_manages_keys_only_and_loses_access_when_unbound() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn oidc_tokens_of_linked_users_authenticate_and_their_idp_groups_authorize() {
+    use proxy::oidc::{
+        OidcConfig,
+        testing::{FakeProvider, TestKey},
+    };
+    for_each_backend(|db| async move {
+        let key = TestKey::rsa("api-rsa");
+        let provider = FakeProvider::start().await;
+        provider.serve(&[&key]).await;
+        let issuer = provider.issuer();
+        let app = TestApp::spawn_with(db, |config| {
+            config.proxy.oidc = Some(OidcConfig::new(issuer.clone(), vec!["portal".into()]));
+        })
+        .await;
+        let admin = app.admin_key().to_owned();
+        let user = ok(
+            &app,
+            &admin,
+            "mutation($i: String!) { createPrincipal(input: { kind: USER, name: \"grace\", oidcIssuer: $i, oidcSubject: \"grace-sub\" }) { id } }",
+            json!({ "i": issuer }),
+        )
+        .await;
+        let user = uuid(&user["createPrincipal"]["id"]);
+        let group = ok(
+            &app,
+            &admin,
+            "mutation { createPrincipal(input: { kind: GROUP, name: \"auditors\", oidcGroup: \"auditors\" }) { id } }",
+            json!({}),
+        )
+        .await;
+        let group = uuid(&group["createPrincipal"]["id"]);
+        let auditor = crate::graphql_support::role_id(&app, "portcullis-auditor").await;
+        crate::graphql_support::bind(&app, auditor, group).await;
+
+        let with_group = key.sign(&provider.claims("grace-sub", "portal", &["auditors"]));
+        let me = eventually(Duration::from_secs(3), || async {
+            let response = gql(&app, Some(&with_group), "{ me { principal { id } apiKeyId permissions } }", json!({})).await;
+            response["data"]["me"]["permissions"].as_array().is_some_and(|p| p.len() == 4)
+                && response["data"]["me"]["principal"]["id"] == user.to_string()
+                && response["data"]["me"]["apiKeyId"].is_null()
+        })
+        .await;
+        assert!(me.is_some(), "the IdP group did not grant the auditor role");
+        ok(&app, &with_group, "{ auditEvents(first: 5) { nodes { id } } }", json!({})).await;
+
+        // Without the group claim the same user is authenticated but holds nothing.
+        let without = key.sign(&provider.claims("grace-sub", "portal", &[]));
+        let response = gql(&app, Some(&without), "{ auditEvents { nodes { id } } }", json!({})).await;
+        assert_eq!(code(&response), "FORBIDDEN", "{response}");
+
+        // Unknown subjects and bad tokens are unauthenticated.
+        let stranger = key.sign(&provider.claims("nobody", "portal", &["auditors"]));
+        for token in [stranger.as_str(), "eyJhbGciOiJub25lIn0.e30.", "garbage"] {
+            let response = gql(&app, Some(token), "{ me { permissions } }", json!({})).await;
+            assert_eq!(code(&response), "UNAUTHENTICATED", "{response}");
+        }
+        app.stop().await.drop_database().await;
+    })
+    .await;
+}

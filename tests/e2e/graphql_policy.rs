@@ -85,12 +85,12 @@ async fn principals_and_groups_are_managed_and_disabling_stops_a_principal_at_th
         let read = ok(
             &app,
             &admin,
-            "query($id: UUID!, $g: UUID!) { principal(id: $id) { groups { name } } group: principal(id: $g) { members { name } } users: principals(filter: { kind: USER }) { nodes { name } } }",
+            "query($id: UUID!, $g: UUID!) { principal(id: $id) { groups { nodes { name } } } group: principal(id: $g) { members { nodes { name } } } users: principals(filter: { kind: USER }) { nodes { name } } }",
             json!({ "id": ada, "g": group }),
         )
         .await;
-        assert_eq!(read["principal"]["groups"], json!([{ "name": "analysts" }]));
-        assert_eq!(read["group"]["members"], json!([{ "name": "ada" }]));
+        assert_eq!(read["principal"]["groups"]["nodes"], json!([{ "name": "analysts" }]));
+        assert_eq!(read["group"]["members"]["nodes"], json!([{ "name": "ada" }]));
         assert_eq!(read["users"]["nodes"], json!([{ "name": "ada" }]));
 
         // A group's binding applies to its members at the proxy.

@@ -48,6 +48,8 @@ pub struct PublishedMessage {
 struct State {
     secrets: BTreeMap<String, Vec<SecretVersion>>,
     published: Vec<PublishedMessage>,
+    /// Fault injection: Secrets Manager operation → (responses left to delay, delay).
+    delays: BTreeMap<String, (u32, std::time::Duration)>,
 }
 
 /// Both mocked services and their shared state.
@@ -91,6 +93,44 @@ impl DevAws {
     /// Every message published so far, oldest first.
     pub fn published(&self) -> Vec<PublishedMessage> {
         lock(&self.state).published.clone()
+    }
+
+    /// The SNS mock server itself, so tests can mount higher-priority fault responses
+    /// (`Mock::given(..).with_priority(1).up_to_n_times(n)`) in front of the stateful one.
+    pub fn sns_server(&self) -> &MockServer {
+        &self.sns
+    }
+
+    /// The Secrets Manager mock server itself (see [`DevAws::sns_server`]).
+    pub fn secrets_server(&self) -> &MockServer {
+        &self.secrets
+    }
+
+    /// Stores a version of `secret_id` directly (creating the secret), as if an operator had
+    /// put it there; labels it carries are taken off the other versions.
+    pub fn put_secret_version(&self, secret_id: &str, version: SecretVersion) {
+        let mut state = lock(&self.state);
+        let versions = state.secrets.entry(secret_id.to_owned()).or_default();
+        for stage in &version.stages {
+            for v in versions.iter_mut() {
+                v.stages.retain(|s| s != stage);
+            }
+        }
+        versions.push(version);
+    }
+
+    /// Fault injection: the next `times` calls of Secrets Manager `operation` (e.g.
+    /// `PutSecretValue`) take effect but answer only after `delay`, so a client with a shorter
+    /// timeout sees a failure although the change happened (a lost response).
+    pub fn delay_secrets_after_applying(
+        &self,
+        operation: &str,
+        times: u32,
+        delay: std::time::Duration,
+    ) {
+        lock(&self.state)
+            .delays
+            .insert(operation.to_owned(), (times, delay));
     }
 
     /// The versions of one secret, oldest first.
@@ -184,13 +224,20 @@ impl Respond for SecretsResponder {
             .to_owned();
         let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
         let mut state = lock(&self.0);
-        match handle_secrets(&mut state, &target, &body) {
+        let response = match handle_secrets(&mut state, &target, &body) {
             Ok(value) => ResponseTemplate::new(200)
                 .insert_header("content-type", "application/x-amz-json-1.1")
                 .set_body_json(value),
             Err((code, message)) => ResponseTemplate::new(400)
                 .insert_header("content-type", "application/x-amz-json-1.1")
                 .set_body_json(json!({ "__type": code, "message": message })),
+        };
+        match state.delays.get_mut(&target) {
+            Some((left, delay)) if *left > 0 => {
+                *left -= 1;
+                response.set_delay(*delay)
+            }
+            _ => response,
         }
     }
 }

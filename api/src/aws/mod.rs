@@ -57,3 +57,57 @@ impl AwsClients {
         }
     }
 }
+
+/// Reads upstream credentials for the proxy from Secrets Manager (`AWSCURRENT`), bounded by a
+/// timeout because it can run on a request's path.
+#[derive(Clone, Debug)]
+pub struct SecretsManagerSource {
+    client: aws_sdk_secretsmanager::Client,
+    timeout: std::time::Duration,
+}
+
+impl SecretsManagerSource {
+    /// A source over `client`, each read bounded by 2 s.
+    pub fn new(client: aws_sdk_secretsmanager::Client) -> Self {
+        Self {
+            client,
+            timeout: std::time::Duration::from_secs(2),
+        }
+    }
+}
+
+impl proxy::credentials::SecretSource for SecretsManagerSource {
+    fn current_value<'a>(
+        &'a self,
+        secret_id: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<String, proxy::credentials::SecretSourceError>>
+    {
+        Box::pin(async move {
+            let error = |message: String| proxy::credentials::SecretSourceError {
+                secret_id: secret_id.to_owned(),
+                message,
+            };
+            let call = self
+                .client
+                .get_secret_value()
+                .secret_id(secret_id)
+                .version_stage("AWSCURRENT")
+                .send();
+            let output = tokio::time::timeout(self.timeout, call)
+                .await
+                .map_err(|_| error("timed out".into()))?
+                .map_err(|e| {
+                    use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
+                    error(format!(
+                        "{}: {}",
+                        e.code().unwrap_or("error"),
+                        e.message().unwrap_or("no message")
+                    ))
+                })?;
+            output
+                .secret_string()
+                .map(str::to_owned)
+                .ok_or_else(|| error("the secret has no string value".into()))
+        })
+    }
+}

@@ -1,10 +1,10 @@
 //! DataLoaders: batch the per-row lookups of a list (`ApiKey.principal`, `RoleBinding.role`,
-//! ...) into one query per tick. Created per request, so nothing is cached across requests.
+//! `Role.permissions`, ...) into one query per tick. Created per request, so nothing is cached across requests.
 
 use std::{collections::HashMap, sync::Arc};
 
 use async_graphql::dataloader::{DataLoader, Loader};
-use entity::{principal, role};
+use entity::{permission, principal, role};
 use sea_orm::{DatabaseConnection, DbErr};
 use uuid::Uuid;
 
@@ -38,12 +38,28 @@ impl Loader<Uuid> for RoleLoader {
     }
 }
 
+/// Loads the permissions of roles by role id.
+pub struct PermissionsLoader(DatabaseConnection);
+
+impl Loader<Uuid> for PermissionsLoader {
+    type Value = Vec<permission::Model>;
+    type Error = Arc<DbErr>;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, Self::Value>, Self::Error> {
+        service::roles::permissions_of_many(&self.0, keys)
+            .await
+            .map_err(Arc::new)
+    }
+}
+
 /// The loaders of one request.
 pub struct Loaders {
     /// Principals by id.
     pub principals: DataLoader<PrincipalLoader>,
     /// Roles by id.
     pub roles: DataLoader<RoleLoader>,
+    /// Permissions by role id.
+    pub permissions: DataLoader<PermissionsLoader>,
 }
 
 impl Loaders {
@@ -52,6 +68,7 @@ impl Loaders {
         Self {
             principals: DataLoader::new(PrincipalLoader(db.clone()), tokio::spawn),
             roles: DataLoader::new(RoleLoader(db.clone()), tokio::spawn),
+            permissions: DataLoader::new(PermissionsLoader(db.clone()), tokio::spawn),
         }
     }
 }

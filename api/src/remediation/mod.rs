@@ -51,6 +51,9 @@ use crate::{
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RemediationConfig {
+    /// Run the background loops (security-event triggers, runs, outbox) in `portcullis dev`
+    /// and `portcullis worker`. Off, nothing reacts to security events.
+    pub enabled: bool,
     /// Attempts of one step before it fails for good.
     pub max_attempts: i32,
     /// First retry delay, in milliseconds.
@@ -77,6 +80,7 @@ pub struct RemediationConfig {
 impl Default for RemediationConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             max_attempts: 6,
             backoff_base_ms: 200,
             backoff_cap_ms: 30_000,

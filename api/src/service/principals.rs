@@ -241,7 +241,14 @@ pub async fn groups_of(
         .and_where(group_membership::Column::MemberId.eq(id))
         .to_owned();
     let select = principal::Entity::find().filter(principal::Column::Id.in_subquery(group_ids));
-    Ok(page::fetch(db, select, principal::Column::Id, Direction::Ascending, page).await?)
+    Ok(page::fetch(
+        db,
+        select,
+        principal::Column::Id,
+        Direction::Ascending,
+        page,
+    )
+    .await?)
 }
 
 /// The members of group `id`, oldest first.
@@ -256,7 +263,14 @@ pub async fn members_of(
         .and_where(group_membership::Column::GroupId.eq(id))
         .to_owned();
     let select = principal::Entity::find().filter(principal::Column::Id.in_subquery(member_ids));
-    Ok(page::fetch(db, select, principal::Column::Id, Direction::Ascending, page).await?)
+    Ok(page::fetch(
+        db,
+        select,
+        principal::Column::Id,
+        Direction::Ascending,
+        page,
+    )
+    .await?)
 }
 
 /// Principals matching `filter`, oldest first.

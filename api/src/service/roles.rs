@@ -339,6 +339,23 @@ pub async fn permissions_of(
         .await?)
 }
 
+/// The permissions of each of `role_ids`, in creation order (for data loaders).
+pub async fn permissions_of_many(
+    db: &DatabaseConnection,
+    role_ids: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<permission::Model>>, DbErr> {
+    let mut out: HashMap<Uuid, Vec<permission::Model>> = HashMap::new();
+    for p in permission::Entity::find()
+        .filter(permission::Column::RoleId.is_in(role_ids.iter().copied()))
+        .order_by_asc(permission::Column::Id)
+        .all(db)
+        .await?
+    {
+        out.entry(p.role_id).or_default().push(p);
+    }
+    Ok(out)
+}
+
 /// Roles, oldest first.
 pub async fn list(
     db: &DatabaseConnection,

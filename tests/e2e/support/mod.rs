@@ -46,6 +46,9 @@ impl TestApp {
         config.token_signing_key = Some(SecretString::from(TEST_PEPPER_HEX.to_owned()));
         // Tight feed polling keeps revocation tests quick; 250 ms is the product default.
         config.proxy.policy_poll_interval_ms = 100;
+        // Remediation reacts to detector events (it would block loopback after a burst of
+        // 401s); tests that want it turn it on with `TestApp::spawn_with_remediation`.
+        config.api.remediation.enabled = false;
         adjust(&mut config);
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         let dev = dev::start(
@@ -70,6 +73,17 @@ impl TestApp {
             database: Some(database),
             _data_dir: data_dir,
         }
+    }
+
+    /// Like [`TestApp::spawn`], with the remediation loops running (fast polling and retries).
+    pub async fn spawn_with_remediation(database: TestDatabase) -> Self {
+        Self::spawn_with(database, |config| {
+            config.api.remediation.enabled = true;
+            config.api.remediation.poll_interval_ms = 50;
+            config.api.remediation.backoff_base_ms = 10;
+            config.api.remediation.backoff_cap_ms = 200;
+        })
+        .await
     }
 
     /// The seeded administrator's key.

@@ -111,7 +111,11 @@ impl PrincipalOut {
     ) -> ApiResult<Conn<PrincipalOut>> {
         let page = page_request(first, after)?;
         let members = principals::members_of(&services(ctx)?.db, self.id, &page).await?;
-        Ok(connection(members, |p| p.id.to_string(), PrincipalOut::from))
+        Ok(connection(
+            members,
+            |p| p.id.to_string(),
+            PrincipalOut::from,
+        ))
     }
 
     /// The principal's API keys.

@@ -6,7 +6,11 @@ use entity::{permission, role, role_binding};
 use uuid::Uuid;
 
 use crate::{
-    graphql::{error::ApiResult, loaders, principals::types::PrincipalOut, services},
+    graphql::{
+        error::{ApiError, ApiResult},
+        loaders::{load_principal, load_role},
+        principals::types::PrincipalOut,
+    },
     service::roles,
 };
 
@@ -32,7 +36,12 @@ pub struct RoleOut {
 impl RoleOut {
     /// The role's permissions.
     async fn permissions(&self, ctx: &Context<'_>) -> ApiResult<Vec<PermissionOut>> {
-        let rows = roles::permissions_of(&services(ctx)?.db, self.id).await?;
+        let rows = crate::graphql::loaders(ctx)?
+            .permissions
+            .load_one(self.id)
+            .await
+            .map_err(ApiError::internal)?
+            .unwrap_or_default();
         Ok(rows.into_iter().map(Into::into).collect())
     }
 }
@@ -172,12 +181,12 @@ pub struct RoleBindingOut {
 impl RoleBindingOut {
     /// The role.
     async fn role(&self, ctx: &Context<'_>) -> ApiResult<Option<RoleOut>> {
-        loaders::load_role(ctx, self.role_id).await
+        load_role(ctx, self.role_id).await
     }
 
     /// The principal or group.
     async fn principal(&self, ctx: &Context<'_>) -> ApiResult<Option<PrincipalOut>> {
-        loaders::load_principal(ctx, self.principal_id).await
+        load_principal(ctx, self.principal_id).await
     }
 }
 

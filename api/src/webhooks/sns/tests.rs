@@ -668,3 +668,38 @@ async fn a_notification_is_stored_once_as_a_security_event() {
         1
     );
 }
+
+// === configuration ===
+
+#[test]
+fn configuration_accepts_topic_arns_only() {
+    use crate::config::SnsWebhookConfig;
+    let ok = SnsWebhookConfig {
+        allowed_topics: vec![
+            "arn:aws:sns:us-east-1:000000000000:portcullis-dev".into(),
+            "arn:aws-cn:sns:cn-north-1:123456789012:alerts.fifo".into(),
+        ],
+        cert_url_override: Some("http://127.0.0.1:9999".into()),
+        ..SnsWebhookConfig::default()
+    };
+    assert!(ok.validate().is_ok());
+    for topic in [
+        "portcullis-dev",
+        "arn:aws:sqs:us-east-1:000000000000:queue",
+        "arn:aws:sns:us-east-1:0000:short-account",
+        "arn:aws:sns:us-east-1:000000000000:",
+        "arn:aws:sns:us-east-1:000000000000:a:b",
+    ] {
+        let bad = SnsWebhookConfig {
+            allowed_topics: vec![topic.into()],
+            ..SnsWebhookConfig::default()
+        };
+        let (var, _) = bad.validate().unwrap_err();
+        assert_eq!(var, "PORTCULLIS_API__SNS__ALLOWED_TOPICS", "{topic}");
+    }
+    let bad = SnsWebhookConfig {
+        cert_url_override: Some("ftp://x".into()),
+        ..SnsWebhookConfig::default()
+    };
+    assert!(bad.validate().is_err());
+}

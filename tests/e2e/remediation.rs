@@ -1,0 +1,497 @@
+//! The remediation engine: security events → playbooks → runs, diagnosis, dry runs, the
+//! builtin playbooks end to end through the proxy, and `reportLeakedKey`.
+
+use std::time::Duration;
+
+use api::remediation::{self, triggers, worker};
+use chrono::Utc;
+use entity::{
+    api_key, ip_rule, rate_limit_override, remediation_playbook,
+    remediation_run::{self, RemediationRunStatus},
+    remediation_step::RemediationStepStatus,
+    security_event::{self, SecurityEventStatus, Severity},
+};
+use reqwest::StatusCode;
+use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::{
+    remediation_support::{Fixture, fast_config, key_in, seed_managed_secret, steps_of},
+    support::{TestApp, eventually, for_each_backend},
+};
+
+async fn insert_event(
+    db: &DatabaseConnection,
+    kind: &str,
+    severity: Severity,
+    principal_id: Option<Uuid>,
+    api_key_id: Option<Uuid>,
+    client_ip: Option<&str>,
+) -> Uuid {
+    let id = Uuid::now_v7();
+    let now = Utc::now();
+    security_event::ActiveModel {
+        id: Set(id),
+        kind: Set(kind.to_owned()),
+        severity: Set(severity),
+        occurred_at: Set(now),
+        principal_id: Set(principal_id),
+        api_key_id: Set(api_key_id),
+        client_ip: Set(client_ip.map(str::to_owned)),
+        route_id: Set(None),
+        fingerprint: Set(format!("{kind}:{id}")),
+        detail: Set(json!({})),
+        status: Set(SecurityEventStatus::New),
+        handled_by_run_id: Set(None),
+        created_at: Set(now),
+    }
+    .insert(db)
+    .await
+    .unwrap();
+    id
+}
+
+async fn event(db: &DatabaseConnection, id: Uuid) -> security_event::Model {
+    security_event::Entity::find_by_id(id)
+        .one(db)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+async fn runs(db: &DatabaseConnection) -> Vec<remediation_run::Model> {
+    remediation_run::Entity::find().all(db).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_security_event_processed_twice_starts_one_run_that_blocks_the_ip() {
+    for_each_backend(|db| async move {
+        let fixture = Fixture::new(db).await;
+        let engine = fixture.engine(fast_config()).await;
+        remediation::seed_builtin_playbooks(&fixture.db)
+            .await
+            .unwrap();
+        assert_eq!(
+            remediation::seed_builtin_playbooks(&fixture.db)
+                .await
+                .unwrap(),
+            0,
+            "idempotent"
+        );
+        let id = insert_event(
+            &fixture.db,
+            "failed_auth_burst",
+            Severity::High,
+            None,
+            None,
+            Some("203.0.113.9"),
+        )
+        .await;
+
+        assert_eq!(triggers::process_security_events(&engine).await.unwrap(), 1);
+        // A second worker that read the event while it was still new processes it again.
+        let mut again: security_event::ActiveModel = event(&fixture.db, id).await.into();
+        again.status = Set(SecurityEventStatus::New);
+        again.update(&fixture.db).await.unwrap();
+        assert_eq!(triggers::process_security_events(&engine).await.unwrap(), 0);
+
+        let all = runs(&fixture.db).await;
+        assert_eq!(all.len(), 1);
+        let handled = event(&fixture.db, id).await;
+        assert_eq!(handled.status, SecurityEventStatus::Handled);
+        assert_eq!(handled.handled_by_run_id, Some(all[0].id));
+        assert_eq!(
+            all[0].idempotency_key,
+            format!("security_event:{id}:failed-auth-burst")
+        );
+
+        worker::work_until_idle(&engine, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let steps = steps_of(&fixture.db, all[0].id).await;
+        let actions: Vec<_> = steps.iter().map(|s| s.action.as_str()).collect();
+        assert_eq!(actions, ["block_ip", "notify"]);
+        let rules = ip_rule::Entity::find().all(&fixture.db).await.unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].cidr, "203.0.113.9/32");
+        assert_eq!(rules[0].action, ip_rule::IpRuleAction::Deny);
+        let lasts = rules[0].expires_at.unwrap() - Utc::now();
+        assert!(lasts > chrono::Duration::minutes(14) && lasts <= chrono::Duration::minutes(15));
+        // The block went through the change feed.
+        let feed = entity::policy_change::Entity::find()
+            .filter(entity::policy_change::Column::EntityKind.eq("ip_rule"))
+            .all(&fixture.db)
+            .await
+            .unwrap();
+        assert_eq!(feed.len(), 1);
+        // ... and the notification through the outbox to SNS.
+        engine.dispatcher().dispatch_once().await.unwrap();
+        let published = fixture.aws.published();
+        assert_eq!(published.len(), 1);
+        assert_eq!(published[0].attributes["event_type"], "failed_auth_burst");
+        assert_eq!(published[0].attributes["severity"], "high");
+        fixture.drop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn diagnosis_suppresses_allow_listed_ips_and_incident_grant_holders() {
+    let fixture = Fixture::new(migration::testing::TestDatabase::sqlite().await).await;
+    let engine = fixture.engine(fast_config()).await;
+    remediation::seed_builtin_playbooks(&fixture.db)
+        .await
+        .unwrap();
+    ip_rule::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        route_id: Set(None),
+        cidr: Set("10.0.0.0/8".into()),
+        action: Set(ip_rule::IpRuleAction::Allow),
+        expires_at: Set(None),
+        reason: Set("office".into()),
+        source: Set(ip_rule::IpRuleSource::Manual),
+        created_by: Set(None),
+        created_at: Set(Utc::now()),
+    }
+    .insert(&fixture.db)
+    .await
+    .unwrap();
+    let id = insert_event(
+        &fixture.db,
+        "failed_auth_burst",
+        Severity::High,
+        None,
+        None,
+        Some("10.1.2.3"),
+    )
+    .await;
+
+    triggers::process_security_events(&engine).await.unwrap();
+
+    let all = runs(&fixture.db).await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].status, RemediationRunStatus::Suppressed);
+    assert!(
+        all[0].context["suppressed"]
+            .as_str()
+            .unwrap()
+            .contains("allow-listed")
+    );
+    assert_eq!(
+        event(&fixture.db, id).await.status,
+        SecurityEventStatus::Suppressed
+    );
+    worker::work_until_idle(&engine, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let denies = ip_rule::Entity::find()
+        .filter(ip_rule::Column::Action.eq(ip_rule::IpRuleAction::Deny))
+        .all(&fixture.db)
+        .await
+        .unwrap();
+    assert!(denies.is_empty(), "a suppressed run does nothing");
+
+    // A principal with an approved, unexpired incident grant is not suspended.
+    let principal = fixture.principal().await;
+    let (key_id, _) = fixture.key(principal).await;
+    let now = Utc::now();
+    entity::incident_grant::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        incident_id: Set("INC-1".into()),
+        requester_id: Set(principal),
+        approver_id: Set(None),
+        justification: Set("outage".into()),
+        role_id: Set(None),
+        permissions: Set(json!([])),
+        duration_seconds: Set(3600),
+        status: Set(entity::incident_grant::IncidentGrantStatus::Approved),
+        break_glass: Set(false),
+        token_prefix: Set(None),
+        token_hash: Set(None),
+        requested_at: Set(now),
+        decided_at: Set(Some(now)),
+        expires_at: Set(Some(now + chrono::Duration::hours(1))),
+        revoked_at: Set(None),
+        revoked_reason: Set(None),
+        follow_up_review_id: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(&fixture.db)
+    .await
+    .unwrap();
+    let id = insert_event(
+        &fixture.db,
+        "key_new_network",
+        Severity::Medium,
+        Some(principal),
+        Some(key_id),
+        Some("198.51.100.4"),
+    )
+    .await;
+    triggers::process_security_events(&engine).await.unwrap();
+    assert_eq!(
+        event(&fixture.db, id).await.status,
+        SecurityEventStatus::Suppressed
+    );
+    worker::work_until_idle(&engine, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let key = api_key::Entity::find_by_id(key_id)
+        .one(&fixture.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(key.suspended_at.is_none());
+    fixture.drop().await;
+}
+
+#[tokio::test]
+async fn dry_run_playbooks_record_what_they_would_do_and_bad_playbooks_are_skipped() {
+    let fixture = Fixture::new(migration::testing::TestDatabase::sqlite().await).await;
+    let engine = fixture.engine(fast_config()).await;
+    remediation::seed_builtin_playbooks(&fixture.db)
+        .await
+        .unwrap();
+    let spike = remediation_playbook::Entity::find()
+        .filter(remediation_playbook::Column::Name.eq("traffic-spike"))
+        .one(&fixture.db)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut dry: remediation_playbook::ActiveModel = spike.into();
+    dry.dry_run = Set(true);
+    dry.update(&fixture.db).await.unwrap();
+    // A broken row matching the same events must not stop the others.
+    let now = Utc::now();
+    remediation_playbook::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        name: Set("broken".into()),
+        description: Set(String::new()),
+        enabled: Set(true),
+        dry_run: Set(false),
+        builtin: Set(false),
+        trigger: Set(json!({ "kind": "security_event", "event_kinds": ["traffic_spike"] })),
+        diagnose: Set(json!({})),
+        actions: Set(json!([{ "action": "launch_missiles" }])),
+        notify: Set(json!({})),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(&fixture.db)
+    .await
+    .unwrap();
+    let principal = fixture.principal().await;
+    insert_event(
+        &fixture.db,
+        "traffic_spike",
+        Severity::Medium,
+        Some(principal),
+        None,
+        None,
+    )
+    .await;
+
+    triggers::process_security_events(&engine).await.unwrap();
+
+    let all = runs(&fixture.db).await;
+    assert_eq!(all.len(), 1, "the broken playbook started nothing");
+    assert_eq!(all[0].status, RemediationRunStatus::DryRun);
+    let steps = steps_of(&fixture.db, all[0].id).await;
+    assert!(
+        steps
+            .iter()
+            .all(|s| s.status == RemediationStepStatus::Skipped)
+    );
+    let would = &steps[0].output.as_ref().unwrap()["would"];
+    assert_eq!(would["action"], "tighten_rate_limit");
+    assert_eq!(would["params"]["factor"], 0.5);
+    assert!(
+        rate_limit_override::Entity::find()
+            .all(&fixture.db)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    fixture.drop().await;
+}
+
+#[tokio::test]
+async fn traffic_spikes_halve_the_limit_and_new_networks_suspend_the_key() {
+    for_each_backend(|db| async move {
+        let fixture = Fixture::new(db).await;
+        let engine = fixture.engine(fast_config()).await;
+        remediation::seed_builtin_playbooks(&fixture.db)
+            .await
+            .unwrap();
+        let principal = fixture.principal().await;
+        let (key_id, _) = fixture.key(principal).await;
+        insert_event(
+            &fixture.db,
+            "traffic_spike",
+            Severity::Medium,
+            Some(principal),
+            Some(key_id),
+            Some("192.0.2.1"),
+        )
+        .await;
+        insert_event(
+            &fixture.db,
+            "key_new_network",
+            Severity::Medium,
+            Some(principal),
+            Some(key_id),
+            Some("192.0.2.1"),
+        )
+        .await;
+
+        triggers::process_security_events(&engine).await.unwrap();
+        worker::work_until_idle(&engine, Duration::from_secs(10))
+            .await
+            .unwrap();
+
+        assert!(
+            runs(&fixture.db)
+                .await
+                .iter()
+                .all(|r| r.status == RemediationRunStatus::Succeeded)
+        );
+        let overrides = rate_limit_override::Entity::find()
+            .all(&fixture.db)
+            .await
+            .unwrap();
+        assert_eq!(overrides.len(), 1);
+        assert_eq!(overrides[0].principal_id, Some(principal));
+        assert_eq!(
+            (overrides[0].per_minute, overrides[0].burst),
+            (300, 50),
+            "half of 600/100"
+        );
+        let lasts = overrides[0].expires_at - Utc::now();
+        assert!(lasts > chrono::Duration::minutes(9) && lasts <= chrono::Duration::minutes(10));
+        let key = api_key::Entity::find_by_id(key_id)
+            .one(&fixture.db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(key.suspended_at.is_some());
+        assert!(key.revoked_at.is_none());
+        fixture.drop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn twenty_failed_logins_get_the_ip_blocked_at_the_proxy_and_subscribers_notified() {
+    for_each_backend(|db| async move {
+        let app = TestApp::spawn_with_remediation(db).await;
+
+        for _ in 0..20 {
+            app.proxy_get("/demo/x", Some("pk_test_nope")).await;
+        }
+
+        let blocked = eventually(Duration::from_secs(10), || async {
+            let response = app.proxy_get("/demo/x", Some(app.admin_key())).await;
+            if response.status() != StatusCode::FORBIDDEN {
+                return false;
+            }
+            let body: Value = response.json().await.unwrap();
+            body["error"]["code"] == "ip_blocked"
+        })
+        .await;
+        assert!(blocked.is_some(), "loopback was not blocked");
+        let notified = eventually(Duration::from_secs(10), || async {
+            app.dev.aws.published().iter().any(|m| {
+                m.attributes.get("event_type").map(String::as_str) == Some("failed_auth_burst")
+            })
+        })
+        .await;
+        assert!(
+            notified.is_some(),
+            "no SNS notification: {:?}",
+            app.dev.aws.published()
+        );
+        let message = app.dev.aws.published().into_iter().next().unwrap();
+        assert_eq!(message.topic_arn, portcullis::dev::DEV_SNS_TOPIC);
+        assert_eq!(message.attributes["severity"], "high");
+        app.stop().await.drop_database().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn report_leaked_key_kills_the_key_at_once_and_rotates_a_new_one_into_the_secret() {
+    for_each_backend(|db| async move {
+        let app = TestApp::spawn_with_remediation(db).await;
+        let (key_id, key) = app.insert_key(app.admin_id().await).await;
+        let secret = "portcullis/admin-consumer";
+        seed_managed_secret(&app.db, &app.dev.aws, secret, key_id, &key).await;
+        let works = eventually(Duration::from_secs(2), || async {
+            app.proxy_get("/demo/x", Some(&key)).await.status() == StatusCode::OK
+        })
+        .await;
+        assert!(works.is_some());
+
+        let run = remediation::report_leaked_key(&app.dev.remediation, key_id, "req-leak")
+            .await
+            .unwrap();
+        // Reporting the same leak again is the same run.
+        let again = remediation::report_leaked_key(&app.dev.remediation, key_id, "req-leak")
+            .await
+            .unwrap();
+        assert_eq!(again.id, run.id);
+
+        let dead = eventually(Duration::from_secs(3), || async {
+            app.proxy_get("/demo/x", Some(&key)).await.status() == StatusCode::UNAUTHORIZED
+        })
+        .await;
+        assert!(dead.is_some(), "the leaked key still works");
+        let done = eventually(Duration::from_secs(10), || async {
+            remediation_run::Entity::find_by_id(run.id)
+                .one(&app.db)
+                .await
+                .unwrap()
+                .is_some_and(|r| r.status == RemediationRunStatus::Succeeded)
+        })
+        .await;
+        assert!(
+            done.is_some(),
+            "run did not finish: {:?}",
+            steps_of(&app.db, run.id).await
+        );
+
+        let versions = app.dev.aws.secret_versions(secret);
+        let current = versions
+            .iter()
+            .find(|v| v.stages.contains(&"AWSCURRENT".into()))
+            .unwrap();
+        assert_eq!(current.version_id, run.id.to_string());
+        let new_key = key_in(current);
+        assert_ne!(new_key, key);
+        let new_works = eventually(Duration::from_secs(3), || async {
+            app.proxy_get("/demo/x", Some(&new_key)).await.status() == StatusCode::OK
+        })
+        .await;
+        assert!(new_works.is_some(), "the rotated key does not work");
+        let notified =
+            eventually(Duration::from_secs(5), || async {
+                app.dev.aws.published().iter().any(|m| {
+                    m.attributes.get("event_type").map(String::as_str) == Some("key_leaked")
+                })
+            })
+            .await;
+        assert!(notified.is_some());
+        let leaked = app
+            .dev
+            .aws
+            .published()
+            .into_iter()
+            .find(|m| m.attributes["event_type"] == "key_leaked")
+            .unwrap();
+        assert_eq!(leaked.attributes["severity"], "critical");
+        assert!(!leaked.message.contains(&new_key), "never publish a secret");
+        app.stop().await.drop_database().await;
+    })
+    .await;
+}

@@ -1,0 +1,277 @@
+//! Fixtures for the remediation, rotation and outbox tests: a migrated database, the
+//! wiremock-backed AWS mocks (`DevAws`) and an engine over the real AWS SDK pointed at them.
+
+use std::time::Duration;
+
+use api::{
+    aws::{
+        AwsClients,
+        dev_mock::{DevAws, SecretVersion},
+    },
+    remediation::{Engine, RemediationConfig},
+};
+use chrono::Utc;
+use entity::{
+    managed_secret::{self, ManagedSecretKind},
+    principal::{self, PrincipalKind},
+    remediation_step,
+};
+use migration::testing::TestDatabase;
+use proxy::keys::{KeyHasher, PlainToken, TokenEnv, TokenKind};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set,
+};
+use secrecy::SecretSlice;
+use serde_json::{Value, json};
+use uuid::Uuid;
+use wiremock::{Mock, ResponseTemplate, matchers::header};
+
+use crate::support::TEST_PEPPER_HEX;
+
+/// The topic notifications go to in these tests.
+pub const TOPIC: &str = "arn:aws:sns:us-east-1:000000000000:portcullis-test";
+
+/// A migrated database, the AWS mocks, and the pepper's hasher.
+pub struct Fixture {
+    pub db: DatabaseConnection,
+    pub aws: DevAws,
+    pub hasher: KeyHasher,
+    database: TestDatabase,
+}
+
+/// Fast retries and short AWS timeouts, so fault tests finish in seconds.
+pub fn fast_config() -> RemediationConfig {
+    RemediationConfig {
+        max_attempts: 6,
+        backoff_base_ms: 5,
+        backoff_cap_ms: 40,
+        poll_interval_ms: 20,
+        lease_secs: 30,
+        aws_timeout_ms: 400,
+        ..RemediationConfig::default()
+    }
+}
+
+impl Fixture {
+    pub async fn new(database: TestDatabase) -> Self {
+        let database = database.migrated().await;
+        let pepper = SecretSlice::from(hex::decode(TEST_PEPPER_HEX).unwrap());
+        Self {
+            db: database.conn.clone(),
+            aws: DevAws::start().await,
+            hasher: KeyHasher::new(&pepper).unwrap(),
+            database,
+        }
+    }
+
+    /// An engine over the real SDK pointed at the mocks.
+    pub async fn engine(&self, config: RemediationConfig) -> Engine {
+        let clients =
+            AwsClients::for_endpoints(&self.aws.sns_endpoint(), &self.aws.secrets_endpoint()).await;
+        Engine::from_aws(
+            self.db.clone(),
+            self.hasher.clone(),
+            &clients,
+            config,
+            Some(TOPIC.to_owned()),
+        )
+    }
+
+    pub async fn principal(&self) -> Uuid {
+        let now = Utc::now();
+        let id = Uuid::now_v7();
+        principal::ActiveModel {
+            id: Set(id),
+            kind: Set(PrincipalKind::ServiceAccount),
+            name: Set(format!("svc-{}", id.simple())),
+            display_name: Set("test service".into()),
+            email: Set(None),
+            oidc_issuer: Set(None),
+            oidc_subject: Set(None),
+            oidc_group: Set(None),
+            disabled: Set(false),
+            metadata: Set(json!({})),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(&self.db)
+        .await
+        .unwrap();
+        id
+    }
+
+    pub async fn key(&self, principal_id: Uuid) -> (Uuid, String) {
+        insert_key(&self.db, &self.hasher, principal_id).await
+    }
+
+    /// A managed secret `secret_id` holding key `key` as its `AWSCURRENT` version `v0`.
+    pub async fn managed_secret(&self, secret_id: &str, key_id: Uuid, key: &str) {
+        seed_managed_secret(&self.db, &self.aws, secret_id, key_id, key).await;
+    }
+
+    pub async fn drop(self) {
+        drop(self.aws);
+        self.database.drop_database().await;
+    }
+}
+
+/// Inserts an API key row for `principal_id`; returns its id and secret.
+pub async fn insert_key(
+    db: &DatabaseConnection,
+    hasher: &KeyHasher,
+    principal_id: Uuid,
+) -> (Uuid, String) {
+    let token = PlainToken::generate(TokenKind::ApiKey, TokenEnv::Test);
+    let now = Utc::now();
+    let id = Uuid::now_v7();
+    entity::api_key::ActiveModel {
+        id: Set(id),
+        principal_id: Set(principal_id),
+        name: Set("consumer key".into()),
+        prefix: Set(token.lookup_prefix().to_owned()),
+        hash: Set(hasher.hash(token.as_parsed()).to_hex()),
+        environment: Set("test".into()),
+        scopes: Set(json!([])),
+        expires_at: Set(None),
+        revoked_at: Set(None),
+        revoked_reason: Set(None),
+        suspended_at: Set(None),
+        suspended_reason: Set(None),
+        last_used_at: Set(None),
+        last_used_ip: Set(None),
+        rate_limit_per_minute: Set(None),
+        rate_limit_burst: Set(None),
+        remaining_uses: Set(None),
+        refill_amount: Set(None),
+        refill_interval_seconds: Set(None),
+        last_refill_at: Set(None),
+        metadata: Set(json!({})),
+        rotated_from: Set(None),
+        created_by: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(db)
+    .await
+    .unwrap();
+    api::service::feed::record(
+        db,
+        proxy::cache::kind::API_KEY,
+        id,
+        entity::policy_change::PolicyChangeOp::Upsert,
+    )
+    .await
+    .unwrap();
+    (id, token.expose_secret().to_owned())
+}
+
+/// The managed-secret row plus the secret's `AWSCURRENT` version `v0` in the mock.
+pub async fn seed_managed_secret(
+    db: &DatabaseConnection,
+    aws: &DevAws,
+    secret_id: &str,
+    key_id: Uuid,
+    key: &str,
+) {
+    let now = Utc::now();
+    managed_secret::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        secret_id: Set(secret_id.to_owned()),
+        kind: Set(ManagedSecretKind::ApiKey),
+        api_key_id: Set(Some(key_id)),
+        route_id: Set(None),
+        rotation_interval_days: Set(None),
+        last_rotated_at: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(db)
+    .await
+    .unwrap();
+    let prefix = PlainToken::parse(key).unwrap().lookup_prefix().to_owned();
+    aws.put_secret_version(
+        secret_id,
+        SecretVersion {
+            version_id: "v0".into(),
+            value: json!({ "api_key": key, "key_id": key_id, "prefix": prefix }).to_string(),
+            stages: vec!["AWSCURRENT".into()],
+        },
+    );
+}
+
+/// The API key stored in `version`'s value.
+pub fn key_in(version: &SecretVersion) -> String {
+    let value: Value = serde_json::from_str(&version.value).unwrap();
+    value["api_key"].as_str().unwrap().to_owned()
+}
+
+/// `(operation, JSON body)` of every Secrets Manager call the mock received, in order.
+pub async fn secrets_calls(aws: &DevAws) -> Vec<(String, Value)> {
+    aws.secrets_server()
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|request| {
+            let target = request
+                .headers
+                .get("x-amz-target")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .trim_start_matches("secretsmanager.")
+                .to_owned();
+            (
+                target,
+                serde_json::from_slice(&request.body).unwrap_or(Value::Null),
+            )
+        })
+        .collect()
+}
+
+/// An AWS JSON-protocol error response.
+pub fn aws_error(status: u16, code: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status)
+        .insert_header("content-type", "application/x-amz-json-1.1")
+        .set_body_json(json!({ "__type": code, "message": format!("injected {code}") }))
+}
+
+/// Makes the next calls of Secrets Manager `operation` fail once each with throttling, a 500
+/// and a timeout (a response slower than the client's timeout), in that order.
+pub async fn inject_transient_faults(aws: &DevAws, operation: &str) {
+    let target = format!("secretsmanager.{operation}");
+    for (priority, response) in [
+        (1, aws_error(400, "ThrottlingException")),
+        (2, aws_error(500, "InternalServiceError")),
+        (
+            3,
+            aws_error(500, "InternalServiceError").set_delay(Duration::from_secs(2)),
+        ),
+    ] {
+        Mock::given(header("x-amz-target", target.as_str()))
+            .respond_with(response)
+            .up_to_n_times(1)
+            .with_priority(priority)
+            .mount(aws.secrets_server())
+            .await;
+    }
+}
+
+/// The steps of run `run_id`, in order.
+pub async fn steps_of(db: &DatabaseConnection, run_id: Uuid) -> Vec<remediation_step::Model> {
+    remediation_step::Entity::find()
+        .filter(remediation_step::Column::RunId.eq(run_id))
+        .order_by_asc(remediation_step::Column::Seq)
+        .all(db)
+        .await
+        .unwrap()
+}
+
+/// Keys of `principal_id`.
+pub async fn keys_of(db: &DatabaseConnection, principal_id: Uuid) -> Vec<entity::api_key::Model> {
+    entity::api_key::Entity::find()
+        .filter(entity::api_key::Column::PrincipalId.eq(principal_id))
+        .order_by_asc(entity::api_key::Column::CreatedAt)
+        .all(db)
+        .await
+        .unwrap()
+}
