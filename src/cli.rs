@@ -72,6 +72,7 @@ pub enum MigrateAction {
 
 /// Runs a parsed command line; configuration errors exit with status 2 and one line.
 pub fn run(cli: Cli) -> ExitCode {
+    crate::tls::install_crypto_provider();
     match cli.command {
         Command::Schema => {
             print!("{}", api::graphql::sdl());
@@ -164,11 +165,13 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             )));
             let listener = serve::bind(config.proxy_addr, "proxy", "PORTCULLIS_PROXY_ADDR").await?;
             let (trigger, shutdown) = serve::shutdown_channel();
-            let server = tokio::spawn(serve::serve(
+            let server = serve::serve_proxy(
                 listener,
                 proxy::router(state.clone()),
                 shutdown,
-            ));
+                &config.proxy,
+            )
+            .await?;
             serve::termination_signal().await;
             trigger.trigger();
             server.await.context("proxy server task panicked")??;

@@ -172,11 +172,13 @@ pub async fn start(config: &Config, ports: Ports) -> anyhow::Result<RunningDev> 
             api::router(api_state),
             shutdown.clone(),
         )),
-        tokio::spawn(serve::serve(
+        serve::serve_proxy(
             proxy_listener,
             proxy::router(proxy_state.clone()),
             shutdown.clone(),
-        )),
+            &config.proxy,
+        )
+        .await?,
         tokio::spawn(serve::serve(
             upstream_listener,
             crate::demo_upstream::router(),

@@ -8,3 +8,4 @@ pub mod dev;
 pub mod secrets;
 pub mod serve;
 pub mod telemetry;
+pub mod tls;

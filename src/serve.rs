@@ -60,6 +60,35 @@ pub async fn serve(
     .with_context(|| format!("server on {addr:?} failed"))
 }
 
+/// Serves `router` on `listener`, over TLS when `proxy_tls` names a certificate and key.
+pub async fn serve_proxy(
+    listener: TcpListener,
+    router: Router,
+    shutdown: Shutdown,
+    config: &proxy::ProxyConfig,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    match (&config.tls_cert_path, &config.tls_key_path) {
+        (Some(cert), Some(key)) => {
+            let tls = crate::tls::server_config(cert, key)?;
+            // `tap_io` only so that axum's `ConnectInfo<SocketAddr>` works for this listener.
+            let listener = axum::serve::ListenerExt::tap_io(
+                crate::tls::TlsListener::new(listener, tls)?,
+                |_| {},
+            );
+            Ok(tokio::spawn(async move {
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(shutdown.wait())
+                .await
+                .context("TLS proxy server failed")
+            }))
+        }
+        _ => Ok(tokio::spawn(serve(listener, router, shutdown))),
+    }
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn termination_signal() {
     let ctrl_c = async {

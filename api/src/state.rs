@@ -9,7 +9,7 @@ use proxy::{
     keys::KeyHasher,
     oidc::{OidcConfig, OidcVerifier},
 };
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use secrecy::SecretSlice;
 use tokio::sync::watch;
 
@@ -61,9 +61,7 @@ impl AppState {
             let verifier = verifier.clone();
             tokio::spawn(async move { verifier.prime().await });
         }
-        crate::service::management::ensure_builtin_roles(&db)
-            .await
-            .context("failed to create the builtin roles")?;
+        ensure_builtin_roles(&db).await?;
         let cache = Arc::new(
             PolicyCache::load(db.clone(), POLICY_MAX_STALENESS)
                 .await
@@ -97,5 +95,28 @@ impl AppState {
             sns,
             _poller: Arc::new(stop),
         })
+    }
+}
+
+/// Creates or repairs the builtin roles in one transaction. Instances starting together may
+/// race on the unique role names; the loser retries and then finds the roles in place.
+async fn ensure_builtin_roles(db: &DatabaseConnection) -> anyhow::Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = async {
+            let txn = db.begin().await?;
+            crate::service::management::ensure_builtin_roles(&txn).await?;
+            txn.commit().await
+        }
+        .await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(error) if attempt < 3 => {
+                tracing::warn!(%error, attempt, "creating the builtin roles failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            Err(error) => return Err(error).context("failed to create the builtin roles"),
+        }
     }
 }

@@ -28,6 +28,10 @@ pub struct ProxyConfig {
     /// OIDC access tokens (`[proxy.oidc]`, `PORTCULLIS_PROXY__OIDC__*`); absent: refused.
     #[serde(default)]
     pub oidc: Option<crate::oidc::OidcConfig>,
+    /// PEM certificate chain for TLS on the proxy listener (with `tls_key_path`).
+    pub tls_cert_path: Option<std::path::PathBuf>,
+    /// PEM private key for TLS on the proxy listener (with `tls_cert_path`).
+    pub tls_key_path: Option<std::path::PathBuf>,
     /// Audit events buffered before requests wait for the writer (back-pressure, never loss).
     pub audit_queue_capacity: usize,
     /// Detector thresholds.
@@ -51,6 +55,8 @@ impl Default for ProxyConfig {
             policy_max_staleness_secs: 60,
             allow_semicolon_params: false,
             oidc: None,
+            tls_cert_path: None,
+            tls_key_path: None,
             audit_queue_capacity: 16_384,
             detectors: crate::detect::DetectorConfig::default(),
             default_rate_limit_per_minute: 600,
@@ -76,6 +82,13 @@ impl ProxyConfig {
             return Err((
                 "PORTCULLIS_PROXY__UPSTREAM_TIMEOUT_MS",
                 "must be greater than 0".into(),
+            ));
+        }
+        if self.tls_cert_path.is_some() != self.tls_key_path.is_some() {
+            return Err((
+                "PORTCULLIS_PROXY__TLS_CERT_PATH",
+                "TLS needs both PORTCULLIS_PROXY__TLS_CERT_PATH and PORTCULLIS_PROXY__TLS_KEY_PATH"
+                    .into(),
             ));
         }
         if self.audit_queue_capacity == 0 {

@@ -82,11 +82,20 @@ pub async fn handle(
 async fn run(
     state: &ProxyState,
     peer: SocketAddr,
-    request: Request,
+    mut request: Request,
     audit: &mut AuditRecord,
     rate: &mut Option<RateDecision>,
 ) -> Result<Response, ProxyError> {
     let client_ip = client_ip(peer.ip(), request.headers(), &state.config.trusted_proxies)?;
+    if !state
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&peer.ip()))
+    {
+        // Only a trusted proxy may tell us the original scheme.
+        request.headers_mut().remove("x-forwarded-proto");
+    }
     audit.client_ip = Some(client_ip.to_string());
     state.cache.check_fresh()?;
 
@@ -340,11 +349,12 @@ async fn forward_request(
         .unwrap_or("-")
         .to_owned();
     let uri = forward::upstream_uri(&route.upstream, &route.upstream_path(path), query)?;
+    let proto = forwarded_proto(state, &parts.headers);
     let mut headers = forward::upstream_headers(
         parts.headers,
         client_ip,
         host,
-        "http",
+        proto,
         &identity,
         &request_id,
     );
@@ -382,6 +392,21 @@ async fn forward_request(
         forward::splice_upgraded(client_upgrade, &mut response);
     }
     Ok(response)
+}
+
+/// `https` when this listener terminates TLS; otherwise what a trusted proxy in front says
+/// (`X-Forwarded-Proto`; `run` removed the header when the peer is not trusted), else `http`.
+fn forwarded_proto(state: &ProxyState, headers: &HeaderMap) -> &'static str {
+    if state.config.tls_cert_path.is_some() {
+        return "https";
+    }
+    match headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(p) if p.trim().eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    }
 }
 
 fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {

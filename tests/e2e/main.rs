@@ -25,5 +25,6 @@ mod rotation;
 mod schema;
 mod sns_webhook;
 mod support;
+mod tls;
 mod upstream_credentials;
 mod websocket;

@@ -24,7 +24,12 @@ pub mod verify;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration, time::Instant};
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use axum::{
@@ -56,8 +61,8 @@ use crate::{AppState, config::SnsWebhookConfig};
 
 /// The route path.
 pub const PATH: &str = "/webhooks/sns";
-/// Largest accepted body (SNS messages are at most 256 KiB of payload plus envelope; the
-/// envelope of a maximal message is refused, which SNS itself never sends over HTTP).
+/// Largest accepted body. NOTE: an SNS payload at the 256 KiB maximum plus its JSON
+/// envelope is larger and is refused with 413 (as is anything over `max_request_bytes`).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// The webhook's collaborators, built once at startup.
@@ -175,9 +180,10 @@ impl SnsWebhook {
                 return Err(error.into());
             }
         };
+        // Unverified yet: bounded before it reaches the audit trail.
         *seen = Seen {
-            topic_arn: Some(message.topic_arn.clone()),
-            message_id: Some(message.message_id.clone()),
+            topic_arn: Some(bounded(&message.topic_arn)),
+            message_id: Some(bounded(&message.message_id)),
             message_type: Some(message.message_type.as_str().to_owned()),
         };
         let span = tracing::Span::current();
@@ -327,18 +333,18 @@ impl Seen {
     /// Topic, id and type from a body that did not parse as a message, if it is JSON at all.
     fn guess(body: &[u8]) -> Self {
         let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        let field = |name: &str| {
-            value
-                .get(name)
-                .and_then(Value::as_str)
-                .map(|s| s.chars().take(256).collect())
-        };
+        let field = |name: &str| value.get(name).and_then(Value::as_str).map(bounded);
         Self {
             topic_arn: field("TopicArn"),
             message_id: field("MessageId"),
             message_type: field("Type"),
         }
     }
+}
+
+/// At most 256 characters of a client-supplied identifier.
+fn bounded(text: &str) -> String {
+    text.chars().take(256).collect()
 }
 
 // === impl Outcome ===

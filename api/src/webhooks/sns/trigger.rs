@@ -227,7 +227,10 @@ pub async fn store_events<C: ConnectionTrait>(
                 severity: Severity::Low,
                 principal_id: None,
                 api_key_id: None,
-                fingerprint: format!("{KIND_SNS_NOTIFICATION}:{}", message.topic_arn),
+                fingerprint: format!(
+                    "{KIND_SNS_NOTIFICATION}:{}:{}",
+                    message.topic_arn, message.message_id
+                ),
                 detail,
             });
         }

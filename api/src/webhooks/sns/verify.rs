@@ -62,7 +62,7 @@ pub enum FetchError {
     /// SNS answered with a non-2xx status.
     #[error("SNS answered {0}")]
     Status(http::StatusCode),
-    /// The certificate is larger than [`MAX_CERT_BYTES`].
+    /// The certificate is larger than 64 KiB.
     #[error("the certificate is larger than {MAX_CERT_BYTES} bytes")]
     TooLarge,
     /// The override base URL cannot be joined with the path.

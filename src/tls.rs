@@ -1,0 +1,109 @@
+//! Optional TLS on the proxy listener, for runs without a load balancer in front
+//! (`PORTCULLIS_PROXY__TLS_CERT_PATH` + `PORTCULLIS_PROXY__TLS_KEY_PATH`, PEM files).
+//!
+//! Handshakes run in their own tasks so one slow or silent client cannot stall the accept loop;
+//! finished connections are handed to axum through [`axum::serve::Listener`].
+
+use std::{io, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+
+/// A client has this long to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Installs the process-wide rustls crypto provider (aws-lc-rs). Both aws-lc-rs and ring are
+/// compiled into the binary (through different dependencies), so rustls cannot pick one itself.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Loads a certificate chain and private key (PEM) into a server configuration (HTTP/1.1 and h2).
+pub fn server_config(
+    cert_path: &Path,
+    key_path: &Path,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    install_crypto_provider();
+    let certs = CertificateDer::pem_file_iter(cert_path)
+        .with_context(|| format!("cannot read the TLS certificate {}", cert_path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("invalid PEM in {}", cert_path.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{} holds no certificate", cert_path.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .with_context(|| format!("cannot read the TLS private key {}", key_path.display()))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the TLS certificate and key do not match")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A TCP listener that yields TLS streams.
+pub struct TlsListener {
+    connections: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local_addr: SocketAddr,
+}
+
+impl TlsListener {
+    /// Starts accepting on `listener`; handshakes complete in the background.
+    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
+        let local_addr = listener.local_addr()?;
+        let acceptor = TlsAcceptor::from(config);
+        let (tx, connections) = mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let handed_over = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = handed_over.send((tls, peer)).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        Ok(Self {
+            connections,
+            local_addr,
+        })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.connections.recv().await {
+            Some(connection) => connection,
+            // The acceptor task only ends once nobody listens; never resolve after that.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local_addr)
+    }
+}
