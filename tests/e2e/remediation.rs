@@ -495,3 +495,175 @@ async fn report_leaked_key_kills_the_key_at_once_and_rotates_a_new_one_into_the_
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_key_leaked_event_from_the_webhook_revokes_and_rotates_the_key() {
+    for_each_backend(|db| async move {
+        let fixture = Fixture::new(db).await;
+        let engine = fixture.engine(fast_config()).await;
+        remediation::seed_builtin_playbooks(&fixture.db)
+            .await
+            .unwrap();
+        let principal = fixture.principal().await;
+        let (key_id, key) = fixture.key(principal).await;
+        fixture.managed_secret("consumer/leaky", key_id, &key).await;
+        // What `POST /webhooks/sns` writes for a secret scanner's "credential leaked" message.
+        insert_event(
+            &fixture.db,
+            "key_leaked",
+            Severity::Critical,
+            Some(principal),
+            Some(key_id),
+            None,
+        )
+        .await;
+
+        triggers::process_security_events(&engine).await.unwrap();
+        worker::work_until_idle(&engine, Duration::from_secs(10))
+            .await
+            .unwrap();
+
+        let all = runs(&fixture.db).await;
+        assert_eq!(all.len(), 1);
+        assert_eq!(
+            all[0].status,
+            RemediationRunStatus::Succeeded,
+            "{:?}",
+            all[0].error
+        );
+        let actions: Vec<_> = steps_of(&fixture.db, all[0].id)
+            .await
+            .into_iter()
+            .map(|s| s.action)
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                "revoke_key",
+                "rotate_secret:create",
+                "rotate_secret:set",
+                "rotate_secret:test",
+                "rotate_secret:finish",
+                "notify"
+            ]
+        );
+        let old = api_key::Entity::find_by_id(key_id)
+            .one(&fixture.db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(old.revoked_at.is_some());
+        let versions = fixture.aws.secret_versions("consumer/leaky");
+        assert_eq!(versions.last().unwrap().stages, ["AWSCURRENT"]);
+        fixture.drop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn custom_playbooks_revoke_bindings_and_grants_through_the_change_feed() {
+    let fixture = Fixture::new(migration::testing::TestDatabase::sqlite().await).await;
+    let engine = fixture.engine(fast_config()).await;
+    let principal = fixture.principal().await;
+    let now = Utc::now();
+    let role = entity::role::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        name: Set("payments".into()),
+        description: Set(String::new()),
+        builtin: Set(false),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(&fixture.db)
+    .await
+    .unwrap();
+    entity::role_binding::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        role_id: Set(role.id),
+        principal_id: Set(principal),
+        conditions: Set(json!({})),
+        expires_at: Set(None),
+        reason: Set(None),
+        created_by: Set(None),
+        created_at: Set(now),
+    }
+    .insert(&fixture.db)
+    .await
+    .unwrap();
+    remediation_playbook::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        name: Set("lock-out".into()),
+        description: Set(String::new()),
+        enabled: Set(true),
+        dry_run: Set(false),
+        builtin: Set(false),
+        trigger: Set(json!({ "kind": "security_event", "event_kinds": ["cloudwatch_alarm"], "min_severity": "high" })),
+        // The grant holder must not be spared by diagnosis here.
+        diagnose: Set(json!({ "suppress_if_incident_grant": false })),
+        actions: Set(json!([{ "action": "revoke_bindings", "role_id": role.id }, { "action": "revoke_grants" }])),
+        notify: Set(json!({ "event_type": "principal_locked_out", "severity": "critical" })),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(&fixture.db)
+    .await
+    .unwrap();
+    // Below the threshold: nothing.
+    insert_event(
+        &fixture.db,
+        "cloudwatch_alarm",
+        Severity::Medium,
+        Some(principal),
+        None,
+        None,
+    )
+    .await;
+    triggers::process_security_events(&engine).await.unwrap();
+    assert!(runs(&fixture.db).await.is_empty());
+
+    insert_event(
+        &fixture.db,
+        "cloudwatch_alarm",
+        Severity::High,
+        Some(principal),
+        None,
+        None,
+    )
+    .await;
+    triggers::process_security_events(&engine).await.unwrap();
+    worker::work_until_idle(&engine, Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    let all = runs(&fixture.db).await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].status, RemediationRunStatus::Succeeded);
+    let bindings = entity::role_binding::Entity::find()
+        .filter(entity::role_binding::Column::PrincipalId.eq(principal))
+        .all(&fixture.db)
+        .await
+        .unwrap();
+    assert!(bindings.is_empty());
+    let feed = entity::policy_change::Entity::find()
+        .filter(entity::policy_change::Column::EntityKind.eq("role_binding"))
+        .all(&fixture.db)
+        .await
+        .unwrap();
+    assert_eq!(feed.len(), 1);
+    assert_eq!(feed[0].entity_id, principal.to_string());
+    let steps = steps_of(&fixture.db, all[0].id).await;
+    assert_eq!(
+        steps[1].status,
+        RemediationStepStatus::Skipped,
+        "no grants to revoke"
+    );
+    engine.dispatcher().dispatch_once().await.unwrap();
+    let published = fixture.aws.published();
+    assert_eq!(
+        published[0].attributes["event_type"],
+        "principal_locked_out"
+    );
+    assert_eq!(published[0].attributes["severity"], "critical");
+    assert_eq!(published[0].attributes["principal"], principal.to_string());
+    fixture.drop().await;
+}
