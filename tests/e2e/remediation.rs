@@ -667,3 +667,76 @@ async fn custom_playbooks_revoke_bindings_and_grants_through_the_change_feed() {
     assert_eq!(published[0].attributes["principal"], principal.to_string());
     fixture.drop().await;
 }
+
+#[tokio::test]
+async fn two_workers_racing_for_the_same_runs_execute_every_step_once() {
+    for_each_backend(|db| async move {
+        let fixture = Fixture::new(db).await;
+        remediation::seed_builtin_playbooks(&fixture.db)
+            .await
+            .unwrap();
+        let first = fixture.engine(fast_config()).await;
+        let second = fixture.engine(fast_config()).await;
+        for n in 1..=8 {
+            insert_event(
+                &fixture.db,
+                "failed_auth_burst",
+                Severity::High,
+                None,
+                None,
+                Some(&format!("198.51.100.{n}")),
+            )
+            .await;
+        }
+
+        let (a, b) = tokio::join!(
+            async {
+                triggers::process_security_events(&first).await.unwrap();
+                worker::work_until_idle(&first, Duration::from_secs(15))
+                    .await
+                    .unwrap()
+            },
+            async {
+                triggers::process_security_events(&second).await.unwrap();
+                worker::work_until_idle(&second, Duration::from_secs(15))
+                    .await
+                    .unwrap()
+            },
+        );
+
+        assert_eq!(
+            a + b,
+            16,
+            "8 runs × (block_ip + notify), each executed once"
+        );
+        let all = runs(&fixture.db).await;
+        assert_eq!(all.len(), 8);
+        assert!(
+            all.iter()
+                .all(|r| r.status == RemediationRunStatus::Succeeded)
+        );
+        for run in &all {
+            assert!(
+                steps_of(&fixture.db, run.id)
+                    .await
+                    .iter()
+                    .all(|s| s.attempts == 1)
+            );
+        }
+        assert_eq!(
+            ip_rule::Entity::find()
+                .all(&fixture.db)
+                .await
+                .unwrap()
+                .len(),
+            8
+        );
+        let outbox = entity::notification_outbox::Entity::find()
+            .all(&fixture.db)
+            .await
+            .unwrap();
+        assert_eq!(outbox.len(), 8);
+        fixture.drop().await;
+    })
+    .await;
+}

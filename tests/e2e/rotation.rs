@@ -441,3 +441,51 @@ async fn the_rotation_lambda_event_drives_the_same_idempotent_steps() {
     );
     fixture.drop().await;
 }
+
+#[tokio::test]
+async fn secrets_due_for_scheduled_rotation_are_rotated_once_per_period() {
+    use sea_orm::{ActiveModelTrait, EntityTrait, Set};
+    let fixture = Fixture::new(migration::testing::TestDatabase::sqlite().await).await;
+    let engine = fixture.engine(fast_config()).await;
+    let principal = fixture.principal().await;
+    let (old_id, old_key) = fixture.key(principal).await;
+    fixture.managed_secret(SECRET, old_id, &old_key).await;
+    let row = entity::managed_secret::Entity::find()
+        .one(&fixture.db)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut active: entity::managed_secret::ActiveModel = row.into();
+    active.rotation_interval_days = Set(Some(30));
+    active.created_at = Set(chrono::Utc::now() - chrono::Duration::days(31));
+    active.update(&fixture.db).await.unwrap();
+
+    assert_eq!(
+        remediation::runs::sweep_scheduled_rotations(&engine)
+            .await
+            .unwrap(),
+        1
+    );
+    // A second sweep (another worker) in the same period starts nothing new.
+    remediation::runs::sweep_scheduled_rotations(&engine)
+        .await
+        .unwrap();
+    worker::work_until_idle(&engine, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let runs = entity::remediation_run::Entity::find()
+        .all(&fixture.db)
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, RemediationRunStatus::Succeeded);
+    // Rotated: not due again until the next period.
+    assert_eq!(
+        remediation::runs::sweep_scheduled_rotations(&engine)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(keys_of(&fixture.db, principal).await.len(), 2);
+    fixture.drop().await;
+}

@@ -47,6 +47,9 @@ use crate::{
     outbox::{Dispatcher, DispatcherConfig},
 };
 
+/// How often the worker looks for managed secrets due for scheduled rotation.
+const SCHEDULE_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Engine tuning (`PORTCULLIS_API__REMEDIATION__*`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -251,9 +254,16 @@ impl Engine {
         let engine = self.clone();
         let mut rx = stop_rx.clone();
         let runs = tokio::spawn(async move {
+            let mut last_sweep: Option<std::time::Instant> = None;
             loop {
                 if *rx.borrow() {
                     return;
+                }
+                if last_sweep.is_none_or(|at| at.elapsed() >= SCHEDULE_SWEEP_INTERVAL) {
+                    last_sweep = Some(std::time::Instant::now());
+                    if let Err(error) = runs::sweep_scheduled_rotations(&engine).await {
+                        tracing::warn!(%error, "scheduled rotation sweep failed");
+                    }
                 }
                 if let Err(error) = triggers::process_security_events(&engine).await {
                     tracing::warn!(%error, "security event processing failed");

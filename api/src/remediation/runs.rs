@@ -544,3 +544,37 @@ pub async fn retry_run(
     engine.wake();
     Ok(run)
 }
+
+/// Scheduled rotation: starts a rotation run for every managed API-key secret whose
+/// `rotation_interval_days` have passed since its last rotation (or creation). The
+/// idempotency key names the period's start, so each period rotates once however many workers
+/// sweep. Returns how many runs were started.
+pub async fn sweep_scheduled_rotations(engine: &Engine) -> Result<usize, RemediationError> {
+    let now = Utc::now();
+    let due: Vec<managed_secret::Model> = managed_secret::Entity::find()
+        .filter(managed_secret::Column::Kind.eq(ManagedSecretKind::ApiKey))
+        .filter(managed_secret::Column::RotationIntervalDays.is_not_null())
+        .filter(managed_secret::Column::ApiKeyId.is_not_null())
+        .all(engine.db())
+        .await?
+        .into_iter()
+        .filter(|secret| {
+            let since = secret.last_rotated_at.unwrap_or(secret.created_at);
+            secret
+                .rotation_interval_days
+                .is_some_and(|days| since + chrono::Duration::days(i64::from(days.max(1))) <= now)
+        })
+        .collect();
+    let mut started = 0;
+    for secret in due {
+        let since = secret.last_rotated_at.unwrap_or(secret.created_at);
+        let request = format!("schedule:{}", since.timestamp());
+        match rotate_secret(engine, &secret.secret_id, &request).await {
+            Ok(_) => started += 1,
+            Err(error) => {
+                tracing::warn!(secret_id = %secret.secret_id, %error, "scheduled rotation not started");
+            }
+        }
+    }
+    Ok(started)
+}

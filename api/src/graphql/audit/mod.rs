@@ -1,4 +1,6 @@
 //! Audit and security events; audit chain verification.
 
+/// Queries.
 pub mod query;
+/// Input and output types (DTOs, never entities).
 pub mod types;

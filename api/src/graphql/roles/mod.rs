@@ -1,5 +1,8 @@
 //! Roles, their permissions, and role bindings.
 
+/// Mutations.
 pub mod mutation;
+/// Queries.
 pub mod query;
+/// Input and output types (DTOs, never entities).
 pub mod types;

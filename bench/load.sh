@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Open-loop load comparison, in one run on one machine:
+#   (a) the upstream directly, (b) nginx as a plain proxy_pass reverse proxy,
+#   (c) Portcullis with the full pipeline (API-key auth, policy, rate limit, audit).
+# Keep-alive on, 1 KiB responses. Prints p50/p99/p99.9 per rate, the highest rate each
+# sustains (closed loop, 64 connections), Portcullis's RSS, and start-up to first response.
+#
+# Needs: nginx (apt-get install nginx), oha (cargo install oha), python3, a release build
+# (cargo build --release). Usage: bench/load.sh [rates...]   (default: 1000 5000 10000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RATES=("${@:-1000 5000 10000}")
+read -r -a RATES <<<"${RATES[*]}"
+DURATION=${DURATION:-10s}
+BIN=target/release/portcullis
+WORK=$(mktemp -d /tmp/portcullis-bench.XXXXXX)
+UPSTREAM=127.0.0.1:19001 NGINX=127.0.0.1:19002 PROXY=127.0.0.1:19080
+# The system under test runs on core 1; the upstream and the load generator on core 0.
+SUT_CPU=1 LOAD_CPU=0
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+[ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+command -v oha >/dev/null || { echo "needs oha: cargo install oha" >&2; exit 1; }
+command -v nginx >/dev/null || { echo "needs nginx: apt-get install nginx" >&2; exit 1; }
+
+# --- upstream and plain reverse proxy (nginx, one worker each) ---------------------------
+BODY=$(head -c 1024 /dev/zero | tr '\0' 'x')
+cat >"$WORK/upstream.conf" <<CONF
+worker_processes 1; daemon off; pid $WORK/upstream.pid; error_log $WORK/upstream.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen $UPSTREAM; location / { default_type text/plain; return 200 "$BODY"; } } }
+CONF
+cat >"$WORK/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $WORK/nginx.pid; error_log $WORK/nginx.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  upstream up { server $UPSTREAM; keepalive 256; }
+  server { listen $NGINX; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+taskset -c $LOAD_CPU nginx -c "$WORK/upstream.conf" -p "$WORK" & PIDS+=($!)
+taskset -c $SUT_CPU nginx -c "$WORK/nginx.conf" -p "$WORK" & PIDS+=($!)
+
+# --- Portcullis: seed a database with `dev`, then run `portcullis proxy` alone ------------
+export PORTCULLIS_DATA_DIR="$WORK/data" PORTCULLIS_LOG=warn
+"$BIN" dev --api-addr 127.0.0.1:19090 --proxy-addr 127.0.0.1:19091 --demo-upstream-addr 127.0.0.1:19092 >/dev/null 2>&1 &
+DEV=$!
+for _ in $(seq 1 100); do curl -fs 127.0.0.1:19090/healthz >/dev/null 2>&1 && break; sleep 0.1; done
+kill -TERM $DEV; wait $DEV || true
+KEY=$(cat "$WORK/data/admin-key")
+# Point the demo route at the nginx upstream and lift the key's rate limit (we measure the
+# pipeline, not the limiter refusing requests).
+python3 - "$WORK/data/portcullis.db" "$UPSTREAM" <<'PY'
+import sqlite3, sys, datetime
+db = sqlite3.connect(sys.argv[1])
+now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+db.execute("UPDATE route SET upstream_url = ? WHERE name = 'demo'", ("http://" + sys.argv[2],))
+db.execute("UPDATE api_key SET rate_limit_per_minute = 1000000000, rate_limit_burst = 10000000")
+db.commit()
+PY
+
+START_NS=$(date +%s%N)
+PORTCULLIS_PROXY_ADDR=$PROXY taskset -c $SUT_CPU "$BIN" proxy >"$WORK/proxy.log" 2>&1 & PROXY_PID=$!; PIDS+=($PROXY_PID)
+until curl -fs -o /dev/null -H "x-api-key: $KEY" "http://$PROXY/demo/"; do sleep 0.005; done
+FIRST_MS=$(( ($(date +%s%N) - START_NS) / 1000000 ))
+for _ in $(seq 1 50); do curl -fs -o /dev/null "http://$UPSTREAM/" && curl -fs -o /dev/null "http://$NGINX/" && break; sleep 0.1; done
+sleep 1
+rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$PROXY_PID/status"; }
+RSS_IDLE=$(rss)
+
+# --- measurements ---------------------------------------------------------------------
+run_oha() { # url rate(or "max") -> json
+  local url=$1 rate=$2 extra=()
+  if [ "$rate" = max ]; then extra=(-c 64); else extra=(-q "$rate" --latency-correction -c 256); fi
+  taskset -c $LOAD_CPU oha -z "$DURATION" "${extra[@]}" --no-tui --output-format json \
+    -H "x-api-key: $KEY" "$url" 2>/dev/null
+}
+summary() { python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+p = d["latencyPercentiles"]; s = d["summary"]
+codes = d.get("statusCodeDistribution", {})
+ok = codes.get("200", 0); total = sum(codes.values()) or 1
+print("%8.0f req/s  p50 %7.0f us  p99 %7.0f us  p99.9 %7.0f us  ok %5.1f%%" % (
+    s["requestsPerSec"], p["p50"]*1e6, p["p99"]*1e6, p["p99.9"]*1e6, 100.0*ok/total))'
+}
+
+printf '\n%-12s %-8s %s\n' target rate result
+for rate in "${RATES[@]}" max; do
+  for target in direct nginx portcullis; do
+    case $target in
+      direct) url="http://$UPSTREAM/demo/x" ;;
+      nginx) url="http://$NGINX/demo/x" ;;
+      portcullis) url="http://$PROXY/demo/x" ;;
+    esac
+    printf '%-12s %-8s %s\n' "$target" "$rate" "$(run_oha "$url" "$rate" | summary)"
+  done
+done
+echo
+echo "portcullis RSS: idle $RSS_IDLE, after load $(rss)"
+echo "portcullis start to first proxied response: ${FIRST_MS} ms"
