@@ -4,32 +4,21 @@
 //! # Layout
 //! * [`error`]: `ApiError` and its `extensions.code`; [`guard`]: `RequirePermission`;
 //! * [`extension`]: error codes and the audit record of every mutation, in one place;
-//! * [`loaders`]: DataLoaders against N+1 queries;
+//! * [`loaders`](mod@loaders): DataLoaders against N+1 queries;
 //! * one module per domain (`keys`, `principals`, `roles`, `routes`, `ip_rules`, `access`,
 //!   `audit`), each with `query.rs`, `mutation.rs` and `types.rs`; resolvers are thin and call
 //!   one `crate::service` function each.
 
-/// `me`, `simulateAccess`, `explainPrincipal`.
 pub mod access;
-/// Audit and security events, chain verification.
 pub mod audit;
-/// `ApiError` and its codes.
 pub mod error;
-/// Error codes and mutation auditing.
 pub mod extension;
-/// `RequirePermission`.
 pub mod guard;
-/// IP rules.
 pub mod ip_rules;
-/// API keys.
 pub mod keys;
-/// DataLoaders.
 pub mod loaders;
-/// Principals and groups.
 pub mod principals;
-/// Roles, permissions, bindings.
 pub mod roles;
-/// Routes.
 pub mod routes;
 
 use std::{net::SocketAddr, str::FromStr};

@@ -2,29 +2,17 @@
 //! transactions: every write that affects enforcement appends to the change feed
 //! ([`feed::record`]) in the same transaction.
 
-/// `simulateAccess` and `explainPrincipal`, on the proxy's own code.
 pub mod access;
-/// API keys.
 pub mod api_keys;
-/// Audit and security events.
 pub mod audit;
-/// Authentication and authorization of management calls.
 pub mod auth;
-/// The policy change feed.
 pub mod feed;
-/// IP rules.
 pub mod ip_rules;
-/// Management permissions and builtin roles.
 pub mod management;
-/// Keyset pagination.
 pub mod page;
-/// Principals and group membership.
 pub mod principals;
-/// Roles, permissions and bindings.
 pub mod roles;
-/// Routes.
 pub mod routes;
-/// Input validation that names the field.
 pub mod validate;
 
 use std::sync::Arc;

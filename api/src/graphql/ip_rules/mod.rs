@@ -1,8 +1,5 @@
 //! IP rules.
 
-/// Mutations.
 pub mod mutation;
-/// Queries.
 pub mod query;
-/// Input and output types (DTOs, never entities).
 pub mod types;

@@ -1,8 +1,5 @@
 //! API keys: issue, rotate, revoke, suspend, resume, list.
 
-/// Mutations.
 pub mod mutation;
-/// Queries.
 pub mod query;
-/// Input and output types (DTOs, never entities).
 pub mod types;

@@ -1,8 +1,5 @@
 //! Roles, their permissions, and role bindings.
 
-/// Mutations.
 pub mod mutation;
-/// Queries.
 pub mod query;
-/// Input and output types (DTOs, never entities).
 pub mod types;

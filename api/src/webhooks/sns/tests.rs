@@ -703,3 +703,48 @@ fn configuration_accepts_topic_arns_only() {
     };
     assert!(bad.validate().is_err());
 }
+
+#[tokio::test]
+async fn a_cloudwatch_alarm_and_an_unknown_leaked_prefix_become_their_events() {
+    let db = database().await;
+    let now = Utc::now();
+    let server = test_cert_server().await;
+    let webhook = webhook(&server, now, &[testing::TEST_TOPIC]);
+    let alarm = json!({
+        "AlarmName": "portcullis-5xx",
+        "NewStateValue": "ALARM",
+        "OldStateValue": "OK",
+        "NewStateReason": "Threshold Crossed",
+        "Region": "US East (N. Virginia)",
+    });
+    let value = testing::notification(testing::TEST_TOPIC, "a-1", &alarm.to_string(), None, now);
+    webhook
+        .handle(&db, value.to_string().as_bytes())
+        .await
+        .unwrap();
+    let leak = json!({"type": "credential_leaked", "key_prefix": "pk_live_AAAAAAAAAAAA"});
+    let value = testing::notification(testing::TEST_TOPIC, "l-1", &leak.to_string(), None, now);
+    webhook
+        .handle(&db, value.to_string().as_bytes())
+        .await
+        .unwrap();
+
+    let events = entity::security_event::Entity::find()
+        .all(&db)
+        .await
+        .unwrap();
+    let alarm = events
+        .iter()
+        .find(|e| e.kind == KIND_CLOUDWATCH_ALARM)
+        .unwrap();
+    assert_eq!(alarm.severity, entity::security_event::Severity::High);
+    assert_eq!(alarm.detail["alarm_name"], "portcullis-5xx");
+    assert_eq!(alarm.detail["new_state"], "ALARM");
+    let leak = events.iter().find(|e| e.kind == KIND_KEY_LEAKED).unwrap();
+    assert_eq!(leak.severity, entity::security_event::Severity::Critical);
+    assert_eq!(
+        (leak.api_key_id, leak.detail["key_known"].as_bool()),
+        (None, Some(false))
+    );
+    assert_eq!(leak.detail["key_prefix"], "pk_live_AAAAAAAAAAAA");
+}

@@ -1,0 +1,133 @@
+//! Memory of the policy cache with 100,000 API keys cached (`cargo bench -p proxy --bench
+//! cache_memory`). Prints the process RSS before and after every key has been looked up once
+//! (so every key is a cache entry), and the cost of a lookup once warm. Target (issue #3):
+//! ≤ 64 MiB with 100,000 active keys cached. Results are recorded in BENCHMARKS.md.
+
+#![expect(clippy::unwrap_used, reason = "benchmark setup")]
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use proxy::{
+    cache::PolicyCache,
+    keys::{KeyHasher, PlainToken, TokenEnv, TokenKind},
+};
+use sea_orm::{ActiveModelTrait, EntityTrait, Set};
+use secrecy::SecretSlice;
+use serde_json::json;
+use uuid::Uuid;
+
+const KEYS: usize = 100_000;
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let db = migration::testing::TestDatabase::sqlite()
+            .await
+            .migrated()
+            .await;
+        let hasher = KeyHasher::new(&SecretSlice::from(vec![9u8; 32])).unwrap();
+        let now = Utc::now();
+        let principal = Uuid::now_v7();
+        entity::principal::ActiveModel {
+            id: Set(principal),
+            kind: Set(entity::principal::PrincipalKind::ServiceAccount),
+            name: Set("bench".into()),
+            display_name: Set("bench".into()),
+            email: Set(None),
+            oidc_issuer: Set(None),
+            oidc_subject: Set(None),
+            oidc_group: Set(None),
+            disabled: Set(false),
+            metadata: Set(json!({})),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(&db.conn)
+        .await
+        .unwrap();
+        let tokens: Vec<PlainToken> = (0..KEYS)
+            .map(|_| PlainToken::generate(TokenKind::ApiKey, TokenEnv::Live))
+            .collect();
+        for chunk in tokens.chunks(500) {
+            let rows = chunk.iter().map(|token| entity::api_key::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                principal_id: Set(principal),
+                name: Set("bench".into()),
+                prefix: Set(token.lookup_prefix().to_owned()),
+                hash: Set(hasher.hash(token.as_parsed()).to_hex()),
+                environment: Set("live".into()),
+                scopes: Set(json!([])),
+                expires_at: Set(None),
+                revoked_at: Set(None),
+                revoked_reason: Set(None),
+                suspended_at: Set(None),
+                suspended_reason: Set(None),
+                last_used_at: Set(None),
+                last_used_ip: Set(None),
+                rate_limit_per_minute: Set(None),
+                rate_limit_burst: Set(None),
+                remaining_uses: Set(None),
+                refill_amount: Set(None),
+                refill_interval_seconds: Set(None),
+                last_refill_at: Set(None),
+                metadata: Set(json!({})),
+                rotated_from: Set(None),
+                created_by: Set(None),
+                created_at: Set(now),
+                updated_at: Set(now),
+            });
+            entity::api_key::Entity::insert_many(rows)
+                .exec_without_returning(&db.conn)
+                .await
+                .unwrap();
+        }
+        let cache = PolicyCache::load(db.conn.clone(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        cache.sync().await.unwrap();
+        let before = rss_mib();
+        let started = Instant::now();
+        for token in &tokens {
+            proxy::authn::verify_api_key(&cache, &hasher, token.expose_secret(), now)
+                .await
+                .unwrap();
+        }
+        let warmup = started.elapsed();
+        let after = rss_mib();
+        let started = Instant::now();
+        for token in &tokens {
+            proxy::authn::verify_api_key(&cache, &hasher, token.expose_secret(), now)
+                .await
+                .unwrap();
+        }
+        let warm = started.elapsed() / KEYS as u32;
+        println!("keys cached:                 {KEYS}");
+        println!("RSS before warm-up:          {before:.1} MiB (SQLite page cache included)");
+        println!(
+            "RSS with every key cached:   {after:.1} MiB (+{:.1} MiB)",
+            after - before
+        );
+        println!(
+            "cold lookups (database):     {:.1} s total",
+            warmup.as_secs_f64()
+        );
+        println!(
+            "warm verify (cache hit):     {} ns per key",
+            warm.as_nanos()
+        );
+        db.drop_database().await;
+    });
+}
