@@ -28,14 +28,20 @@ pub use crate::{
 /// The management API: `/graphql`, `/healthz`, `/readyz`, `/metrics`, `POST /webhooks/sns`.
 pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.config);
+    // Each body-accepting route has its own limit: GraphQL requests are small, SNS envelopes
+    // around a 256 KiB message are not.
     let body_limit = RequestBodyLimitLayer::new(state.config.max_request_bytes);
     let router = Router::new()
-        .route("/graphql", get(graphql::graphiql).post(graphql::execute))
+        .route(
+            "/graphql",
+            get(graphql::graphiql)
+                .post(graphql::execute)
+                .layer(body_limit),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(render_metrics))
         .merge(webhooks::router())
-        .layer(body_limit)
         .layer(cors)
         .with_state(state);
     proxy::request_id::layer(router, "api")

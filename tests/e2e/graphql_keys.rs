@@ -121,7 +121,7 @@ async fn rotation_keeps_both_keys_working_during_the_grace_period_only() {
         let rotated = ok(
             &app,
             app.admin_key(),
-            "mutation($id: UUID!) { rotateApiKey(id: $id, gracePeriodSeconds: 2) { secret apiKey { id rotatedFromId state } } }",
+            "mutation($id: UUID!) { rotateApiKey(id: $id, gracePeriodSeconds: 1) { secret apiKey { id rotatedFromId state } } }",
             json!({ "id": old_id }),
         )
         .await;

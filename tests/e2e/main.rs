@@ -21,6 +21,7 @@ mod proxy_auth;
 mod rate_limit;
 mod remediation;
 mod remediation_support;
+mod remediation_worker;
 mod rotation;
 mod schema;
 mod sns_webhook;

@@ -249,3 +249,42 @@ fn attributes(row: &notification_outbox::Model) -> std::collections::BTreeMap<St
     attributes.insert("dedup_id".into(), row.dedup_id.clone());
     attributes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::sns::is_fifo;
+
+    #[test]
+    fn attributes_always_carry_event_type_severity_principal_and_dedup_id() {
+        let now = Utc::now();
+        let row = notification_outbox::Model {
+            id: 1,
+            topic_arn: "arn:aws:sns:us-east-1:1:t".into(),
+            message_group: None,
+            dedup_id: "d-1".into(),
+            event_type: "key_leaked".into(),
+            severity: "critical".into(),
+            principal: Some("p".into()),
+            subject: "s".into(),
+            message: "{}".into(),
+            // A stored extra cannot override the standard attributes.
+            attributes: json!({ "team": "payments", "severity": "low" }),
+            status: OutboxStatus::Pending,
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: now,
+            sns_message_id: None,
+            created_at: now,
+            sent_at: None,
+        };
+        let attributes = attributes(&row);
+        assert_eq!(attributes["event_type"], "key_leaked");
+        assert_eq!(attributes["severity"], "critical");
+        assert_eq!(attributes["principal"], "p");
+        assert_eq!(attributes["dedup_id"], "d-1");
+        assert_eq!(attributes["team"], "payments");
+        assert!(is_fifo("arn:aws:sns:us-east-1:1:alerts.fifo"));
+        assert!(!is_fifo("arn:aws:sns:us-east-1:1:alerts"));
+    }
+}

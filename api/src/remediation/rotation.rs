@@ -162,7 +162,7 @@ enum Staged {
     Pending(KeySecret),
 }
 
-/// Stage counts for the token's version after cleaning stale `AWSPENDING` labels.
+/// Every version's staging labels (`DescribeSecret`).
 async fn stages(engine: &Engine, secret_id: &str) -> Result<VersionStages, StepError> {
     Ok(engine.secrets().describe_stages(secret_id).await?)
 }

@@ -91,6 +91,10 @@ async fn handle_event(
             created += 1;
         }
         if run.status != RemediationRunStatus::Suppressed {
+            // The event points at the run that acted on it, when one did.
+            if !acted {
+                first_run = Some(run.id);
+            }
             acted = true;
         }
         first_run.get_or_insert(run.id);
