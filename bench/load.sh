@@ -45,6 +45,8 @@ taskset -c $SUT_CPU nginx -c "$WORK/nginx.conf" -p "$WORK" & PIDS+=($!)
 
 # --- Portcullis: seed a database with `dev`, then run `portcullis proxy` alone ------------
 export PORTCULLIS_DATA_DIR="$WORK/data" PORTCULLIS_LOG=warn
+# No instance metadata lookups at start-up (this is not an EC2 host).
+export AWS_REGION=${AWS_REGION:-us-east-1} AWS_EC2_METADATA_DISABLED=true
 "$BIN" dev --api-addr 127.0.0.1:19090 --proxy-addr 127.0.0.1:19091 --demo-upstream-addr 127.0.0.1:19092 >/dev/null 2>&1 &
 DEV=$!
 for _ in $(seq 1 100); do curl -fs 127.0.0.1:19090/healthz >/dev/null 2>&1 && break; sleep 0.1; done

@@ -28,7 +28,7 @@ async fn the_worker_binary_blocks_a_bursting_ip_notifies_and_stops_on_sigterm() 
     let database = TestDatabase::sqlite().await.migrated().await;
     let aws = DevAws::start().await;
     let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+    let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .arg("worker")
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())

@@ -51,6 +51,44 @@ async fn handle_event(
     event: &security_event::Model,
 ) -> Result<usize, DbErr> {
     let txn = engine.db().begin().await?;
+    match start_runs(engine, &txn, playbooks, event).await {
+        Ok(Some(created)) => {
+            txn.commit().await?;
+            if created > 0 {
+                tracing::info!(event_id = %event.id, kind = %event.kind, runs = created, "security event handled");
+            }
+            Ok(created)
+        }
+        // Another worker handled it first.
+        Ok(None) => {
+            txn.rollback().await?;
+            Ok(0)
+        }
+        // Another worker is creating the same run right now (its idempotency key won).
+        Err(error)
+            if matches!(
+                error.sql_err(),
+                Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+            ) =>
+        {
+            txn.rollback().await?;
+            Ok(0)
+        }
+        Err(error) => {
+            txn.rollback().await?;
+            Err(error)
+        }
+    }
+}
+
+/// Creates the runs for `event` and marks it, in `txn`; `None` if another worker marked it
+/// first.
+async fn start_runs(
+    engine: &Engine,
+    txn: &sea_orm::DatabaseTransaction,
+    playbooks: &[Playbook],
+    event: &security_event::Model,
+) -> Result<Option<usize>, DbErr> {
     let subject = Subject {
         trigger_kind: "security_event".into(),
         trigger_ref: Some(event.id.to_string()),
@@ -69,13 +107,13 @@ async fn handle_event(
         .iter()
         .filter(|p| p.matches_event(&event.kind, event.severity))
     {
-        let suppressed = diagnose(&txn, &playbook.diagnose, event).await?;
-        let (steps, unresolved) = runs::plan_steps(&txn, engine, playbook, &subject).await?;
+        let suppressed = diagnose(txn, &playbook.diagnose, event).await?;
+        let (steps, unresolved) = runs::plan_steps(txn, engine, playbook, &subject).await?;
         if !unresolved.is_empty() {
             tracing::info!(playbook = %playbook.name, event_id = %event.id, ?unresolved, "actions left out: the event lacks what they need");
         }
         let (run, new) = runs::insert_run(
-            &txn,
+            txn,
             PlannedRun {
                 playbook_id: Some(playbook.id),
                 idempotency_key: format!("security_event:{}:{}", event.id, playbook.name),
@@ -115,18 +153,9 @@ async fn handle_event(
         )
         .filter(security_event::Column::Id.eq(event.id))
         .filter(security_event::Column::Status.eq(SecurityEventStatus::New))
-        .exec(&txn)
+        .exec(txn)
         .await?;
-    if updated.rows_affected != 1 {
-        // Another worker handled it first.
-        txn.rollback().await?;
-        return Ok(0);
-    }
-    txn.commit().await?;
-    if created > 0 {
-        tracing::info!(event_id = %event.id, kind = %event.kind, runs = created, "security event handled");
-    }
-    Ok(created)
+    Ok((updated.rows_affected == 1).then_some(created))
 }
 
 /// The diagnosis: why a run should NOT act on `event`, if a check says so.
