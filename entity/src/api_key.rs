@@ -123,3 +123,75 @@ impl Linked for RotatedFrom {
 }
 
 impl ActiveModelBehavior for ActiveModel {}
+
+/// The columns every new key row needs; see [`ActiveModel::new_key`].
+#[derive(Debug, Clone)]
+pub struct NewKey<'a> {
+    /// Row id (UUID v7).
+    pub id: Uuid,
+    /// Owner.
+    pub principal_id: Uuid,
+    /// Label.
+    pub name: &'a str,
+    /// Visible lookup prefix.
+    pub prefix: &'a str,
+    /// Hex HMAC of the secret.
+    pub hash: String,
+    /// Environment marker (`live`, `test`, `dev`).
+    pub environment: &'a str,
+    /// Creation time.
+    pub now: DateTimeUtc,
+}
+
+impl ActiveModel {
+    /// A new active key with no expiry, limits, quota, scopes or metadata; callers set the
+    /// optional columns they need on the result.
+    pub fn new_key(key: NewKey<'_>) -> Self {
+        use sea_orm::ActiveValue::Set;
+        Self {
+            id: Set(key.id),
+            principal_id: Set(key.principal_id),
+            name: Set(key.name.to_owned()),
+            prefix: Set(key.prefix.to_owned()),
+            hash: Set(key.hash),
+            environment: Set(key.environment.to_owned()),
+            scopes: Set(serde_json::json!([])),
+            expires_at: Set(None),
+            revoked_at: Set(None),
+            revoked_reason: Set(None),
+            suspended_at: Set(None),
+            suspended_reason: Set(None),
+            last_used_at: Set(None),
+            last_used_ip: Set(None),
+            rate_limit_per_minute: Set(None),
+            rate_limit_burst: Set(None),
+            remaining_uses: Set(None),
+            refill_amount: Set(None),
+            refill_interval_seconds: Set(None),
+            last_refill_at: Set(None),
+            metadata: Set(serde_json::json!({})),
+            rotated_from: Set(None),
+            created_by: Set(None),
+            created_at: Set(key.now),
+            updated_at: Set(key.now),
+        }
+    }
+
+    /// The successor of `old` in a rotation: a new secret (in `key`) that keeps the old key's
+    /// scopes, limits, quota and metadata, and records `rotated_from`.
+    pub fn successor_of(old: &Model, key: NewKey<'_>) -> Self {
+        use sea_orm::ActiveValue::Set;
+        Self {
+            scopes: Set(old.scopes.clone()),
+            rate_limit_per_minute: Set(old.rate_limit_per_minute),
+            rate_limit_burst: Set(old.rate_limit_burst),
+            remaining_uses: Set(old.remaining_uses),
+            refill_amount: Set(old.refill_amount),
+            refill_interval_seconds: Set(old.refill_interval_seconds),
+            last_refill_at: Set(old.last_refill_at),
+            metadata: Set(old.metadata.clone()),
+            rotated_from: Set(Some(old.id)),
+            ..Self::new_key(key)
+        }
+    }
+}

@@ -149,3 +149,31 @@ impl Linked for MemberToGroups {
 }
 
 impl ActiveModelBehavior for ActiveModel {}
+
+impl ActiveModel {
+    /// A new enabled principal with no OIDC identity, e-mail or metadata; callers set the
+    /// optional columns they need on the result.
+    pub fn new_principal(
+        id: Uuid,
+        kind: PrincipalKind,
+        name: &str,
+        display_name: &str,
+        now: DateTimeUtc,
+    ) -> Self {
+        use sea_orm::ActiveValue::Set;
+        Self {
+            id: Set(id),
+            kind: Set(kind),
+            name: Set(name.to_owned()),
+            display_name: Set(display_name.to_owned()),
+            email: Set(None),
+            oidc_issuer: Set(None),
+            oidc_subject: Set(None),
+            oidc_group: Set(None),
+            disabled: Set(false),
+            metadata: Set(serde_json::json!({})),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+    }
+}

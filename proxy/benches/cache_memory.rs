@@ -12,9 +12,8 @@ use proxy::{
     cache::PolicyCache,
     keys::{KeyHasher, PlainToken, TokenEnv, TokenKind},
 };
-use sea_orm::{ActiveModelTrait, EntityTrait, Set};
+use sea_orm::{ActiveModelTrait, EntityTrait};
 use secrecy::SecretSlice;
-use serde_json::json;
 use uuid::Uuid;
 
 const KEYS: usize = 100_000;
@@ -41,20 +40,13 @@ fn main() {
         let hasher = KeyHasher::new(&SecretSlice::from(vec![9u8; 32])).unwrap();
         let now = Utc::now();
         let principal = Uuid::now_v7();
-        entity::principal::ActiveModel {
-            id: Set(principal),
-            kind: Set(entity::principal::PrincipalKind::ServiceAccount),
-            name: Set("bench".into()),
-            display_name: Set("bench".into()),
-            email: Set(None),
-            oidc_issuer: Set(None),
-            oidc_subject: Set(None),
-            oidc_group: Set(None),
-            disabled: Set(false),
-            metadata: Set(json!({})),
-            created_at: Set(now),
-            updated_at: Set(now),
-        }
+        entity::principal::ActiveModel::new_principal(
+            principal,
+            entity::principal::PrincipalKind::ServiceAccount,
+            "bench",
+            "bench",
+            now,
+        )
         .insert(&db.conn)
         .await
         .unwrap();
@@ -62,32 +54,16 @@ fn main() {
             .map(|_| PlainToken::generate(TokenKind::ApiKey, TokenEnv::Live))
             .collect();
         for chunk in tokens.chunks(500) {
-            let rows = chunk.iter().map(|token| entity::api_key::ActiveModel {
-                id: Set(Uuid::now_v7()),
-                principal_id: Set(principal),
-                name: Set("bench".into()),
-                prefix: Set(token.lookup_prefix().to_owned()),
-                hash: Set(hasher.hash(token.as_parsed()).to_hex()),
-                environment: Set("live".into()),
-                scopes: Set(json!([])),
-                expires_at: Set(None),
-                revoked_at: Set(None),
-                revoked_reason: Set(None),
-                suspended_at: Set(None),
-                suspended_reason: Set(None),
-                last_used_at: Set(None),
-                last_used_ip: Set(None),
-                rate_limit_per_minute: Set(None),
-                rate_limit_burst: Set(None),
-                remaining_uses: Set(None),
-                refill_amount: Set(None),
-                refill_interval_seconds: Set(None),
-                last_refill_at: Set(None),
-                metadata: Set(json!({})),
-                rotated_from: Set(None),
-                created_by: Set(None),
-                created_at: Set(now),
-                updated_at: Set(now),
+            let rows = chunk.iter().map(|token| {
+                entity::api_key::ActiveModel::new_key(entity::api_key::NewKey {
+                    id: Uuid::now_v7(),
+                    principal_id: principal,
+                    name: "bench",
+                    prefix: token.lookup_prefix(),
+                    hash: hasher.hash(token.as_parsed()).to_hex(),
+                    environment: "live",
+                    now,
+                })
             });
             entity::api_key::Entity::insert_many(rows)
                 .exec_without_returning(&db.conn)

@@ -139,51 +139,26 @@ fn bench_key_check(c: &mut Criterion) {
             .await;
         let principal = Uuid::now_v7();
         let now = Utc::now();
-        use sea_orm::{ActiveModelTrait, Set};
-        entity::principal::ActiveModel {
-            id: Set(principal),
-            kind: Set(entity::principal::PrincipalKind::ServiceAccount),
-            name: Set("bench".into()),
-            display_name: Set("bench".into()),
-            email: Set(None),
-            oidc_issuer: Set(None),
-            oidc_subject: Set(None),
-            oidc_group: Set(None),
-            disabled: Set(false),
-            metadata: Set(serde_json::json!({})),
-            created_at: Set(now),
-            updated_at: Set(now),
-        }
+        use sea_orm::ActiveModelTrait;
+        entity::principal::ActiveModel::new_principal(
+            principal,
+            entity::principal::PrincipalKind::ServiceAccount,
+            "bench",
+            "bench",
+            now,
+        )
         .insert(&db.conn)
         .await
         .unwrap();
-        entity::api_key::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            principal_id: Set(principal),
-            name: Set("bench".into()),
-            prefix: Set(token.lookup_prefix().to_owned()),
-            hash: Set(hasher.hash(token.as_parsed()).to_hex()),
-            environment: Set("live".into()),
-            scopes: Set(serde_json::json!([])),
-            expires_at: Set(None),
-            revoked_at: Set(None),
-            revoked_reason: Set(None),
-            suspended_at: Set(None),
-            suspended_reason: Set(None),
-            last_used_at: Set(None),
-            last_used_ip: Set(None),
-            rate_limit_per_minute: Set(None),
-            rate_limit_burst: Set(None),
-            remaining_uses: Set(None),
-            refill_amount: Set(None),
-            refill_interval_seconds: Set(None),
-            last_refill_at: Set(None),
-            metadata: Set(serde_json::json!({})),
-            rotated_from: Set(None),
-            created_by: Set(None),
-            created_at: Set(now),
-            updated_at: Set(now),
-        }
+        entity::api_key::ActiveModel::new_key(entity::api_key::NewKey {
+            id: Uuid::now_v7(),
+            principal_id: principal,
+            name: "bench",
+            prefix: token.lookup_prefix(),
+            hash: hasher.hash(token.as_parsed()).to_hex(),
+            environment: "live",
+            now,
+        })
         .insert(&db.conn)
         .await
         .unwrap();

@@ -15,20 +15,13 @@ use crate::support::{TestApp, eventually, for_each_backend};
 
 async fn on_call_engineer(app: &TestApp) -> Uuid {
     let now = Utc::now();
-    principal::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        kind: Set(principal::PrincipalKind::User),
-        name: Set("oncall".into()),
-        display_name: Set("On-call engineer".into()),
-        email: Set(None),
-        oidc_issuer: Set(None),
-        oidc_subject: Set(None),
-        oidc_group: Set(None),
-        disabled: Set(false),
-        metadata: Set(json!({})),
-        created_at: Set(now),
-        updated_at: Set(now),
-    }
+    principal::ActiveModel::new_principal(
+        Uuid::now_v7(),
+        principal::PrincipalKind::User,
+        "oncall",
+        "On-call engineer",
+        now,
+    )
     .insert(&app.db)
     .await
     .unwrap()

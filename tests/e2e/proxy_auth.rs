@@ -7,7 +7,7 @@ use chrono::Utc;
 use entity::{api_key, policy_change::PolicyChangeOp, principal};
 use reqwest::StatusCode;
 use sea_orm::{ActiveModelTrait, EntityTrait, Set};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::support::{TestApp, eventually, for_each_backend, raw_http};
 
@@ -193,20 +193,13 @@ async fn a_principal_without_bindings_is_forbidden() {
     for_each_backend(|db| async move {
         let app = TestApp::spawn(db).await;
         let now = Utc::now();
-        let nobody = principal::ActiveModel {
-            id: Set(uuid::Uuid::now_v7()),
-            kind: Set(principal::PrincipalKind::ServiceAccount),
-            name: Set("nobody".into()),
-            display_name: Set("Nobody".into()),
-            email: Set(None),
-            oidc_issuer: Set(None),
-            oidc_subject: Set(None),
-            oidc_group: Set(None),
-            disabled: Set(false),
-            metadata: Set(json!({})),
-            created_at: Set(now),
-            updated_at: Set(now),
-        }
+        let nobody = principal::ActiveModel::new_principal(
+            uuid::Uuid::now_v7(),
+            principal::PrincipalKind::ServiceAccount,
+            "nobody",
+            "Nobody",
+            now,
+        )
         .insert(&app.db)
         .await
         .unwrap();

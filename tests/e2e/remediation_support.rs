@@ -80,20 +80,13 @@ impl Fixture {
     pub async fn principal(&self) -> Uuid {
         let now = Utc::now();
         let id = Uuid::now_v7();
-        principal::ActiveModel {
-            id: Set(id),
-            kind: Set(PrincipalKind::ServiceAccount),
-            name: Set(format!("svc-{}", id.simple())),
-            display_name: Set("test service".into()),
-            email: Set(None),
-            oidc_issuer: Set(None),
-            oidc_subject: Set(None),
-            oidc_group: Set(None),
-            disabled: Set(false),
-            metadata: Set(json!({})),
-            created_at: Set(now),
-            updated_at: Set(now),
-        }
+        principal::ActiveModel::new_principal(
+            id,
+            PrincipalKind::ServiceAccount,
+            &format!("svc-{}", id.simple()),
+            "test service",
+            now,
+        )
         .insert(&self.db)
         .await
         .unwrap();
@@ -124,33 +117,15 @@ pub async fn insert_key(
     let token = PlainToken::generate(TokenKind::ApiKey, TokenEnv::Test);
     let now = Utc::now();
     let id = Uuid::now_v7();
-    entity::api_key::ActiveModel {
-        id: Set(id),
-        principal_id: Set(principal_id),
-        name: Set("consumer key".into()),
-        prefix: Set(token.lookup_prefix().to_owned()),
-        hash: Set(hasher.hash(token.as_parsed()).to_hex()),
-        environment: Set("test".into()),
-        scopes: Set(json!([])),
-        expires_at: Set(None),
-        revoked_at: Set(None),
-        revoked_reason: Set(None),
-        suspended_at: Set(None),
-        suspended_reason: Set(None),
-        last_used_at: Set(None),
-        last_used_ip: Set(None),
-        rate_limit_per_minute: Set(None),
-        rate_limit_burst: Set(None),
-        remaining_uses: Set(None),
-        refill_amount: Set(None),
-        refill_interval_seconds: Set(None),
-        last_refill_at: Set(None),
-        metadata: Set(json!({})),
-        rotated_from: Set(None),
-        created_by: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
-    }
+    entity::api_key::ActiveModel::new_key(entity::api_key::NewKey {
+        id,
+        principal_id,
+        name: "consumer key",
+        prefix: token.lookup_prefix(),
+        hash: hasher.hash(token.as_parsed()).to_hex(),
+        environment: "test",
+        now,
+    })
     .insert(db)
     .await
     .unwrap();

@@ -253,33 +253,18 @@ async fn ensure_key_row<C: ConnectionTrait>(
     let token = PlainToken::parse(&secret.api_key)
         .map_err(|_| StepError::permanent("the pending secret holds a malformed key"))?;
     let now = Utc::now();
-    api_key::ActiveModel {
-        id: Set(secret.key_id),
-        principal_id: Set(old.principal_id),
-        name: Set(old.name.clone()),
-        prefix: Set(token.lookup_prefix().to_owned()),
-        hash: Set(engine.hasher().hash(&token).to_hex()),
-        environment: Set(token.env().as_str().to_owned()),
-        scopes: Set(old.scopes.clone()),
-        expires_at: Set(None),
-        revoked_at: Set(None),
-        revoked_reason: Set(None),
-        suspended_at: Set(None),
-        suspended_reason: Set(None),
-        last_used_at: Set(None),
-        last_used_ip: Set(None),
-        rate_limit_per_minute: Set(old.rate_limit_per_minute),
-        rate_limit_burst: Set(old.rate_limit_burst),
-        remaining_uses: Set(old.remaining_uses),
-        refill_amount: Set(old.refill_amount),
-        refill_interval_seconds: Set(old.refill_interval_seconds),
-        last_refill_at: Set(old.last_refill_at),
-        metadata: Set(old.metadata.clone()),
-        rotated_from: Set(Some(old.id)),
-        created_by: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
-    }
+    api_key::ActiveModel::successor_of(
+        &old,
+        api_key::NewKey {
+            id: secret.key_id,
+            principal_id: old.principal_id,
+            name: &old.name,
+            prefix: token.lookup_prefix(),
+            hash: engine.hasher().hash(&token).to_hex(),
+            environment: token.env().as_str(),
+            now,
+        },
+    )
     .insert(db)
     .await?;
     feed::record(db, kind::API_KEY, secret.key_id, PolicyChangeOp::Upsert).await?;

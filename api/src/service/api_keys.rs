@@ -8,7 +8,7 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, Set,
     TransactionTrait,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
@@ -139,20 +139,7 @@ pub async fn issue(
         .ok_or_else(|| ApiError::not_found("principal", input.principal_id))?;
     let token = PlainToken::generate(TokenKind::ApiKey, input.environment);
     let key = api_key::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        principal_id: Set(input.principal_id),
-        name: Set(name),
-        prefix: Set(token.lookup_prefix().to_owned()),
-        hash: Set(services.hasher.hash(token.as_parsed()).to_hex()),
-        environment: Set(input.environment.as_str().to_owned()),
-        scopes: Set(json!([])),
         expires_at: Set(expires_at),
-        revoked_at: Set(None),
-        revoked_reason: Set(None),
-        suspended_at: Set(None),
-        suspended_reason: Set(None),
-        last_used_at: Set(None),
-        last_used_ip: Set(None),
         rate_limit_per_minute: Set(rate_limit.map(|r| r.0)),
         rate_limit_burst: Set(rate_limit.map(|r| r.1)),
         remaining_uses: Set(remaining_uses),
@@ -160,10 +147,16 @@ pub async fn issue(
         refill_interval_seconds: Set(refill.map(|r| r.1)),
         last_refill_at: Set(refill.map(|_| now)),
         metadata: Set(metadata),
-        rotated_from: Set(None),
         created_by: Set(Some(actor.principal_id)),
-        created_at: Set(now),
-        updated_at: Set(now),
+        ..api_key::ActiveModel::new_key(api_key::NewKey {
+            id: Uuid::now_v7(),
+            principal_id: input.principal_id,
+            name: &name,
+            prefix: token.lookup_prefix(),
+            hash: services.hasher.hash(token.as_parsed()).to_hex(),
+            environment: input.environment.as_str(),
+            now,
+        })
     }
     .insert(&txn)
     .await
@@ -200,31 +193,23 @@ pub async fn rotate(
     let token = PlainToken::generate(TokenKind::ApiKey, environment);
     let grace_end = now + Duration::seconds(grace_seconds);
     let successor = api_key::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        principal_id: Set(old.principal_id),
-        name: Set(old.name.clone()),
-        prefix: Set(token.lookup_prefix().to_owned()),
-        hash: Set(services.hasher.hash(token.as_parsed()).to_hex()),
-        environment: Set(environment.as_str().to_owned()),
-        scopes: Set(old.scopes.clone()),
+        // A rotation does not lift an expiry or a suspension.
         expires_at: Set(old.expires_at),
-        revoked_at: Set(None),
-        revoked_reason: Set(None),
         suspended_at: Set(old.suspended_at),
         suspended_reason: Set(old.suspended_reason.clone()),
-        last_used_at: Set(None),
-        last_used_ip: Set(None),
-        rate_limit_per_minute: Set(old.rate_limit_per_minute),
-        rate_limit_burst: Set(old.rate_limit_burst),
-        remaining_uses: Set(old.remaining_uses),
-        refill_amount: Set(old.refill_amount),
-        refill_interval_seconds: Set(old.refill_interval_seconds),
-        last_refill_at: Set(old.last_refill_at),
-        metadata: Set(old.metadata.clone()),
-        rotated_from: Set(Some(old.id)),
         created_by: Set(Some(actor.principal_id)),
-        created_at: Set(now),
-        updated_at: Set(now),
+        ..api_key::ActiveModel::successor_of(
+            &old,
+            api_key::NewKey {
+                id: Uuid::now_v7(),
+                principal_id: old.principal_id,
+                name: &old.name,
+                prefix: token.lookup_prefix(),
+                hash: services.hasher.hash(token.as_parsed()).to_hex(),
+                environment: environment.as_str(),
+                now,
+            },
+        )
     }
     .insert(&txn)
     .await

@@ -10,7 +10,7 @@ use portcullis::{
     dev::{self, Ports, RunningDev},
 };
 use proxy::keys::{KeyHasher, PlainToken, TokenEnv, TokenKind};
-use sea_orm::{ActiveModelTrait, DatabaseConnection, Set};
+use sea_orm::{ActiveModelTrait, DatabaseConnection};
 use secrecy::{SecretSlice, SecretString};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -119,33 +119,15 @@ impl TestApp {
         let token = PlainToken::generate(TokenKind::ApiKey, TokenEnv::Test);
         let now = Utc::now();
         let id = Uuid::now_v7();
-        entity::api_key::ActiveModel {
-            id: Set(id),
-            principal_id: Set(principal_id),
-            name: Set("test key".into()),
-            prefix: Set(token.lookup_prefix().to_owned()),
-            hash: Set(self.hasher.hash(token.as_parsed()).to_hex()),
-            environment: Set("test".into()),
-            scopes: Set(json!([])),
-            expires_at: Set(None),
-            revoked_at: Set(None),
-            revoked_reason: Set(None),
-            suspended_at: Set(None),
-            suspended_reason: Set(None),
-            last_used_at: Set(None),
-            last_used_ip: Set(None),
-            rate_limit_per_minute: Set(None),
-            rate_limit_burst: Set(None),
-            remaining_uses: Set(None),
-            refill_amount: Set(None),
-            refill_interval_seconds: Set(None),
-            last_refill_at: Set(None),
-            metadata: Set(json!({})),
-            rotated_from: Set(None),
-            created_by: Set(None),
-            created_at: Set(now),
-            updated_at: Set(now),
-        }
+        entity::api_key::ActiveModel::new_key(entity::api_key::NewKey {
+            id,
+            principal_id,
+            name: "test key",
+            prefix: token.lookup_prefix(),
+            hash: self.hasher.hash(token.as_parsed()).to_hex(),
+            environment: "test",
+            now,
+        })
         .insert(&self.db)
         .await
         .unwrap();
