@@ -72,6 +72,9 @@ pub struct AuditRecord {
     pub latency_us: Option<i64>,
     /// Kind-specific details; must never contain a secret.
     pub detail: Value,
+    /// The permission that allowed the request. Not stored in the audit row (and so not
+    /// hashed): it feeds the per-permission usage counters written with the batch.
+    pub permission_id: Option<Uuid>,
 }
 
 impl AuditRecord {
@@ -93,6 +96,7 @@ impl AuditRecord {
             status: None,
             latency_us: None,
             detail: Value::Object(Default::default()),
+            permission_id: None,
         }
     }
 
@@ -114,6 +118,7 @@ impl AuditRecord {
             status: model.status,
             latency_us: model.latency_us,
             detail: model.detail.clone(),
+            permission_id: None,
         }
     }
 }
@@ -281,6 +286,7 @@ pub async fn append(db: &DatabaseConnection, records: &[AuditRecord]) -> Result<
             .await?;
     }
     touch_keys(&txn, records).await?;
+    count_usage(&txn, records).await?;
     txn.commit().await
 }
 
@@ -307,6 +313,78 @@ async fn touch_keys<C: ConnectionTrait>(db: &C, records: &[AuditRecord]) -> Resu
             )
             .filter(entity::api_key::Column::Id.eq(key))
             .exec(db)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Adds the batch's allowed requests to `usage_counter`, one row per (key or principal,
+/// permission): what access reviews use to find permissions that are never exercised.
+async fn count_usage<C: ConnectionTrait>(db: &C, records: &[AuditRecord]) -> Result<(), DbErr> {
+    use entity::usage_counter;
+    use sea_orm::sea_query::{ExprTrait, OnConflict};
+    struct Usage {
+        principal_id: Uuid,
+        api_key_id: Option<Uuid>,
+        permission_id: Uuid,
+        route_id: Option<Uuid>,
+        count: i64,
+        first: DateTime<Utc>,
+        last: DateTime<Utc>,
+    }
+    let mut usage: HashMap<String, Usage> = HashMap::new();
+    for record in records
+        .iter()
+        .filter(|r| r.decision == Some(AuditDecision::Allow))
+    {
+        let (Some(principal_id), Some(permission_id)) = (record.principal_id, record.permission_id)
+        else {
+            continue;
+        };
+        let subject = match record.api_key_id {
+            Some(key) => format!("key:{key}"),
+            None => format!("principal:{principal_id}"),
+        };
+        let entry = usage
+            .entry(format!("{subject}|perm:{permission_id}"))
+            .or_insert(Usage {
+                principal_id,
+                api_key_id: record.api_key_id,
+                permission_id,
+                route_id: record.route_id,
+                count: 0,
+                first: record.occurred_at,
+                last: record.occurred_at,
+            });
+        entry.count += 1;
+        entry.last = Ord::max(entry.last, record.occurred_at);
+        entry.route_id = record.route_id.or(entry.route_id);
+    }
+    for (scope_key, u) in usage {
+        let row = usage_counter::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            scope_key: Set(scope_key),
+            principal_id: Set(u.principal_id),
+            api_key_id: Set(u.api_key_id),
+            permission_id: Set(Some(u.permission_id)),
+            route_id: Set(u.route_id),
+            request_count: Set(u.count),
+            first_used_at: Set(u.first),
+            last_used_at: Set(u.last),
+        };
+        usage_counter::Entity::insert(row)
+            .on_conflict(
+                OnConflict::column(usage_counter::Column::ScopeKey)
+                    .value(
+                        usage_counter::Column::RequestCount,
+                        Expr::col((usage_counter::Entity, usage_counter::Column::RequestCount))
+                            .add(u.count),
+                    )
+                    .value(usage_counter::Column::LastUsedAt, Expr::value(u.last))
+                    .value(usage_counter::Column::RouteId, Expr::value(u.route_id))
+                    .to_owned(),
+            )
+            .exec_without_returning(db)
             .await?;
     }
     Ok(())

@@ -185,6 +185,7 @@ async fn run(
             return Err(ProxyError::Forbidden(decision.reason));
         }
         audit.reason = decision.reason.to_string();
+        audit.permission_id = decision.reason.permission_id();
         audit.decision = Some(AuditDecision::Allow);
 
         // 6. Rate limit (after authorization, before the quota: refused requests spend nothing).

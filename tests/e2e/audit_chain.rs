@@ -34,6 +34,25 @@ async fn every_request_is_audited_and_edits_or_deletions_break_the_chain() {
             5
         );
 
+        // Per-permission usage, counted with the batches: 20 allowed uses of `demo:call` by the key.
+        let usage = entity::usage_counter::Entity::find()
+            .all(&db.conn)
+            .await
+            .unwrap();
+        assert_eq!(usage.len(), 1, "{usage:?}");
+        let allowed = rows
+            .iter()
+            .find(|r| r.decision == Some(audit_event::AuditDecision::Allow))
+            .unwrap();
+        assert_eq!(usage[0].request_count, 20);
+        assert_eq!(usage[0].api_key_id, allowed.api_key_id);
+        let permission = entity::permission::Entity::find_by_id(usage[0].permission_id.unwrap())
+            .one(&db.conn)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(permission.name, "demo:call");
+
         // Edit one row: detected at that row.
         let victim = rows[10].clone();
         let mut edited: audit_event::ActiveModel = victim.clone().into();

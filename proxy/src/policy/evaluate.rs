@@ -318,6 +318,17 @@ impl fmt::Display for Decision {
 // === impl Reason ===
 
 impl Reason {
+    /// The permission that allowed the request, if it was allowed by a stored permission
+    /// (grant permissions given inline carry no id).
+    pub fn permission_id(&self) -> Option<Uuid> {
+        match self {
+            Self::Binding { permission_id, .. } | Self::Grant { permission_id, .. } => {
+                Some(*permission_id).filter(|id| !id.is_nil())
+            }
+            _ => None,
+        }
+    }
+
     /// Stable snake_case code for the audit log and metrics. NEVER RENAME: stored audit rows
     /// and dashboards depend on these strings.
     pub fn code(&self) -> &'static str {
