@@ -8,7 +8,7 @@
 //! The change feed (`policy_change`) is polled every `policy_poll_interval_ms` (≤ 1 s, so a
 //! revocation applies on every instance within a second). Ids come from a sequence, and on
 //! PostgreSQL concurrent transactions can commit out of id order; ids skipped by a poll are
-//! therefore re-checked for a while (see [`Gaps`]) instead of being lost.
+//! therefore re-checked for a while (see `Gaps`) instead of being lost.
 //!
 //! If the database is unreachable the cache keeps serving what it holds for
 //! `policy_max_staleness_secs`, then [`PolicyCache::check_fresh`] fails closed.

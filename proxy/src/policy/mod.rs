@@ -1,6 +1,6 @@
 //! RBAC: the policy model and its evaluator — the pure core of authorization.
 //!
-//! The proxy calls [`evaluate`] on every request and the API's `simulateAccess` calls the
+//! The proxy calls [`evaluate()`] on every request and the API's `simulateAccess` calls the
 //! same function, so both always agree. No I/O, no async, no axum, no SeaORM: everything
 //! arrives as plain data ([`model`]) from the policy cache or the database layer.
 //!
