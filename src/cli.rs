@@ -133,13 +133,26 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Api => {
             let db = connect(&config).await?;
             let secrets = ServerSecrets::resolve(&config)?;
+            // The API records remediation runs (reportLeakedKey, rotateSecret, retries);
+            // `portcullis worker` executes them.
+            let hasher =
+                proxy::keys::KeyHasher::new(&secrets.key_pepper).context("invalid key pepper")?;
+            let aws = api::aws::AwsClients::from_env().await;
+            let engine = api::remediation::Engine::from_aws(
+                db.clone(),
+                hasher,
+                &aws,
+                config.api.remediation.clone(),
+                config.api.notify_topic_arn.clone(),
+            );
             let state = api::AppState::new(
                 db,
                 config.api.clone(),
                 &secrets.key_pepper,
                 config.proxy.oidc.as_ref(),
             )
-            .await?;
+            .await?
+            .with_remediation(engine);
             let listener =
                 serve::bind(config.api_addr, "management API", "PORTCULLIS_API_ADDR").await?;
             let (trigger, shutdown) = serve::shutdown_channel();

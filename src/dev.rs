@@ -152,7 +152,8 @@ pub async fn start(config: &Config, ports: Ports) -> anyhow::Result<RunningDev> 
         config.proxy.oidc.as_ref(),
     )
     .await
-    .context("failed to start the management API")?;
+    .context("failed to start the management API")?
+    .with_remediation(remediation.clone());
     let proxy_state = proxy::ProxyState::start(
         db.clone(),
         config.proxy.clone(),

@@ -79,6 +79,7 @@ impl AppState {
             cache,
             hasher,
             oidc,
+            remediation: None,
         };
         let sns = Arc::new(
             crate::webhooks::sns::SnsWebhook::from_config(&config.sns)
@@ -95,6 +96,15 @@ impl AppState {
             sns,
             _poller: Arc::new(stop),
         })
+    }
+
+    /// Serves the remediation mutations (`reportLeakedKey`, `rotateSecret`,
+    /// `retryRemediationRun`) through `engine`; without it they answer `UNAVAILABLE`.
+    #[must_use]
+    pub fn with_remediation(mut self, engine: crate::remediation::Engine) -> Self {
+        self.services.remediation = Some(engine);
+        self.schema = crate::graphql::build_schema(self.services.clone(), &self.config);
+        self
     }
 }
 

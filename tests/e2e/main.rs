@@ -14,6 +14,7 @@ mod graphql_authz;
 mod graphql_keys;
 mod graphql_operations;
 mod graphql_policy;
+mod graphql_remediation;
 mod graphql_support;
 mod oidc;
 mod outbox;

@@ -44,6 +44,9 @@ pub enum ApiError {
     /// The write conflicts with existing data (a unique name, a duplicate membership).
     #[error("{0}")]
     Conflict(String),
+    /// A subsystem this server was started without (e.g. the remediation engine).
+    #[error("{0}")]
+    Unavailable(String),
     /// Anything else: a database failure, a bug. Never shown to the client.
     #[error("internal error")]
     Internal(#[source] Arc<dyn std::error::Error + Send + Sync>),
@@ -61,6 +64,7 @@ impl ApiError {
             Self::BadUserInput { .. } => "BAD_USER_INPUT",
             Self::NotFound { .. } => "NOT_FOUND",
             Self::Conflict(_) => "CONFLICT",
+            Self::Unavailable(_) => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
         }
     }

@@ -6,8 +6,8 @@
 //! * [`extension`]: error codes and the audit record of every mutation, in one place;
 //! * [`loaders`](mod@loaders): DataLoaders against N+1 queries;
 //! * one module per domain (`keys`, `principals`, `roles`, `routes`, `ip_rules`, `access`,
-//!   `audit`), each with `query.rs`, `mutation.rs` and `types.rs`; resolvers are thin and call
-//!   one `crate::service` function each.
+//!   `audit`, `remediation`), each with `query.rs`, `mutation.rs` and `types.rs`; resolvers
+//!   are thin and call one `crate::service` function each.
 
 pub mod access;
 pub mod audit;
@@ -18,6 +18,7 @@ pub mod ip_rules;
 pub mod keys;
 pub mod loaders;
 pub mod principals;
+pub mod remediation;
 pub mod roles;
 pub mod routes;
 
@@ -66,6 +67,7 @@ pub struct QueryRoot(
     routes::query::RouteQuery,
     ip_rules::query::IpRuleQuery,
     audit::query::AuditQuery,
+    remediation::query::RemediationQuery,
 );
 
 /// Root of every mutation: each domain contributes its part. Every field is audited.
@@ -76,6 +78,7 @@ pub struct MutationRoot(
     roles::mutation::RoleMutation,
     routes::mutation::RouteMutation,
     ip_rules::mutation::IpRuleMutation,
+    remediation::mutation::RemediationMutation,
 );
 
 /// Unauthenticated server facts.

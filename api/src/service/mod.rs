@@ -10,6 +10,7 @@ pub mod feed;
 pub mod ip_rules;
 pub mod management;
 pub mod page;
+pub mod playbooks;
 pub mod principals;
 pub mod roles;
 pub mod routes;
@@ -32,4 +33,7 @@ pub struct ServiceContext {
     pub hasher: KeyHasher,
     /// Verifies OIDC bearer tokens, when OIDC is configured.
     pub oidc: Option<Arc<OidcVerifier>>,
+    /// The remediation engine, when this process runs one (`portcullis dev`); `None` makes
+    /// the remediation mutations answer `UNAVAILABLE`.
+    pub remediation: Option<crate::remediation::Engine>,
 }
