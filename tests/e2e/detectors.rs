@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use entity::{api_key, policy_change::PolicyChangeOp, security_event};
+use entity::security_event;
 use reqwest::StatusCode;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, Set};
 
 use crate::support::{TestApp, eventually, for_each_backend};
 
@@ -55,22 +55,10 @@ async fn twenty_failed_logins_from_one_ip_raise_exactly_one_burst_event() {
 async fn a_revoked_key_presented_again_is_reported() {
     let app = TestApp::spawn(migration::testing::TestDatabase::sqlite().await).await;
     let (key_id, key) = app.insert_key(app.admin_id().await).await;
-    let mut row: api_key::ActiveModel = api_key::Entity::find_by_id(key_id)
-        .one(&app.db)
-        .await
-        .unwrap()
-        .unwrap()
-        .into();
-    row.revoked_at = Set(Some(Utc::now()));
-    row.update(&app.db).await.unwrap();
-    api::service::feed::record(
-        &app.db,
-        proxy::cache::kind::API_KEY,
-        key_id,
-        PolicyChangeOp::Upsert,
-    )
-    .await
-    .unwrap();
+    app.update_key(key_id, |row| {
+        row.revoked_at = Set(Some(Utc::now()));
+    })
+    .await;
     let refused = eventually(Duration::from_secs(1), || async {
         app.proxy_get("/demo/x", Some(&key)).await.status() == StatusCode::UNAUTHORIZED
     })

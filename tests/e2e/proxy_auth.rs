@@ -74,26 +74,14 @@ async fn every_authentication_failure_looks_the_same_to_the_client() {
         let (suspended_id, suspended) = app.insert_key(admin).await;
         let (expired_id, expired) = app.insert_key(admin).await;
         for (id, change) in [(suspended_id, "suspend"), (expired_id, "expire")] {
-            let mut key: api_key::ActiveModel = api_key::Entity::find_by_id(id)
-                .one(&app.db)
-                .await
-                .unwrap()
-                .unwrap()
-                .into();
-            if change == "suspend" {
-                key.suspended_at = Set(Some(Utc::now()));
-            } else {
-                key.expires_at = Set(Some(Utc::now() - chrono::Duration::seconds(1)));
-            }
-            key.update(&app.db).await.unwrap();
-            api::service::feed::record(
-                &app.db,
-                proxy::cache::kind::API_KEY,
-                id,
-                PolicyChangeOp::Upsert,
-            )
-            .await
-            .unwrap();
+            app.update_key(id, |key| {
+                if change == "suspend" {
+                    key.suspended_at = Set(Some(Utc::now()));
+                } else {
+                    key.expires_at = Set(Some(Utc::now() - chrono::Duration::seconds(1)));
+                }
+            })
+            .await;
         }
         tokio::time::sleep(Duration::from_millis(400)).await;
 
@@ -153,23 +141,11 @@ async fn a_revoked_key_is_refused_within_one_second() {
             StatusCode::OK
         );
 
-        let mut row: api_key::ActiveModel = api_key::Entity::find_by_id(key_id)
-            .one(&app.db)
-            .await
-            .unwrap()
-            .unwrap()
-            .into();
-        row.revoked_at = Set(Some(Utc::now()));
-        row.revoked_reason = Set(Some("test".into()));
-        row.update(&app.db).await.unwrap();
-        api::service::feed::record(
-            &app.db,
-            proxy::cache::kind::API_KEY,
-            key_id,
-            PolicyChangeOp::Upsert,
-        )
-        .await
-        .unwrap();
+        app.update_key(key_id, |row| {
+            row.revoked_at = Set(Some(Utc::now()));
+            row.revoked_reason = Set(Some("test".into()));
+        })
+        .await;
 
         let took = eventually(Duration::from_secs(1), || async {
             app.proxy_get("/demo/x", Some(&key)).await.status() == StatusCode::UNAUTHORIZED
@@ -230,22 +206,10 @@ async fn a_quota_limited_key_stops_at_zero_with_429() {
     for_each_backend(|db| async move {
         let app = TestApp::spawn(db).await;
         let (key_id, key) = app.insert_key(app.admin_id().await).await;
-        let mut row: api_key::ActiveModel = api_key::Entity::find_by_id(key_id)
-            .one(&app.db)
-            .await
-            .unwrap()
-            .unwrap()
-            .into();
-        row.remaining_uses = Set(Some(2));
-        row.update(&app.db).await.unwrap();
-        api::service::feed::record(
-            &app.db,
-            proxy::cache::kind::API_KEY,
-            key_id,
-            PolicyChangeOp::Upsert,
-        )
-        .await
-        .unwrap();
+        app.update_key(key_id, |row| {
+            row.remaining_uses = Set(Some(2));
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
 
         assert_eq!(
@@ -362,22 +326,10 @@ async fn on_postgres_a_revocation_applies_through_listen_notify_without_waiting_
         app.proxy_get("/demo/x", Some(&key)).await.status(),
         StatusCode::OK
     );
-    let mut row: api_key::ActiveModel = api_key::Entity::find_by_id(key_id)
-        .one(&app.db)
-        .await
-        .unwrap()
-        .unwrap()
-        .into();
-    row.revoked_at = Set(Some(Utc::now()));
-    row.update(&app.db).await.unwrap();
-    api::service::feed::record(
-        &app.db,
-        proxy::cache::kind::API_KEY,
-        key_id,
-        PolicyChangeOp::Upsert,
-    )
-    .await
-    .unwrap();
+    app.update_key(key_id, |row| {
+        row.revoked_at = Set(Some(Utc::now()));
+    })
+    .await;
     let took = eventually(Duration::from_secs(1), || async {
         app.proxy_get("/demo/x", Some(&key)).await.status() == StatusCode::UNAUTHORIZED
     })

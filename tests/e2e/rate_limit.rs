@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use chrono::Utc;
-use entity::{api_key, policy_change::PolicyChangeOp, rate_limit_override};
+use entity::{policy_change::PolicyChangeOp, rate_limit_override};
 use migration::testing::TestDatabase;
 use reqwest::StatusCode;
 use sea_orm::{ActiveModelTrait, EntityTrait, Set};
@@ -18,23 +18,11 @@ use crate::support::{TEST_PEPPER_HEX, TestApp, eventually, for_each_backend};
 /// A new key of the seeded admin with its own rate limit.
 async fn key_with_limit(app: &TestApp, per_minute: i32, burst: i32) -> (Uuid, String) {
     let (id, key) = app.insert_key(app.admin_id().await).await;
-    let mut row: api_key::ActiveModel = api_key::Entity::find_by_id(id)
-        .one(&app.db)
-        .await
-        .unwrap()
-        .unwrap()
-        .into();
-    row.rate_limit_per_minute = Set(Some(per_minute));
-    row.rate_limit_burst = Set(Some(burst));
-    row.update(&app.db).await.unwrap();
-    api::service::feed::record(
-        &app.db,
-        proxy::cache::kind::API_KEY,
-        id,
-        PolicyChangeOp::Upsert,
-    )
-    .await
-    .unwrap();
+    app.update_key(id, |row| {
+        row.rate_limit_per_minute = Set(Some(per_minute));
+        row.rate_limit_burst = Set(Some(burst));
+    })
+    .await;
     (id, key)
 }
 

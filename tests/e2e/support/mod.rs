@@ -142,6 +142,31 @@ impl TestApp {
         (id, token.expose_secret().to_owned())
     }
 
+    /// Changes an API key row directly and reports it on the change feed, as the API would.
+    pub async fn update_key(
+        &self,
+        key_id: Uuid,
+        change: impl FnOnce(&mut entity::api_key::ActiveModel),
+    ) {
+        use sea_orm::EntityTrait;
+        let mut key: entity::api_key::ActiveModel = entity::api_key::Entity::find_by_id(key_id)
+            .one(&self.db)
+            .await
+            .unwrap()
+            .expect("key exists")
+            .into();
+        change(&mut key);
+        key.update(&self.db).await.unwrap();
+        api::service::feed::record(
+            &self.db,
+            proxy::cache::kind::API_KEY,
+            key_id,
+            entity::policy_change::PolicyChangeOp::Upsert,
+        )
+        .await
+        .unwrap();
+    }
+
     /// The seeded administrator's principal id.
     pub async fn admin_id(&self) -> Uuid {
         use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
