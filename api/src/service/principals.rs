@@ -235,20 +235,14 @@ pub async fn groups_of(
     id: Uuid,
     page: &PageRequest<Uuid>,
 ) -> ApiResult<Page<principal::Model>> {
-    let group_ids = Query::select()
-        .column(group_membership::Column::GroupId)
-        .from(group_membership::Entity)
-        .and_where(group_membership::Column::MemberId.eq(id))
-        .to_owned();
-    let select = principal::Entity::find().filter(principal::Column::Id.in_subquery(group_ids));
-    Ok(page::fetch(
+    related_through_membership(
         db,
-        select,
-        principal::Column::Id,
-        Direction::Ascending,
+        group_membership::Column::GroupId,
+        group_membership::Column::MemberId,
+        id,
         page,
     )
-    .await?)
+    .await
 }
 
 /// The members of group `id`, oldest first.
@@ -257,12 +251,30 @@ pub async fn members_of(
     id: Uuid,
     page: &PageRequest<Uuid>,
 ) -> ApiResult<Page<principal::Model>> {
-    let member_ids = Query::select()
-        .column(group_membership::Column::MemberId)
+    related_through_membership(
+        db,
+        group_membership::Column::MemberId,
+        group_membership::Column::GroupId,
+        id,
+        page,
+    )
+    .await
+}
+
+/// Principals whose id is in `wanted` of the memberships where `known` is `id`.
+async fn related_through_membership(
+    db: &DatabaseConnection,
+    wanted: group_membership::Column,
+    known: group_membership::Column,
+    id: Uuid,
+    page: &PageRequest<Uuid>,
+) -> ApiResult<Page<principal::Model>> {
+    let ids = Query::select()
+        .column(wanted)
         .from(group_membership::Entity)
-        .and_where(group_membership::Column::GroupId.eq(id))
+        .and_where(known.eq(id))
         .to_owned();
-    let select = principal::Entity::find().filter(principal::Column::Id.in_subquery(member_ids));
+    let select = principal::Entity::find().filter(principal::Column::Id.in_subquery(ids));
     Ok(page::fetch(
         db,
         select,
