@@ -212,6 +212,11 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             api::remediation::seed_builtin_playbooks(&db)
                 .await
                 .context("failed to seed the builtin remediation playbooks")?;
+            // On Lambda, invocations replace the loops: rotation steps from Secrets Manager,
+            // scheduled passes from EventBridge.
+            if crate::lambda::on_lambda() {
+                return crate::lambda::run_worker(engine).await;
+            }
             if !config.api.remediation.enabled {
                 tracing::warn!("PORTCULLIS_API__REMEDIATION__ENABLED is false: nothing to do");
                 serve::termination_signal().await;

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod demo_upstream;
 pub mod dev;
+pub mod lambda;
 pub mod secrets;
 pub mod serve;
 pub mod telemetry;

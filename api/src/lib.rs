@@ -10,6 +10,7 @@ pub mod bootstrap;
 mod config;
 pub mod graphql;
 mod health;
+pub mod lambda;
 pub mod metrics;
 pub mod outbox;
 pub mod remediation;
