@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::{
     graphql_support::{code, field, gql, ok, principal_with_role, uuid},
+    remediation_support::insert_managed_secret,
     support::{TestApp, eventually, for_each_backend},
 };
 
@@ -71,6 +72,52 @@ async fn playbooks_are_listed_created_updated_and_deleted() {
         .await;
         assert_eq!(code(&response), "BAD_USER_INPUT", "{response:#}");
         assert_eq!(field(&response), "input.trigger");
+
+        // Well-formed but unworkable: a schedule cannot suspend "the event's" key, and the
+        // check looks at the playbook as it would be after the update.
+        let scheduled = json!({
+            "name": "nightly",
+            "trigger": { "kind": "schedule", "every_secs": 3600 },
+            "actions": [{ "action": "suspend_key" }],
+        });
+        let response = gql(&app, Some(admin), CREATE, json!({ "input": scheduled })).await;
+        assert_eq!(code(&response), "BAD_USER_INPUT", "{response:#}");
+        assert_eq!(field(&response), "input.actions");
+        let response = gql(
+            &app,
+            Some(admin),
+            UPDATE,
+            json!({ "id": id, "input": { "trigger": { "kind": "schedule", "every_secs": 3600 } } }),
+        )
+        .await;
+        assert_eq!(field(&response), "input.actions", "{response:#}");
+        let response = gql(
+            &app,
+            Some(admin),
+            CREATE,
+            json!({ "input": {
+                "name": "too-often",
+                "trigger": { "kind": "schedule", "every_secs": 1 },
+                "actions": [{ "action": "apply_overdue_reviews" }],
+            } }),
+        )
+        .await;
+        assert_eq!(field(&response), "input.trigger", "{response:#}");
+        let nightly = ok(
+            &app,
+            admin,
+            CREATE,
+            json!({ "input": {
+                "name": "nightly",
+                "trigger": { "kind": "schedule", "every_secs": 86400 },
+                "actions": [{ "action": "apply_overdue_reviews" }],
+            } }),
+        )
+        .await;
+        assert_eq!(
+            nightly["createPlaybook"]["actions"],
+            json!([{ "action": "apply_overdue_reviews" }])
+        );
 
         let updated = ok(
             &app,
@@ -189,6 +236,96 @@ async fn report_leaked_key_through_graphql_kills_the_key_and_records_the_run() {
         .await;
         assert_eq!(code(&response), "NOT_FOUND", "{response:#}");
 
+        app.stop().await.drop_database().await;
+    })
+    .await;
+}
+
+async fn run_status(app: &TestApp, run_id: uuid::Uuid) -> serde_json::Value {
+    let query = "query($id: UUID!) { remediationRun(id: $id) {
+        status error steps { seq action status attempts lastError } } }";
+    ok(app, app.admin_key(), query, json!({ "id": run_id })).await["remediationRun"].clone()
+}
+
+#[tokio::test]
+async fn a_failed_run_is_retried_through_graphql_once_the_cause_is_fixed() {
+    for_each_backend(|db| async move {
+        let app = TestApp::spawn_with_remediation(db).await;
+        let admin = app.admin_key().to_owned();
+        let secret_id = "billing/upstream-token";
+        insert_managed_secret(
+            &app.db,
+            secret_id,
+            entity::managed_secret::ManagedSecretKind::UpstreamCredential,
+            None,
+            None,
+        )
+        .await;
+
+        // The secret does not exist in Secrets Manager yet: a permanent error parks the run.
+        let data = ok(
+            &app,
+            &admin,
+            "mutation($s: String!) { rotateSecret(secretId: $s) { id } }",
+            json!({ "s": secret_id }),
+        )
+        .await;
+        let run_id = uuid(&data["rotateSecret"]["id"]);
+        let failed = eventually(Duration::from_secs(10), || async {
+            run_status(&app, run_id).await["status"] == "FAILED"
+        })
+        .await;
+        assert!(failed.is_some(), "{:#}", run_status(&app, run_id).await);
+        let run = run_status(&app, run_id).await;
+        assert!(
+            run["error"]
+                .as_str()
+                .unwrap()
+                .contains("ResourceNotFoundException"),
+            "{run:#}"
+        );
+        assert_eq!(run["steps"][0]["status"], "FAILED");
+        assert!(run["steps"][0]["lastError"].as_str().is_some());
+
+        // The operator fixes the cause, then retries.
+        app.dev
+            .aws_clients
+            .secrets
+            .create_secret()
+            .name(secret_id)
+            .secret_string("Bearer first")
+            .send()
+            .await
+            .unwrap();
+        let retried = ok(
+            &app,
+            &admin,
+            "mutation($id: UUID!) { retryRemediationRun(id: $id) { id status } }",
+            json!({ "id": run_id }),
+        )
+        .await;
+        assert_eq!(retried["retryRemediationRun"]["status"], "PENDING");
+        let succeeded = eventually(Duration::from_secs(10), || async {
+            run_status(&app, run_id).await["status"] == "SUCCEEDED"
+        })
+        .await;
+        assert!(succeeded.is_some(), "{:#}", run_status(&app, run_id).await);
+        let run = run_status(&app, run_id).await;
+        assert!(run["error"].is_null());
+        assert!(
+            run["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["status"] == "SUCCEEDED"),
+            "{run:#}"
+        );
+        let versions = app.dev.aws.secret_versions(secret_id);
+        let current = versions
+            .iter()
+            .find(|v| v.stages.iter().any(|s| s == "AWSCURRENT"))
+            .unwrap();
+        assert_eq!(current.version_id, run_id.to_string());
         app.stop().await.drop_database().await;
     })
     .await;

@@ -6,6 +6,7 @@
 mod audit_chain;
 mod bypass;
 mod cli;
+mod credential_rotation;
 mod detectors;
 mod dev_stack;
 mod grants;
@@ -25,6 +26,7 @@ mod remediation;
 mod remediation_support;
 mod remediation_worker;
 mod rotation;
+mod scheduled_remediation;
 mod schema;
 mod sns_webhook;
 mod support;

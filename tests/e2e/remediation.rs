@@ -17,7 +17,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::{
-    remediation_support::{Fixture, fast_config, key_in, seed_managed_secret, steps_of},
+    remediation_support::{
+        Fixture, fast_config, insert_binding, insert_grant, key_in, seed_managed_secret, steps_of,
+    },
     support::{TestApp, eventually, for_each_backend},
 };
 
@@ -195,32 +197,7 @@ async fn diagnosis_suppresses_allow_listed_ips_and_incident_grant_holders() {
     // A principal with an approved, unexpired incident grant is not suspended.
     let principal = fixture.principal().await;
     let (key_id, _) = fixture.key(principal).await;
-    let now = Utc::now();
-    entity::incident_grant::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        incident_id: Set("INC-1".into()),
-        requester_id: Set(principal),
-        approver_id: Set(None),
-        justification: Set("outage".into()),
-        role_id: Set(None),
-        permissions: Set(json!([])),
-        duration_seconds: Set(3600),
-        status: Set(entity::incident_grant::IncidentGrantStatus::Approved),
-        break_glass: Set(false),
-        token_prefix: Set(None),
-        token_hash: Set(None),
-        requested_at: Set(now),
-        decided_at: Set(Some(now)),
-        expires_at: Set(Some(now + chrono::Duration::hours(1))),
-        revoked_at: Set(None),
-        revoked_reason: Set(None),
-        follow_up_review_id: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
-    }
-    .insert(&fixture.db)
-    .await
-    .unwrap();
+    insert_grant(&fixture.db, principal).await;
     let id = insert_event(
         &fixture.db,
         "key_new_network",
@@ -565,31 +542,8 @@ async fn custom_playbooks_revoke_bindings_and_grants_through_the_change_feed() {
     let fixture = Fixture::new(migration::testing::TestDatabase::sqlite().await).await;
     let engine = fixture.engine(fast_config()).await;
     let principal = fixture.principal().await;
+    let (role_id, _) = insert_binding(&fixture.db, principal).await;
     let now = Utc::now();
-    let role = entity::role::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        name: Set("payments".into()),
-        description: Set(String::new()),
-        builtin: Set(false),
-        created_at: Set(now),
-        updated_at: Set(now),
-    }
-    .insert(&fixture.db)
-    .await
-    .unwrap();
-    entity::role_binding::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        role_id: Set(role.id),
-        principal_id: Set(principal),
-        conditions: Set(json!({})),
-        expires_at: Set(None),
-        reason: Set(None),
-        created_by: Set(None),
-        created_at: Set(now),
-    }
-    .insert(&fixture.db)
-    .await
-    .unwrap();
     remediation_playbook::ActiveModel {
         id: Set(Uuid::now_v7()),
         name: Set("lock-out".into()),
@@ -600,7 +554,7 @@ async fn custom_playbooks_revoke_bindings_and_grants_through_the_change_feed() {
         trigger: Set(json!({ "kind": "security_event", "event_kinds": ["cloudwatch_alarm"], "min_severity": "high" })),
         // The grant holder must not be spared by diagnosis here.
         diagnose: Set(json!({ "suppress_if_incident_grant": false })),
-        actions: Set(json!([{ "action": "revoke_bindings", "role_id": role.id }, { "action": "revoke_grants" }])),
+        actions: Set(json!([{ "action": "revoke_bindings", "role_id": role_id }, { "action": "revoke_grants" }])),
         notify: Set(json!({ "event_type": "principal_locked_out", "severity": "critical" })),
         created_at: Set(now),
         updated_at: Set(now),

@@ -148,21 +148,7 @@ pub async fn seed_managed_secret(
     key_id: Uuid,
     key: &str,
 ) {
-    let now = Utc::now();
-    managed_secret::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        secret_id: Set(secret_id.to_owned()),
-        kind: Set(ManagedSecretKind::ApiKey),
-        api_key_id: Set(Some(key_id)),
-        route_id: Set(None),
-        rotation_interval_days: Set(None),
-        last_rotated_at: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
-    }
-    .insert(db)
-    .await
-    .unwrap();
+    insert_managed_secret(db, secret_id, ManagedSecretKind::ApiKey, Some(key_id), None).await;
     let prefix = PlainToken::parse(key).unwrap().lookup_prefix().to_owned();
     aws.put_secret_version(
         secret_id,
@@ -172,6 +158,93 @@ pub async fn seed_managed_secret(
             stages: vec!["AWSCURRENT".into()],
         },
     );
+}
+
+/// A `managed_secret` row (no rotation interval, never rotated).
+pub async fn insert_managed_secret(
+    db: &DatabaseConnection,
+    secret_id: &str,
+    kind: ManagedSecretKind,
+    api_key_id: Option<Uuid>,
+    route_id: Option<Uuid>,
+) {
+    let now = Utc::now();
+    managed_secret::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        secret_id: Set(secret_id.to_owned()),
+        kind: Set(kind),
+        api_key_id: Set(api_key_id),
+        route_id: Set(route_id),
+        rotation_interval_days: Set(None),
+        last_rotated_at: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(db)
+    .await
+    .unwrap();
+}
+
+/// An approved, unexpired (1 h) break-glass-free incident grant of `principal`, without a
+/// token; returns its id.
+pub async fn insert_grant(db: &DatabaseConnection, principal: Uuid) -> Uuid {
+    let now = Utc::now();
+    entity::incident_grant::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        incident_id: Set("INC-1".into()),
+        requester_id: Set(principal),
+        approver_id: Set(None),
+        justification: Set("outage".into()),
+        role_id: Set(None),
+        permissions: Set(json!([])),
+        duration_seconds: Set(3600),
+        status: Set(entity::incident_grant::IncidentGrantStatus::Approved),
+        break_glass: Set(false),
+        token_prefix: Set(None),
+        token_hash: Set(None),
+        requested_at: Set(now),
+        decided_at: Set(Some(now)),
+        expires_at: Set(Some(now + chrono::Duration::hours(1))),
+        revoked_at: Set(None),
+        revoked_reason: Set(None),
+        follow_up_review_id: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(db)
+    .await
+    .unwrap()
+    .id
+}
+
+/// A new role (no permissions) bound to `principal`; returns `(role id, binding id)`.
+pub async fn insert_binding(db: &DatabaseConnection, principal: Uuid) -> (Uuid, Uuid) {
+    let now = Utc::now();
+    let role = entity::role::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        name: Set(format!("role-{}", Uuid::now_v7().simple())),
+        description: Set(String::new()),
+        builtin: Set(false),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(db)
+    .await
+    .unwrap();
+    let binding = entity::role_binding::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        role_id: Set(role.id),
+        principal_id: Set(principal),
+        conditions: Set(json!({})),
+        expires_at: Set(None),
+        reason: Set(None),
+        created_by: Set(None),
+        created_at: Set(now),
+    }
+    .insert(db)
+    .await
+    .unwrap();
+    (role.id, binding.id)
 }
 
 /// The API key stored in `version`'s value.

@@ -10,7 +10,9 @@ use serde_json::Value;
 
 use crate::support::{TestApp, eventually, for_each_backend};
 
-async fn credential_seen_upstream(app: &TestApp) -> Option<String> {
+/// The credential the demo upstream received, when the proxied call succeeded (a forged
+/// client header must never win).
+pub async fn credential_seen_upstream(app: &TestApp) -> Option<String> {
     let response = app
         .http
         .get(format!("{}/demo/x", app.dev.proxy_url()))
@@ -28,6 +30,25 @@ async fn credential_seen_upstream(app: &TestApp) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Makes the demo route inject secret `secret_id` as `x-upstream-token`, through the feed;
+/// returns the route's id.
+pub async fn inject_into_demo_route(app: &TestApp, secret_id: &str) -> uuid::Uuid {
+    let demo = route::Entity::find().one(&app.db).await.unwrap().unwrap();
+    let mut active: route::ActiveModel = demo.clone().into();
+    active.upstream_credential_secret_id = Set(Some(secret_id.into()));
+    active.upstream_credential_header = Set(Some("x-upstream-token".into()));
+    active.update(&app.db).await.unwrap();
+    api::service::feed::record(
+        &app.db,
+        proxy::cache::kind::ROUTE,
+        demo.id,
+        PolicyChangeOp::Upsert,
+    )
+    .await
+    .unwrap();
+    demo.id
+}
+
 #[tokio::test]
 async fn the_upstream_credential_is_injected_and_follows_rotation() {
     for_each_backend(|db| async move {
@@ -41,19 +62,7 @@ async fn the_upstream_credential_is_injected_and_follows_rotation() {
             .await
             .unwrap();
 
-        let demo = route::Entity::find().one(&app.db).await.unwrap().unwrap();
-        let mut active: route::ActiveModel = demo.clone().into();
-        active.upstream_credential_secret_id = Set(Some("demo/upstream-token".into()));
-        active.upstream_credential_header = Set(Some("x-upstream-token".into()));
-        active.update(&app.db).await.unwrap();
-        api::service::feed::record(
-            &app.db,
-            proxy::cache::kind::ROUTE,
-            demo.id,
-            PolicyChangeOp::Upsert,
-        )
-        .await
-        .unwrap();
+        inject_into_demo_route(&app, "demo/upstream-token").await;
 
         let injected = eventually(Duration::from_secs(2), || async {
             credential_seen_upstream(&app).await.as_deref() == Some("token-v1")

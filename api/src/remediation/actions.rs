@@ -96,6 +96,11 @@ pub enum StepAction {
         /// Base burst when neither the key nor the route sets one.
         default_burst: i32,
     },
+    /// Close overdue access review `review_id`: default decisions, revocations, status.
+    ApplyReviewDefaults {
+        /// The campaign.
+        review_id: Uuid,
+    },
     /// Secrets Manager rotation, step 1: stage a new key as `AWSPENDING`.
     #[serde(rename = "rotate_secret:create")]
     RotateCreate {
@@ -104,7 +109,15 @@ pub enum StepAction {
         /// The key being replaced.
         old_key_id: Uuid,
     },
-    /// Rotation step 2 (nothing to configure for an API key).
+    /// Rotation step 1 of an upstream credential: stage a freshly generated value as
+    /// `AWSPENDING`.
+    #[serde(rename = "rotate_secret:create_credential")]
+    RotateCreateCredential {
+        /// Secret id (name or ARN).
+        secret_id: String,
+    },
+    /// Rotation step 2 (nothing to configure: the key is ours, and an upstream reads its
+    /// shared credential from the same secret).
     #[serde(rename = "rotate_secret:set")]
     RotateSet {
         /// Secret id.
@@ -168,6 +181,7 @@ impl StepAction {
         matches!(
             self,
             Self::RotateCreate { .. }
+                | Self::RotateCreateCredential { .. }
                 | Self::RotateSet { .. }
                 | Self::RotateTest { .. }
                 | Self::RotateFinish { .. }
@@ -439,7 +453,11 @@ pub async fn apply(
             .await?;
             Ok((false, json!({ "outbox_id": row.id })))
         }
+        StepAction::ApplyReviewDefaults { review_id } => {
+            super::reviews::apply_defaults(txn, *review_id).await
+        }
         StepAction::RotateCreate { .. }
+        | StepAction::RotateCreateCredential { .. }
         | StepAction::RotateSet { .. }
         | StepAction::RotateTest { .. }
         | StepAction::RotateFinish { .. } => Err(StepError::permanent(

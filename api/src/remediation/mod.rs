@@ -8,7 +8,10 @@
 //!   [`runs::retry_run`]).
 //! * [`worker`]: claims due runs, executes their steps in order, retries with backoff.
 //! * [`actions`]: the step actions and the executors of database effects.
-//! * [`rotation`]: the Secrets Manager four-step rotation of an API key.
+//! * [`schedule`]: playbooks with a schedule trigger, fired once per period.
+//! * [`reviews`]: access reviews past their deadline (default decision, revocations).
+//! * [`rotation`]: the Secrets Manager four-step rotation of an API key or an upstream
+//!   credential.
 //!
 //! Runs are claimed with an atomic `UPDATE … WHERE attempts = <seen>` (works on SQLite's single
 //! connection and on PostgreSQL) and hold a lease (`next_attempt_at`); a worker that dies
@@ -17,8 +20,10 @@
 pub mod actions;
 pub mod backoff;
 pub mod playbook;
+pub mod reviews;
 pub mod rotation;
 pub mod runs;
+pub mod schedule;
 pub mod triggers;
 pub mod worker;
 
@@ -49,6 +54,10 @@ use crate::{
 
 /// How often the worker looks for managed secrets due for scheduled rotation.
 const SCHEDULE_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How often the worker looks for scheduled playbooks whose period began (they run at most
+/// every [`playbook::MIN_SCHEDULE_SECS`]).
+const SCHEDULE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Engine tuning (`PORTCULLIS_API__REMEDIATION__*`).
 #[derive(Debug, Clone, Deserialize)]
@@ -246,6 +255,32 @@ impl Engine {
         )
     }
 
+    /// One pass of everything the background loops do, for environments without timers (a
+    /// Lambda invoked by an EventBridge schedule): due scheduled work, new security events,
+    /// due runs until none is left or `budget` passes, then one outbox dispatch.
+    pub async fn tick(&self, budget: Duration) -> Result<TickReport, DbErr> {
+        let started = std::time::Instant::now();
+        let rotations = match runs::sweep_scheduled_rotations(self).await {
+            Ok(started) => started,
+            Err(runs::RemediationError::Database(error)) => return Err(error),
+            Err(error) => {
+                tracing::warn!(%error, "scheduled rotation sweep failed");
+                0
+            }
+        };
+        let scheduled = schedule::fire_due(self, &mut schedule::Planned::default()).await?;
+        let triggered = triggers::process_security_events(self).await?;
+        let steps = worker::work_until_idle(self, budget.saturating_sub(started.elapsed())).await?;
+        let notifications = self.dispatcher().dispatch_once().await?;
+        Ok(TickReport {
+            scheduled_rotations: rotations,
+            scheduled_runs: scheduled,
+            runs_triggered: triggered,
+            steps_executed: steps,
+            notifications_published: notifications,
+        })
+    }
+
     /// Starts the three background loops (security-event triggers, run executor, outbox
     /// dispatcher); [`Worker::shutdown`] stops them after their current iteration.
     pub fn spawn(&self) -> Worker {
@@ -255,6 +290,8 @@ impl Engine {
         let mut rx = stop_rx.clone();
         let runs = tokio::spawn(async move {
             let mut last_sweep: Option<std::time::Instant> = None;
+            let mut last_schedule_check: Option<std::time::Instant> = None;
+            let mut planned = schedule::Planned::default();
             loop {
                 if *rx.borrow() {
                     return;
@@ -263,6 +300,12 @@ impl Engine {
                     last_sweep = Some(std::time::Instant::now());
                     if let Err(error) = runs::sweep_scheduled_rotations(&engine).await {
                         tracing::warn!(%error, "scheduled rotation sweep failed");
+                    }
+                }
+                if last_schedule_check.is_none_or(|at| at.elapsed() >= SCHEDULE_CHECK_INTERVAL) {
+                    last_schedule_check = Some(std::time::Instant::now());
+                    if let Err(error) = schedule::fire_due(&engine, &mut planned).await {
+                        tracing::warn!(%error, "scheduled playbooks not planned");
                     }
                 }
                 if let Err(error) = triggers::process_security_events(&engine).await {
@@ -288,6 +331,21 @@ impl Engine {
             tasks: vec![runs, outbox],
         }
     }
+}
+
+/// What one [`Engine::tick`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TickReport {
+    /// Rotation runs started because a managed secret was due.
+    pub scheduled_rotations: usize,
+    /// Runs started by scheduled playbooks.
+    pub scheduled_runs: usize,
+    /// Runs started by security events.
+    pub runs_triggered: usize,
+    /// Steps executed.
+    pub steps_executed: usize,
+    /// Notifications handed to SNS.
+    pub notifications_published: usize,
 }
 
 /// The running background loops of an [`Engine`].

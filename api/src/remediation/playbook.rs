@@ -27,14 +27,20 @@ pub enum Trigger {
         #[serde(default = "lowest_severity")]
         min_severity: Severity,
     },
-    /// Started on a schedule (every `every_secs`); reserved for scheduled sweeps.
+    /// Started once per period of `every_secs` (periods are aligned to the Unix epoch, so
+    /// every worker agrees on them). Only actions that need no triggering event make sense
+    /// here (see [`ActionTemplate::needs_event`]); a period with nothing to do records no run.
     Schedule {
-        /// Period in seconds.
+        /// Period in seconds (at least [`MIN_SCHEDULE_SECS`]).
         every_secs: u64,
     },
     /// Only started by an operator (GraphQL) or a service call.
     Manual,
 }
+
+/// The shortest schedule period accepted: workers look for due schedules every few hundred
+/// milliseconds, but a sweep per second would only load the database.
+pub const MIN_SCHEDULE_SECS: u64 = 10;
 
 fn lowest_severity() -> Severity {
     Severity::Low
@@ -93,6 +99,93 @@ pub enum ActionTemplate {
         /// How long the override lasts.
         duration_secs: i64,
     },
+    /// Close every open access review past its deadline: undecided items get the campaign's
+    /// default decision, revocations take effect.
+    ApplyOverdueReviews,
+    /// Rotate an upstream credential: `secret_id`, or else the credential of the event's
+    /// route.
+    RotateUpstreamCredential {
+        /// The managed secret (kind `upstream_credential`).
+        #[serde(default)]
+        secret_id: Option<String>,
+    },
+}
+
+impl ActionTemplate {
+    /// Whether the action acts on the triggering event's IP, key, principal or route, and so
+    /// cannot run from a schedule.
+    pub fn needs_event(&self) -> bool {
+        match self {
+            Self::ApplyOverdueReviews => false,
+            Self::RotateUpstreamCredential { secret_id } => secret_id.is_none(),
+            _ => true,
+        }
+    }
+
+    /// The snake_case name, as in the JSON.
+    pub fn name(&self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.get("action").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+/// A playbook whose JSON parses but which cannot work as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InconsistentPlaybook {
+    /// The column at fault: `trigger` or `actions`.
+    pub column: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Checks that go beyond the JSON shape: a schedule's period, that a scheduled playbook only
+/// has actions that need no event, and the actions' numbers.
+pub fn check(trigger: &Trigger, actions: &[ActionTemplate]) -> Result<(), InconsistentPlaybook> {
+    let actions_error = |message: String| InconsistentPlaybook {
+        column: "actions",
+        message,
+    };
+    if let Trigger::Schedule { every_secs } = trigger {
+        if *every_secs < MIN_SCHEDULE_SECS {
+            return Err(InconsistentPlaybook {
+                column: "trigger",
+                message: format!(
+                    "a schedule runs at most every {MIN_SCHEDULE_SECS} seconds (every_secs: {every_secs})"
+                ),
+            });
+        }
+        if let Some(action) = actions.iter().find(|a| a.needs_event()) {
+            return Err(actions_error(format!(
+                "action {:?} needs a triggering event and cannot run on a schedule",
+                action.name()
+            )));
+        }
+    }
+    for action in actions {
+        match action {
+            ActionTemplate::BlockIp { duration_secs }
+            | ActionTemplate::TightenRateLimit { duration_secs, .. }
+                if *duration_secs <= 0 =>
+            {
+                return Err(actions_error(format!(
+                    "action {:?}: duration_secs must be positive",
+                    action.name()
+                )));
+            }
+            ActionTemplate::TightenRateLimit { factor, .. }
+                if !(factor.is_finite() && *factor > 0.0 && *factor < 1.0) =>
+            {
+                return Err(actions_error(format!(
+                    "action \"tighten_rate_limit\": factor must be between 0 and 1 (got {factor})"
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Who is told (`remediation_playbook.notify`).
@@ -180,6 +273,14 @@ impl Playbook {
         })
     }
 
+    /// The schedule period, for an enabled scheduled playbook.
+    pub fn schedule_period(&self) -> Option<u64> {
+        match self.trigger {
+            Trigger::Schedule { every_secs } if self.enabled => Some(every_secs),
+            _ => None,
+        }
+    }
+
     /// Whether a security event of `kind` and `severity` starts this playbook.
     pub fn matches_event(&self, kind: &str, severity: Severity) -> bool {
         self.enabled
@@ -216,6 +317,7 @@ struct Builtin {
     trigger: Value,
     diagnose: Value,
     actions: Value,
+    notify: Value,
 }
 
 fn builtins() -> Vec<Builtin> {
@@ -227,6 +329,7 @@ fn builtins() -> Vec<Builtin> {
             trigger: event(&["failed_auth_burst"]),
             diagnose: json!({ "suppress_if_key_revoked": false }),
             actions: json!([{ "action": "block_ip", "duration_secs": 900 }]),
+            notify: json!({ "enabled": true }),
         },
         Builtin {
             name: "leaked-key",
@@ -234,6 +337,7 @@ fn builtins() -> Vec<Builtin> {
             trigger: event(&["key_leaked"]),
             diagnose: json!({ "suppress_if_ip_allowed": false, "suppress_if_incident_grant": false }),
             actions: json!([{ "action": "revoke_key" }, { "action": "rotate_key" }]),
+            notify: json!({ "enabled": true }),
         },
         Builtin {
             name: "key-new-network",
@@ -241,6 +345,7 @@ fn builtins() -> Vec<Builtin> {
             trigger: event(&["key_new_network"]),
             diagnose: json!({}),
             actions: json!([{ "action": "suspend_key" }]),
+            notify: json!({ "enabled": true }),
         },
         Builtin {
             name: "traffic-spike",
@@ -248,6 +353,15 @@ fn builtins() -> Vec<Builtin> {
             trigger: event(&["traffic_spike"]),
             diagnose: json!({}),
             actions: json!([{ "action": "tighten_rate_limit", "factor": 0.5, "duration_secs": 600 }]),
+            notify: json!({ "enabled": true }),
+        },
+        Builtin {
+            name: "overdue-review",
+            description: "An access review passed its deadline: apply its default decision to undecided items, carry out the revocations, close it, notify.",
+            trigger: json!({ "kind": "schedule", "every_secs": 60 }),
+            diagnose: json!({}),
+            actions: json!([{ "action": "apply_overdue_reviews" }]),
+            notify: json!({ "enabled": true, "event_type": "access_review_overdue" }),
         },
         Builtin {
             name: "revoked-key-used",
@@ -255,6 +369,7 @@ fn builtins() -> Vec<Builtin> {
             trigger: event(&["revoked_key_used"]),
             diagnose: json!({ "suppress_if_key_revoked": false }),
             actions: json!([]),
+            notify: json!({ "enabled": true }),
         },
     ]
 }
@@ -283,7 +398,7 @@ pub async fn seed_builtin_playbooks<C: ConnectionTrait>(db: &C) -> Result<usize,
             trigger: Set(builtin.trigger),
             diagnose: Set(builtin.diagnose),
             actions: Set(builtin.actions),
-            notify: Set(json!({ "enabled": true })),
+            notify: Set(builtin.notify),
             created_at: Set(now),
             updated_at: Set(now),
         }
@@ -330,8 +445,10 @@ mod tests {
         for builtin in builtins() {
             let mut model = row(builtin.trigger, builtin.actions);
             model.diagnose = builtin.diagnose;
+            model.notify = builtin.notify;
             let playbook = Playbook::parse(&model).unwrap_or_else(|e| panic!("{e:?}"));
             assert!(playbook.notify.enabled);
+            assert_eq!(check(&playbook.trigger, &playbook.actions), Ok(()));
         }
     }
 
@@ -345,6 +462,44 @@ mod tests {
         );
         let error = Playbook::parse(&bad).err().map(|e| e.column);
         assert_eq!(error, Some("actions"));
+    }
+
+    #[test]
+    fn schedules_refuse_event_actions_and_short_periods() {
+        let schedule = Trigger::Schedule { every_secs: 60 };
+        assert_eq!(
+            check(&schedule, &[ActionTemplate::ApplyOverdueReviews]),
+            Ok(())
+        );
+        let named = ActionTemplate::RotateUpstreamCredential {
+            secret_id: Some("s".into()),
+        };
+        assert_eq!(check(&schedule, &[named]), Ok(()));
+        let error = check(&schedule, &[ActionTemplate::SuspendKey]).expect_err("needs an event");
+        assert_eq!(error.column, "actions");
+        assert!(error.message.contains("suspend_key"), "{error}");
+        let error = check(
+            &schedule,
+            &[ActionTemplate::RotateUpstreamCredential { secret_id: None }],
+        )
+        .expect_err("needs the event's route");
+        assert!(
+            error.message.contains("rotate_upstream_credential"),
+            "{error}"
+        );
+        let error = check(&Trigger::Schedule { every_secs: 1 }, &[]).expect_err("too often");
+        assert_eq!(error.column, "trigger");
+        assert!(error.message.contains("every_secs"), "{error}");
+        // The same actions are fine when an event triggers them.
+        assert_eq!(
+            check(&Trigger::Manual, &[ActionTemplate::SuspendKey]),
+            Ok(())
+        );
+        let bad_factor = ActionTemplate::TightenRateLimit {
+            factor: 2.0,
+            duration_secs: 60,
+        };
+        assert!(check(&Trigger::Manual, &[bad_factor]).is_err());
     }
 
     #[test]

@@ -1,12 +1,22 @@
-//! Rotation of an API key held in AWS Secrets Manager, following AWS's four-step protocol
+//! Rotation of a secret held in AWS Secrets Manager, following AWS's four-step protocol
 //! (<https://docs.aws.amazon.com/secretsmanager/latest/userguide/rotate-secrets_lambda-functions.html>),
-//! with the run id as `ClientRequestToken` (= the new `VersionId`):
+//! with the run id as `ClientRequestToken` (= the new `VersionId`). Two kinds of secret:
 //!
-//! 1. `createSecret`: a new key for the same principal, staged `AWSPENDING`.
-//! 2. `setSecret`: nothing to configure for an API key (the key is ours).
-//! 3. `testSecret`: the pending key verifies (parse + constant-time hash comparison against the
-//!    stored row, as the proxy's verifier does, and the key is usable).
-//! 4. `finishSecret`: `AWSCURRENT` moves to the new version; the old one becomes `AWSPREVIOUS`.
+//! * an **API key** handed to a consumer:
+//!   1. `createSecret`: a new key for the same principal, staged `AWSPENDING`.
+//!   2. `setSecret`: nothing to configure (the key is ours).
+//!   3. `testSecret`: the pending key verifies (parse + constant-time hash comparison against
+//!      the stored row, as the proxy's verifier does, and the key is usable).
+//!   4. `finishSecret`: `AWSCURRENT` moves to the new version; the old one becomes
+//!      `AWSPREVIOUS`.
+//! * an **upstream credential** the proxy injects: a shared secret that the upstream reads
+//!   from the same Secrets Manager secret (accepting `AWSCURRENT` and, during the switch,
+//!   `AWSPREVIOUS`). `createSecret` stages 256 fresh random bits (keeping an auth scheme such
+//!   as `Bearer ` in front), `testSecret` checks the value is a usable header value, and
+//!   `finishSecret` also writes an `upstream_credential` entry to the change feed, so every
+//!   proxy fetches the new value at once instead of after its cache TTL. Credentials issued
+//!   by another system (a database password, a SaaS token) are rotated by that system's own
+//!   rotation Lambda; the proxies follow them within the cache TTL.
 //!
 //! As in AWS's rotation template, every step first reads the version's stages: already
 //! `AWSCURRENT` → nothing to do; neither `AWSPENDING` nor `AWSCURRENT` → error. A stale
@@ -19,6 +29,7 @@
 //! a lost response finds the version and reads the value back, so it inserts that same key
 //! instead of issuing a second one; the plaintext key is never stored in our database.
 
+use base64::Engine as _;
 use chrono::Utc;
 use entity::{
     api_key,
@@ -27,6 +38,7 @@ use entity::{
     remediation_step,
 };
 use proxy::keys::{PlainToken, TokenEnv, TokenHash, TokenKind};
+use rand::RngCore;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set, TransactionTrait,
 };
@@ -94,6 +106,13 @@ pub(crate) async fn execute(
             };
             finish(txn, step.id, attempt, output).await
         }
+        StepAction::RotateCreateCredential { secret_id } => {
+            let output = match create_credential(engine, secret_id, &token).await? {
+                true => json!({ "already": AWSCURRENT }),
+                false => json!({ "version_id": token, "staged": AWSPENDING }),
+            };
+            complete(db, step.id, attempt, output).await
+        }
         StepAction::RotateSet { secret_id } => {
             let already = check_stages(engine, secret_id, &token).await?;
             complete(
@@ -105,27 +124,44 @@ pub(crate) async fn execute(
             .await
         }
         StepAction::RotateTest { secret_id } => {
-            let key_id = test_secret(engine, secret_id, &token).await?;
-            complete(
-                db,
-                step.id,
-                attempt,
-                json!({ "version_id": token, "verified_key_id": key_id }),
-            )
-            .await
+            let output = match kind_of(engine, secret_id).await? {
+                ManagedSecretKind::ApiKey => {
+                    let key_id = test_secret(engine, secret_id, &token).await?;
+                    json!({ "version_id": token, "verified_key_id": key_id })
+                }
+                ManagedSecretKind::UpstreamCredential => {
+                    test_credential(engine, secret_id, &token).await?;
+                    json!({ "version_id": token, "verified": true })
+                }
+            };
+            complete(db, step.id, attempt, output).await
         }
-        StepAction::RotateFinish { secret_id } => {
-            let new_key_id = finish_secret(engine, secret_id, &token).await?;
-            let txn = db.begin().await?;
-            record_rotation(&txn, secret_id, new_key_id).await?;
-            finish(
-                txn,
-                step.id,
-                attempt,
-                json!({ "version_id": token, "current_key_id": new_key_id }),
-            )
-            .await
-        }
+        StepAction::RotateFinish { secret_id } => match kind_of(engine, secret_id).await? {
+            ManagedSecretKind::ApiKey => {
+                let new_key_id = finish_secret(engine, secret_id, &token).await?;
+                let txn = db.begin().await?;
+                record_rotation(&txn, secret_id, Some(new_key_id)).await?;
+                finish(
+                    txn,
+                    step.id,
+                    attempt,
+                    json!({ "version_id": token, "current_key_id": new_key_id }),
+                )
+                .await
+            }
+            ManagedSecretKind::UpstreamCredential => {
+                promote(engine, secret_id, &token).await?;
+                let txn = db.begin().await?;
+                record_rotation(&txn, secret_id, None).await?;
+                finish(
+                    txn,
+                    step.id,
+                    attempt,
+                    json!({ "version_id": token, "current": true }),
+                )
+                .await
+            }
+        },
         _ => Err(StepError::permanent("not a rotation step")),
     }
 }
@@ -180,14 +216,7 @@ async fn create_secret(engine: &Engine, secret_id: &str, token: &str) -> Result<
     if has(&versions, token, AWSCURRENT) {
         return Ok(Staged::AlreadyCurrent);
     }
-    for (version, labels) in &versions {
-        if version != token && labels.iter().any(|s| s == AWSPENDING) {
-            tracing::warn!(secret_id, version, "removing a stale AWSPENDING label");
-            store
-                .update_stage(secret_id, AWSPENDING, None, Some(version))
-                .await?;
-        }
-    }
+    clear_stale_pending(engine, secret_id, token, &versions).await?;
     if versions.contains_key(token) {
         if !has(&versions, token, AWSPENDING) {
             // Our version lost its label (an operator moved it): put it back.
@@ -313,9 +342,18 @@ async fn test_secret(engine: &Engine, secret_id: &str, token: &str) -> Result<Uu
     Ok(row.id)
 }
 
-/// Step 4: moves `AWSCURRENT` to the token's version and drops its `AWSPENDING`; returns the
-/// new key's id.
+/// Step 4 of an API key: [`promote`], then the new key's id.
 async fn finish_secret(engine: &Engine, secret_id: &str, token: &str) -> Result<Uuid, StepError> {
+    promote(engine, secret_id, token).await?;
+    let value = engine
+        .secrets()
+        .get_value(secret_id, Some(token), None)
+        .await?;
+    Ok(parse_secret(&value.value)?.key_id)
+}
+
+/// Step 4: moves `AWSCURRENT` to the token's version and drops its `AWSPENDING`.
+async fn promote(engine: &Engine, secret_id: &str, token: &str) -> Result<(), StepError> {
     let store = engine.secrets();
     let versions = stages(engine, secret_id).await?;
     if !has(&versions, token, AWSCURRENT) {
@@ -337,27 +375,141 @@ async fn finish_secret(engine: &Engine, secret_id: &str, token: &str) -> Result<
             .update_stage(secret_id, AWSPENDING, None, Some(token))
             .await?;
     }
-    let value = store.get_value(secret_id, Some(token), None).await?;
-    Ok(parse_secret(&value.value)?.key_id)
+    Ok(())
 }
 
-/// Points the managed secret at its new key.
+/// Records a finished rotation: the time, the new key (API-key secrets), and for an upstream
+/// credential a change-feed entry so every proxy refetches the value now.
 async fn record_rotation<C: ConnectionTrait>(
     db: &C,
     secret_id: &str,
-    new_key_id: Uuid,
+    new_key_id: Option<Uuid>,
 ) -> Result<(), StepError> {
     if let Some(secret) = managed_secret::Entity::find()
         .filter(managed_secret::Column::SecretId.eq(secret_id))
         .one(db)
         .await?
     {
+        let upstream = secret.kind == ManagedSecretKind::UpstreamCredential;
         let now = Utc::now();
         let mut active: managed_secret::ActiveModel = secret.into();
-        active.api_key_id = Set(Some(new_key_id));
+        if let Some(key_id) = new_key_id {
+            active.api_key_id = Set(Some(key_id));
+        }
         active.last_rotated_at = Set(Some(now));
         active.updated_at = Set(now);
         active.update(db).await?;
+        if upstream {
+            feed::record(
+                db,
+                kind::UPSTREAM_CREDENTIAL,
+                secret_id,
+                PolicyChangeOp::Upsert,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// What managed secret `secret_id` holds.
+async fn kind_of(engine: &Engine, secret_id: &str) -> Result<ManagedSecretKind, StepError> {
+    Ok(managed_secret::Entity::find()
+        .filter(managed_secret::Column::SecretId.eq(secret_id))
+        .one(engine.db())
+        .await?
+        .ok_or_else(|| StepError::permanent(format!("secret {secret_id} is not managed")))?
+        .kind)
+}
+
+/// Step 1 of an upstream credential: stages a new random value as `AWSPENDING` under the
+/// token's version, unless that version exists; `true` if it is already current.
+async fn create_credential(
+    engine: &Engine,
+    secret_id: &str,
+    token: &str,
+) -> Result<bool, StepError> {
+    let store = engine.secrets();
+    let versions = stages(engine, secret_id).await?;
+    if has(&versions, token, AWSCURRENT) {
+        return Ok(true);
+    }
+    clear_stale_pending(engine, secret_id, token, &versions).await?;
+    if versions.contains_key(token) {
+        if !has(&versions, token, AWSPENDING) {
+            store
+                .update_stage(secret_id, AWSPENDING, Some(token), None)
+                .await?;
+        }
+        return Ok(false);
+    }
+    let current = match store.get_value(secret_id, None, Some(AWSCURRENT)).await {
+        Ok(current) => Some(current.value),
+        Err(error) if error.code == "ResourceNotFoundException" => None,
+        Err(error) => return Err(error.into()),
+    };
+    let value = next_credential(current.as_ref().map(ExposeSecret::expose_secret));
+    store
+        .put_value(secret_id, token, &value, &[AWSPENDING])
+        .await?;
+    Ok(false)
+}
+
+/// A new credential: 256 random bits, base64url, after the current value's auth scheme
+/// (everything up to its last space, e.g. `Bearer `), so the header keeps its form.
+fn next_credential(current: Option<&str>) -> SecretString {
+    let scheme = current
+        .and_then(|value| value.rfind(' ').map(|at| &value[..=at]))
+        .unwrap_or("");
+    let mut random = [0u8; 32];
+    rand::rng().fill_bytes(&mut random);
+    SecretString::from(format!(
+        "{scheme}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random)
+    ))
+}
+
+/// Step 3 of an upstream credential: the pending value is a non-empty, valid header value
+/// that differs from the current one.
+async fn test_credential(engine: &Engine, secret_id: &str, token: &str) -> Result<(), StepError> {
+    if check_stages(engine, secret_id, token).await? {
+        return Ok(());
+    }
+    let store = engine.secrets();
+    let pending = store.get_value(secret_id, Some(token), None).await?;
+    let pending = pending.value.expose_secret();
+    // Never echo the value: it is a credential.
+    if pending.trim().is_empty() || http::HeaderValue::from_str(pending).is_err() {
+        return Err(StepError::permanent(
+            "the pending credential is not a valid header value",
+        ));
+    }
+    match store.get_value(secret_id, None, Some(AWSCURRENT)).await {
+        Ok(current) if current.value.expose_secret() == pending => Err(StepError::permanent(
+            "the pending credential equals the current one",
+        )),
+        Ok(_) => Ok(()),
+        Err(error) if error.code == "ResourceNotFoundException" => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Removes `AWSPENDING` from every version but the token's (an abandoned rotation must not
+/// block every later one).
+async fn clear_stale_pending(
+    engine: &Engine,
+    secret_id: &str,
+    token: &str,
+    versions: &VersionStages,
+) -> Result<(), StepError> {
+    for (version, labels) in versions {
+        if version != token && labels.iter().any(|s| s == AWSPENDING) {
+            tracing::warn!(secret_id, version, "removing a stale AWSPENDING label");
+            engine
+                .secrets()
+                .update_stage(secret_id, AWSPENDING, None, Some(version))
+                .await?;
+        }
     }
     Ok(())
 }
@@ -387,14 +539,17 @@ pub async fn handle_rotation_event(
     let db = engine.db();
     let managed = managed_secret::Entity::find()
         .filter(managed_secret::Column::SecretId.eq(event.secret_id.as_str()))
-        .filter(managed_secret::Column::Kind.eq(ManagedSecretKind::ApiKey))
         .one(db)
         .await
         .map_err(StepError::from)?
         .ok_or_else(|| RotationError::UnknownSecret(event.secret_id.clone()))?;
     let secret_id = managed.secret_id.as_str();
     let token = event.client_request_token.as_str();
+    let upstream = managed.kind == ManagedSecretKind::UpstreamCredential;
     match event.step.as_str() {
+        "createSecret" if upstream => {
+            create_credential(engine, secret_id, token).await?;
+        }
         "createSecret" => {
             let old_key_id = managed.api_key_id.ok_or_else(|| {
                 StepError::permanent(format!("secret {secret_id} holds no API key"))
@@ -408,8 +563,17 @@ pub async fn handle_rotation_event(
         "setSecret" => {
             check_stages(engine, secret_id, token).await?;
         }
+        "testSecret" if upstream => {
+            test_credential(engine, secret_id, token).await?;
+        }
         "testSecret" => {
             test_secret(engine, secret_id, token).await?;
+        }
+        "finishSecret" if upstream => {
+            promote(engine, secret_id, token).await?;
+            let txn = db.begin().await.map_err(StepError::from)?;
+            record_rotation(&txn, secret_id, None).await?;
+            txn.commit().await.map_err(StepError::from)?;
         }
         "finishSecret" => {
             let old_key_id = managed.api_key_id;
@@ -427,7 +591,7 @@ pub async fn handle_rotation_event(
                 )
                 .await?;
             }
-            record_rotation(&txn, secret_id, new_key_id).await?;
+            record_rotation(&txn, secret_id, Some(new_key_id)).await?;
             txn.commit().await.map_err(StepError::from)?;
         }
         other => return Err(RotationError::UnknownStep(other.to_owned())),

@@ -147,6 +147,21 @@ pub async fn plan_steps<C: ConnectionTrait>(
                 }),
                 None => unresolved.push("revoke_grants".to_owned()),
             },
+            ActionTemplate::ApplyOverdueReviews => {
+                for review in super::reviews::overdue(db).await? {
+                    steps.push(StepAction::ApplyReviewDefaults {
+                        review_id: review.id,
+                    });
+                }
+            }
+            ActionTemplate::RotateUpstreamCredential { secret_id } => {
+                match upstream_secret(db, secret_id.as_deref(), subject.route_id).await? {
+                    Some(secret) => steps.extend(credential_rotation_steps(&secret.secret_id)),
+                    None => unresolved.push(
+                        "rotate_upstream_credential (no managed upstream credential)".to_owned(),
+                    ),
+                }
+            }
             ActionTemplate::TightenRateLimit {
                 factor,
                 duration_secs,
@@ -175,11 +190,29 @@ pub async fn plan_steps<C: ConnectionTrait>(
 
 /// The four rotation steps of `secret_id`, replacing key `old_key_id`.
 pub fn rotation_steps(secret_id: &str, old_key_id: Uuid) -> Vec<StepAction> {
-    vec![
+    rotation_after(
         StepAction::RotateCreate {
             secret_id: secret_id.to_owned(),
             old_key_id,
         },
+        secret_id,
+    )
+}
+
+/// The four rotation steps of upstream credential `secret_id`.
+pub fn credential_rotation_steps(secret_id: &str) -> Vec<StepAction> {
+    rotation_after(
+        StepAction::RotateCreateCredential {
+            secret_id: secret_id.to_owned(),
+        },
+        secret_id,
+    )
+}
+
+/// `create` followed by the steps every rotation shares.
+fn rotation_after(create: StepAction, secret_id: &str) -> Vec<StepAction> {
+    vec![
+        create,
         StepAction::RotateSet {
             secret_id: secret_id.to_owned(),
         },
@@ -190,6 +223,31 @@ pub fn rotation_steps(secret_id: &str, old_key_id: Uuid) -> Vec<StepAction> {
             secret_id: secret_id.to_owned(),
         },
     ]
+}
+
+/// The managed upstream credential named `secret_id`, or else the one of route `route_id`.
+async fn upstream_secret<C: ConnectionTrait>(
+    db: &C,
+    secret_id: Option<&str>,
+    route_id: Option<Uuid>,
+) -> Result<Option<managed_secret::Model>, DbErr> {
+    let select = managed_secret::Entity::find()
+        .filter(managed_secret::Column::Kind.eq(ManagedSecretKind::UpstreamCredential));
+    match (secret_id, route_id) {
+        (Some(secret_id), _) => {
+            select
+                .filter(managed_secret::Column::SecretId.eq(secret_id))
+                .one(db)
+                .await
+        }
+        (None, Some(route_id)) => {
+            select
+                .filter(managed_secret::Column::RouteId.eq(route_id))
+                .one(db)
+                .await
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 /// The notify step closing a run, or `None` when notifications are off or no topic is set.
@@ -359,15 +417,19 @@ async fn find_by_key<C: ConnectionTrait>(
         .await
 }
 
-/// Creates `planned` in its own transaction (a concurrent duplicate returns the winner's run).
-async fn create(engine: &Engine, planned: PlannedRun) -> Result<remediation_run::Model, DbErr> {
+/// Creates `planned` in its own transaction (a concurrent duplicate returns the winner's
+/// run); `true` = newly created.
+pub(crate) async fn create(
+    engine: &Engine,
+    planned: PlannedRun,
+) -> Result<(remediation_run::Model, bool), DbErr> {
     let key = planned.idempotency_key.clone();
     let txn = engine.db().begin().await?;
     match insert_run(&txn, planned).await {
-        Ok((run, _)) => {
+        Ok((run, created)) => {
             txn.commit().await?;
             engine.wake();
-            Ok(run)
+            Ok((run, created))
         }
         Err(error) => {
             txn.rollback().await?;
@@ -376,7 +438,7 @@ async fn create(engine: &Engine, planned: PlannedRun) -> Result<remediation_run:
                 Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
             ) && let Some(run) = find_by_key(engine.db(), &key).await?
             {
-                return Ok(run);
+                return Ok((run, false));
             }
             Err(error)
         }
@@ -438,11 +500,13 @@ pub async fn report_leaked_key(
             steps,
         },
     )
-    .await?)
+    .await?
+    .0)
 }
 
-/// `rotateSecret`: rotates the API key held by managed secret `secret_id` (four-step
-/// protocol), lets the old key expire after the configured grace period, and notifies.
+/// `rotateSecret`: rotates managed secret `secret_id` (four-step protocol) and notifies. An
+/// API key's old key expires after the configured grace period; an upstream credential's new
+/// value is picked up by every proxy through the change feed.
 #[tracing::instrument(skip(engine))]
 pub async fn rotate_secret(
     engine: &Engine,
@@ -454,31 +518,37 @@ pub async fn rotate_secret(
         .one(engine.db())
         .await?
         .ok_or_else(|| RemediationError::NotFound("managed secret", secret_id.to_owned()))?;
-    let (ManagedSecretKind::ApiKey, Some(old_key_id)) = (secret.kind, secret.api_key_id) else {
-        return Err(RemediationError::Conflict(
-            "only secrets holding an API key can be rotated in this version".into(),
-        ));
-    };
-    let key = api_key::Entity::find_by_id(old_key_id)
-        .one(engine.db())
-        .await?
-        .ok_or_else(|| RemediationError::NotFound("api key", old_key_id.to_string()))?;
-    let subject = Subject {
+    let mut subject = Subject {
         trigger_kind: "graphql".into(),
         trigger_ref: Some(request_id.to_owned()),
         event_kind: "secret_rotated".into(),
         severity: Some(Severity::Low),
-        principal_id: Some(key.principal_id),
-        api_key_id: Some(key.id),
-        client_ip: None,
-        route_id: None,
-        detail: json!({ "secret_id": secret_id }),
+        route_id: secret.route_id,
+        detail: json!({ "secret_id": secret_id, "kind": secret.kind }),
+        ..Subject::default()
     };
-    let mut steps = rotation_steps(secret_id, old_key_id);
-    steps.push(StepAction::ExpireKey {
-        key_id: old_key_id,
-        grace_secs: engine.config().rotation_grace_secs,
-    });
+    let mut steps = match (secret.kind, secret.api_key_id) {
+        (ManagedSecretKind::ApiKey, Some(old_key_id)) => {
+            let key = api_key::Entity::find_by_id(old_key_id)
+                .one(engine.db())
+                .await?
+                .ok_or_else(|| RemediationError::NotFound("api key", old_key_id.to_string()))?;
+            subject.principal_id = Some(key.principal_id);
+            subject.api_key_id = Some(key.id);
+            let mut steps = rotation_steps(secret_id, old_key_id);
+            steps.push(StepAction::ExpireKey {
+                key_id: old_key_id,
+                grace_secs: engine.config().rotation_grace_secs,
+            });
+            steps
+        }
+        (ManagedSecretKind::ApiKey, None) => {
+            return Err(RemediationError::Conflict(format!(
+                "managed secret {secret_id} holds no API key (was it revoked or deleted?)"
+            )));
+        }
+        (ManagedSecretKind::UpstreamCredential, _) => credential_rotation_steps(secret_id),
+    };
     steps.extend(notify_step(
         engine,
         "rotate-secret",
@@ -498,7 +568,8 @@ pub async fn rotate_secret(
             steps,
         },
     )
-    .await?)
+    .await?
+    .0)
 }
 
 /// `retryRemediationRun`: puts the failed steps of failed run `run_id` back to pending (with
@@ -545,16 +616,20 @@ pub async fn retry_run(
     Ok(run)
 }
 
-/// Scheduled rotation: starts a rotation run for every managed API-key secret whose
+/// Scheduled rotation: starts a rotation run for every managed secret whose
 /// `rotation_interval_days` have passed since its last rotation (or creation). The
 /// idempotency key names the period's start, so each period rotates once however many workers
 /// sweep. Returns how many runs were started.
 pub async fn sweep_scheduled_rotations(engine: &Engine) -> Result<usize, RemediationError> {
     let now = Utc::now();
     let due: Vec<managed_secret::Model> = managed_secret::Entity::find()
-        .filter(managed_secret::Column::Kind.eq(ManagedSecretKind::ApiKey))
         .filter(managed_secret::Column::RotationIntervalDays.is_not_null())
-        .filter(managed_secret::Column::ApiKeyId.is_not_null())
+        // A key secret whose key is gone has nothing to rotate.
+        .filter(
+            sea_orm::Condition::any()
+                .add(managed_secret::Column::Kind.eq(ManagedSecretKind::UpstreamCredential))
+                .add(managed_secret::Column::ApiKeyId.is_not_null()),
+        )
         .all(engine.db())
         .await?
         .into_iter()

@@ -23,7 +23,7 @@ use crate::{
     graphql::error::{ApiError, ApiResult, DbResultExt},
     remediation::{
         self, Engine, RemediationError,
-        playbook::{ActionTemplate, Diagnose, NotifySpec, Trigger},
+        playbook::{self, ActionTemplate, Diagnose, NotifySpec, Trigger},
     },
 };
 
@@ -78,14 +78,27 @@ pub struct RunFilter {
     pub playbook_id: Option<Uuid>,
 }
 
+/// Parses `value` as `T`, or a `BAD_USER_INPUT` naming `field`.
+fn parse<T: serde::de::DeserializeOwned>(field: &str, value: Value) -> ApiResult<T> {
+    serde_json::from_value(value).map_err(|e| ApiError::invalid(field, e.to_string()))
+}
+
 /// Parses `value` as `T`, or a `BAD_USER_INPUT` naming `field`; returns the canonical JSON.
 fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(
     field: &str,
     value: Value,
 ) -> ApiResult<Value> {
-    let parsed: T =
-        serde_json::from_value(value).map_err(|e| ApiError::invalid(field, e.to_string()))?;
-    serde_json::to_value(parsed).map_err(ApiError::internal)
+    canonical(&parse::<T>(field, value)?)
+}
+
+fn canonical<T: serde::Serialize>(value: &T) -> ApiResult<Value> {
+    serde_json::to_value(value).map_err(ApiError::internal)
+}
+
+/// The whole-playbook checks ([`playbook::check`]), reported against the input field at fault.
+fn check(trigger: &Trigger, actions: &[ActionTemplate]) -> ApiResult<()> {
+    playbook::check(trigger, actions)
+        .map_err(|e| ApiError::invalid(format!("input.{}", e.column), e.message))
 }
 
 /// Playbooks, oldest first.
@@ -112,14 +125,16 @@ pub async fn create(
     let name = validate::text("input.name", &input.name)?;
     let description = validate::optional_text("input.description", input.description.as_deref())?
         .unwrap_or_default();
-    let trigger = typed::<Trigger>("input.trigger", input.trigger)?;
+    let trigger = parse::<Trigger>("input.trigger", input.trigger)?;
+    let actions = parse::<Vec<ActionTemplate>>("input.actions", input.actions)?;
+    check(&trigger, &actions)?;
+    let (trigger, actions) = (canonical(&trigger)?, canonical(&actions)?);
     let diagnose = typed::<Diagnose>(
         "input.diagnose",
         input
             .diagnose
             .unwrap_or_else(|| Value::Object(Default::default())),
     )?;
-    let actions = typed::<Vec<ActionTemplate>>("input.actions", input.actions)?;
     let notify = typed::<NotifySpec>(
         "input.notify",
         input
@@ -158,6 +173,18 @@ pub async fn update(
         .one(&txn)
         .await?
         .ok_or_else(|| ApiError::not_found("playbook", id))?;
+    if patch.trigger.is_some() || patch.actions.is_some() {
+        // Check the playbook as it will be, not just the part that changes.
+        let trigger = parse::<Trigger>(
+            "input.trigger",
+            patch.trigger.clone().unwrap_or_else(|| row.trigger.clone()),
+        )?;
+        let actions = parse::<Vec<ActionTemplate>>(
+            "input.actions",
+            patch.actions.clone().unwrap_or_else(|| row.actions.clone()),
+        )?;
+        check(&trigger, &actions)?;
+    }
     let mut active: remediation_playbook::ActiveModel = row.into();
     if let Some(name) = &patch.name {
         active.name = Set(validate::text("input.name", name)?);

@@ -61,8 +61,10 @@ impl RemediationMutation {
             .into())
     }
 
-    /// Rotates the API key held by managed secret `secret_id` (Secrets Manager's four-step
-    /// protocol); the old key keeps working for the configured grace period.
+    /// Rotates managed secret `secret_id` (Secrets Manager's four-step protocol, the run id
+    /// as `ClientRequestToken`). An API key's old key keeps working for the configured grace
+    /// period; an upstream credential gets a fresh random value that every proxy injects as
+    /// soon as the rotation finishes.
     #[graphql(guard = "RequirePermission(REMEDIATION_WRITE)")]
     async fn rotate_secret(
         &self,
