@@ -551,7 +551,8 @@ async fn custom_playbooks_revoke_bindings_and_grants_through_the_change_feed() {
         enabled: Set(true),
         dry_run: Set(false),
         builtin: Set(false),
-        trigger: Set(json!({ "kind": "security_event", "event_kinds": ["cloudwatch_alarm"], "min_severity": "high" })),
+        trigger: Set(json!({ "kind": "security_event", "event_kinds": ["cloudwatch_alarm"], "min_severity": "high",
+                             "detail": { "alarm_name": "payments-*", "new_state": "ALARM" } })),
         // The grant holder must not be spared by diagnosis here.
         diagnose: Set(json!({ "suppress_if_incident_grant": false })),
         actions: Set(json!([{ "action": "revoke_bindings", "role_id": role_id }, { "action": "revoke_grants" }])),
@@ -562,28 +563,30 @@ async fn custom_playbooks_revoke_bindings_and_grants_through_the_change_feed() {
     .insert(&fixture.db)
     .await
     .unwrap();
-    // Below the threshold: nothing.
-    insert_event(
-        &fixture.db,
-        "cloudwatch_alarm",
-        Severity::Medium,
-        Some(principal),
-        None,
-        None,
-    )
-    .await;
+    let alarm = |severity, name: &'static str| {
+        let db = fixture.db.clone();
+        async move {
+            let id = insert_event(
+                &db,
+                "cloudwatch_alarm",
+                severity,
+                Some(principal),
+                None,
+                None,
+            )
+            .await;
+            let mut active: security_event::ActiveModel = event(&db, id).await.into();
+            active.detail = Set(json!({ "alarm_name": name, "new_state": "ALARM" }));
+            active.update(&db).await.unwrap();
+        }
+    };
+    // Below the threshold, or another alarm than the filter's: nothing.
+    alarm(Severity::Medium, "payments-5xx").await;
+    alarm(Severity::Critical, "search-5xx").await;
     triggers::process_security_events(&engine).await.unwrap();
     assert!(runs(&fixture.db).await.is_empty());
 
-    insert_event(
-        &fixture.db,
-        "cloudwatch_alarm",
-        Severity::High,
-        Some(principal),
-        None,
-        None,
-    )
-    .await;
+    alarm(Severity::High, "payments-5xx").await;
     triggers::process_security_events(&engine).await.unwrap();
     worker::work_until_idle(&engine, Duration::from_secs(10))
         .await

@@ -4,6 +4,8 @@
 //! A row whose JSON does not parse is skipped with an error log, never a panic: one bad
 //! playbook must not stop the others.
 
+use std::collections::BTreeMap;
+
 use chrono::Utc;
 use entity::{remediation_playbook, security_event::Severity};
 use sea_orm::{
@@ -26,6 +28,12 @@ pub enum Trigger {
         /// Lowest severity that starts a run.
         #[serde(default = "lowest_severity")]
         min_severity: Severity,
+        /// Every entry must match the event's `detail` field of that name: exactly, or by
+        /// prefix when the pattern ends in `*`. This is how a playbook reacts to one SNS
+        /// topic, one CloudWatch alarm or one state, e.g.
+        /// `{"alarm_name": "payments-*", "new_state": "ALARM"}` or `{"topic_arn": "arn:…"}`.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        detail: BTreeMap<String, String>,
     },
     /// Started once per period of `every_secs` (periods are aligned to the Unix epoch, so
     /// every worker agrees on them). Only actions that need no triggering event make sense
@@ -281,11 +289,33 @@ impl Playbook {
         }
     }
 
-    /// Whether a security event of `kind` and `severity` starts this playbook.
-    pub fn matches_event(&self, kind: &str, severity: Severity) -> bool {
+    /// Whether a security event of `kind`, `severity` and `detail` starts this playbook.
+    pub fn matches_event(&self, kind: &str, severity: Severity, detail: &Value) -> bool {
+        let Trigger::SecurityEvent {
+            event_kinds,
+            min_severity,
+            detail: filter,
+        } = &self.trigger
+        else {
+            return false;
+        };
         self.enabled
-            && matches!(&self.trigger, Trigger::SecurityEvent { event_kinds, min_severity }
-                if severity >= *min_severity && event_kinds.iter().any(|k| k == kind))
+            && severity >= *min_severity
+            && event_kinds.iter().any(|k| k == kind)
+            && filter.iter().all(|(field, pattern)| {
+                detail
+                    .get(field)
+                    .and_then(Value::as_str)
+                    .is_some_and(|value| matches_pattern(value, pattern))
+            })
+    }
+}
+
+/// `pattern` is the exact value, or a prefix followed by `*`.
+fn matches_pattern(value: &str, pattern: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => value.starts_with(prefix),
+        None => value == pattern,
     }
 }
 
@@ -509,8 +539,30 @@ mod tests {
             json!([]),
         );
         let playbook = Playbook::parse(&model).unwrap_or_else(|e| panic!("{e:?}"));
-        assert!(playbook.matches_event("traffic_spike", Severity::Critical));
-        assert!(!playbook.matches_event("traffic_spike", Severity::Medium));
-        assert!(!playbook.matches_event("failed_auth_burst", Severity::Critical));
+        let detail = json!({});
+        assert!(playbook.matches_event("traffic_spike", Severity::Critical, &detail));
+        assert!(!playbook.matches_event("traffic_spike", Severity::Medium, &detail));
+        assert!(!playbook.matches_event("failed_auth_burst", Severity::Critical, &detail));
+    }
+
+    #[test]
+    fn a_detail_filter_picks_one_alarm_and_state() {
+        let model = row(
+            json!({ "kind": "security_event", "event_kinds": ["cloudwatch_alarm"],
+                    "detail": { "alarm_name": "payments-*", "new_state": "ALARM" } }),
+            json!([]),
+        );
+        let playbook = Playbook::parse(&model).unwrap_or_else(|e| panic!("{e:?}"));
+        let event = |name: &str, state: &str| json!({ "alarm_name": name, "new_state": state });
+        let high = Severity::High;
+        assert!(playbook.matches_event("cloudwatch_alarm", high, &event("payments-5xx", "ALARM")));
+        assert!(!playbook.matches_event("cloudwatch_alarm", high, &event("search-5xx", "ALARM")));
+        assert!(!playbook.matches_event("cloudwatch_alarm", high, &event("payments-5xx", "OK")));
+        // A field the event lacks does not match.
+        assert!(!playbook.matches_event(
+            "cloudwatch_alarm",
+            high,
+            &json!({ "new_state": "ALARM" })
+        ));
     }
 }

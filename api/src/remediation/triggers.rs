@@ -105,7 +105,7 @@ async fn start_runs(
     let mut created = 0;
     for playbook in playbooks
         .iter()
-        .filter(|p| p.matches_event(&event.kind, event.severity))
+        .filter(|p| p.matches_event(&event.kind, event.severity, &event.detail))
     {
         let suppressed = diagnose(txn, &playbook.diagnose, event).await?;
         let (steps, unresolved) = runs::plan_steps(txn, engine, playbook, &subject).await?;
