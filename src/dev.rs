@@ -13,11 +13,15 @@ use std::{
 };
 
 use anyhow::Context;
-use api::aws::{AwsClients, dev_mock::DevAws};
+use api::aws::{
+    AwsClients,
+    dev_mock::{DevAws, SecretVersion},
+};
 use proxy::keys::{KeyHasher, PlainToken, TokenEnv, TokenKind};
 use sea_orm_migration::MigratorTrait;
 use secrecy::ExposeSecret;
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 
 use crate::{
     config::{Config, Environment},
@@ -132,6 +136,19 @@ pub async fn start(config: &Config, ports: Ports) -> anyhow::Result<RunningDev> 
     api::remediation::seed_builtin_playbooks(&db)
         .await
         .context("failed to seed the builtin remediation playbooks")?;
+    // The mock forgets everything when the process ends: give the demo credential a fresh
+    // current value on every start.
+    aws.put_secret_version(
+        api::bootstrap::DEMO_UPSTREAM_SECRET,
+        SecretVersion {
+            version_id: Uuid::new_v4().to_string(),
+            value: format!("Bearer dev-{}", hex::encode(rand::random::<[u8; 16]>())),
+            stages: vec!["AWSCURRENT".into()],
+        },
+    );
+    api::bootstrap::seed_dev_upstream_credential(&db)
+        .await
+        .context("failed to seed the demo upstream credential")?;
     let remediation_worker = config.api.remediation.enabled.then(|| remediation.spawn());
 
     let mut api_config = config.api.clone();

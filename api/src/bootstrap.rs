@@ -1,10 +1,12 @@
 //! Idempotent seeding for `portcullis dev`: a bootstrap administrator with its API key, bound
-//! to the builtin `portcullis-admin` role, and a demo route to the echo upstream that the
-//! administrator may call.
+//! to the builtin `portcullis-admin` role, a demo route to the echo upstream that the
+//! administrator may call, and the demo route's upstream credential as a managed secret.
 
 use chrono::Utc;
 use entity::{
-    api_key, permission,
+    api_key,
+    managed_secret::{self, ManagedSecretKind},
+    permission,
     policy_change::PolicyChangeOp,
     principal::{self, PrincipalKind},
     role, role_binding, route,
@@ -29,6 +31,11 @@ pub const DEMO_ROUTE: &str = "demo";
 pub const DEMO_PREFIX: &str = "/demo";
 /// Role that may call the demo route.
 pub const DEMO_ROLE: &str = "demo-caller";
+
+/// Secrets Manager id of the demo route's upstream credential in development.
+pub const DEMO_UPSTREAM_SECRET: &str = "portcullis-dev/demo-upstream-token";
+/// Header the demo route injects it in (the echo upstream shows it back).
+pub const DEMO_UPSTREAM_HEADER: &str = "x-demo-upstream-token";
 
 /// What the seed left in place.
 #[derive(Debug, Clone)]
@@ -251,4 +258,52 @@ pub async fn seed_dev(
         admin_id: admin.id,
         admin_key_id: key.id,
     })
+}
+
+/// Registers [`DEMO_UPSTREAM_SECRET`] as a managed upstream credential of the demo route and,
+/// the first time only, makes the route inject it as [`DEMO_UPSTREAM_HEADER`], so a developer
+/// can watch `rotateSecret` change what the upstream receives. The managed-secret row marks
+/// that this was done: a developer who later removes the credential from the route keeps it
+/// removed. Returns whether anything was written.
+pub async fn seed_dev_upstream_credential(db: &DatabaseConnection) -> Result<bool, DbErr> {
+    let txn = db.begin().await?;
+    let registered = managed_secret::Entity::find()
+        .filter(managed_secret::Column::SecretId.eq(DEMO_UPSTREAM_SECRET))
+        .one(&txn)
+        .await?
+        .is_some();
+    let Some(route) = route::Entity::find()
+        .filter(route::Column::Name.eq(DEMO_ROUTE))
+        .one(&txn)
+        .await?
+    else {
+        return Ok(false);
+    };
+    if registered {
+        return Ok(false);
+    }
+    let now = Utc::now();
+    managed_secret::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        secret_id: Set(DEMO_UPSTREAM_SECRET.to_owned()),
+        kind: Set(ManagedSecretKind::UpstreamCredential),
+        api_key_id: Set(None),
+        route_id: Set(Some(route.id)),
+        rotation_interval_days: Set(None),
+        last_rotated_at: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(&txn)
+    .await?;
+    if route.upstream_credential_secret_id.is_none() {
+        let mut active: route::ActiveModel = route.into();
+        active.upstream_credential_secret_id = Set(Some(DEMO_UPSTREAM_SECRET.to_owned()));
+        active.upstream_credential_header = Set(Some(DEMO_UPSTREAM_HEADER.to_owned()));
+        active.updated_at = Set(now);
+        let route = active.update(&txn).await?;
+        feed::record(&txn, kind::ROUTE, route.id, PolicyChangeOp::Upsert).await?;
+    }
+    txn.commit().await?;
+    Ok(true)
 }

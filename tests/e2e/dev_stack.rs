@@ -170,3 +170,45 @@ async fn the_mocked_aws_services_answer_the_real_sdk() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_demo_route_injects_a_managed_credential_that_rotate_secret_replaces() {
+    use std::time::Duration;
+
+    use api::bootstrap::{DEMO_UPSTREAM_HEADER, DEMO_UPSTREAM_SECRET};
+
+    use crate::{graphql_support::ok, support::eventually};
+
+    async fn seen(app: &TestApp) -> String {
+        let echoed: serde_json::Value = app
+            .proxy_get("/demo/x", Some(app.admin_key()))
+            .await
+            .json()
+            .await
+            .unwrap();
+        echoed["headers"][DEMO_UPSTREAM_HEADER]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    let app =
+        TestApp::spawn_with_remediation(migration::testing::TestDatabase::sqlite().await).await;
+    let first = seen(&app).await;
+    assert!(first.starts_with("Bearer dev-"), "{first:?}");
+
+    ok(
+        &app,
+        app.admin_key(),
+        "mutation($s: String!) { rotateSecret(secretId: $s) { id } }",
+        serde_json::json!({ "s": DEMO_UPSTREAM_SECRET }),
+    )
+    .await;
+    let rotated = eventually(Duration::from_secs(10), || async {
+        let now = seen(&app).await;
+        now.starts_with("Bearer ") && now != first
+    })
+    .await;
+    assert!(rotated.is_some(), "the demo upstream still sees {first:?}");
+    app.stop().await;
+}
