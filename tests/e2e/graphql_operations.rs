@@ -71,6 +71,9 @@ type Step = (
     Vec<(&'static str, &'static str)>,
 );
 
+/// A secret the dev Secrets Manager holds, for the managed-secret operations.
+const OPERATIONS_SECRET: &str = "orders/upstream-token";
+
 fn script(upstream: &str) -> Vec<Step> {
     let future = (chrono::Utc::now() + chrono::Duration::days(7)).to_rfc3339();
     vec![
@@ -290,6 +293,43 @@ fn script(upstream: &str) -> Vec<Step> {
             vec![],
         ),
         (
+            "secrets.graphql",
+            "RegisterManagedSecret",
+            json!({ "input": { "secretId": OPERATIONS_SECRET, "kind": "UPSTREAM_CREDENTIAL",
+                "routeId": "${routeId}", "rotationIntervalDays": 30 } }),
+            vec![],
+        ),
+        (
+            "secrets.graphql",
+            "ListManagedSecrets",
+            json!({ "first": 10 }),
+            vec![],
+        ),
+        (
+            "secrets.graphql",
+            "GetManagedSecret",
+            json!({ "secretId": OPERATIONS_SECRET }),
+            vec![],
+        ),
+        (
+            "secrets.graphql",
+            "UpdateManagedSecret",
+            json!({ "secretId": OPERATIONS_SECRET, "input": { "rotationIntervalDays": 7 } }),
+            vec![],
+        ),
+        (
+            "secrets.graphql",
+            "DeleteManagedSecret",
+            json!({ "secretId": OPERATIONS_SECRET }),
+            vec![],
+        ),
+        (
+            "secrets.graphql",
+            "Notifications",
+            json!({ "filter": { "status": "PENDING" }, "first": 10 }),
+            vec![],
+        ),
+        (
             "access.graphql",
             "SimulateAccess",
             json!({ "input": { "principalId": "${userId}", "method": "GET", "path": "/orders/42", "sourceIp": "10.1.2.3" } }),
@@ -350,6 +390,15 @@ async fn every_portal_operation_runs_without_errors() {
             .iter()
             .flat_map(|(file, doc)| operation_names(doc).into_iter().map(move |op| (file.clone(), op)))
             .collect();
+        app.dev
+            .aws_clients
+            .secrets
+            .create_secret()
+            .name(OPERATIONS_SECRET)
+            .secret_string("Bearer portal-upstream-token")
+            .send()
+            .await
+            .unwrap();
         let upstream = format!("http://{}", app.dev.demo_upstream_addr);
         let script = script(&upstream);
         let scripted: BTreeSet<(String, String)> = script

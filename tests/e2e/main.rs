@@ -16,6 +16,7 @@ mod graphql_keys;
 mod graphql_operations;
 mod graphql_policy;
 mod graphql_remediation;
+mod graphql_secrets;
 mod graphql_support;
 mod lambda_worker;
 mod oidc;

@@ -47,6 +47,10 @@ pub enum ApiError {
     /// A subsystem this server was started without (e.g. the remediation engine).
     #[error("{0}")]
     Unavailable(String),
+    /// An AWS call failed (throttled, denied, unreachable). Carries the operation and the
+    /// AWS error code and message, never a secret value.
+    #[error("{0}")]
+    Aws(crate::aws::error::AwsError),
     /// Anything else: a database failure, a bug. Never shown to the client.
     #[error("internal error")]
     Internal(#[source] Arc<dyn std::error::Error + Send + Sync>),
@@ -65,6 +69,7 @@ impl ApiError {
             Self::NotFound { .. } => "NOT_FOUND",
             Self::Conflict(_) => "CONFLICT",
             Self::Unavailable(_) => "UNAVAILABLE",
+            Self::Aws(_) => "AWS_ERROR",
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -97,6 +102,12 @@ impl From<DbErr> for ApiError {
     }
 }
 
+impl From<crate::aws::error::AwsError> for ApiError {
+    fn from(error: crate::aws::error::AwsError) -> Self {
+        Self::Aws(error)
+    }
+}
+
 impl ErrorExtensions for ApiError {
     fn extend(&self) -> async_graphql::Error {
         async_graphql::Error::new(self.to_string()).extend_with(|_, ext| {
@@ -104,6 +115,7 @@ impl ErrorExtensions for ApiError {
             match self {
                 Self::Forbidden { permission } => ext.set("permission", permission.as_str()),
                 Self::BadUserInput { field, .. } => ext.set("field", field.as_str()),
+                Self::Aws(error) => ext.set("awsCode", error.code.as_str()),
                 _ => {}
             }
         })

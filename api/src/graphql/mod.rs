@@ -6,8 +6,9 @@
 //! * [`extension`]: error codes and the audit record of every mutation, in one place;
 //! * [`loaders`](mod@loaders): DataLoaders against N+1 queries;
 //! * one module per domain (`keys`, `principals`, `roles`, `routes`, `ip_rules`, `access`,
-//!   `audit`, `remediation`), each with `query.rs`, `mutation.rs` and `types.rs`; resolvers
-//!   are thin and call one `crate::service` function each.
+//!   `audit`, `remediation`, `managed_secrets`, `notifications`), each with `query.rs`,
+//!   `mutation.rs` and `types.rs`; resolvers are thin and call one `crate::service` function
+//!   each.
 
 pub mod access;
 pub mod audit;
@@ -17,6 +18,8 @@ pub mod guard;
 pub mod ip_rules;
 pub mod keys;
 pub mod loaders;
+pub mod managed_secrets;
+pub mod notifications;
 pub mod principals;
 pub mod remediation;
 pub mod roles;
@@ -68,6 +71,8 @@ pub struct QueryRoot(
     ip_rules::query::IpRuleQuery,
     audit::query::AuditQuery,
     remediation::query::RemediationQuery,
+    managed_secrets::query::ManagedSecretQuery,
+    notifications::query::NotificationQuery,
 );
 
 /// Root of every mutation: each domain contributes its part. Every field is audited.
@@ -79,6 +84,7 @@ pub struct MutationRoot(
     routes::mutation::RouteMutation,
     ip_rules::mutation::IpRuleMutation,
     remediation::mutation::RemediationMutation,
+    managed_secrets::mutation::ManagedSecretMutation,
 );
 
 /// Unauthenticated server facts.

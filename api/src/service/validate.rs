@@ -27,10 +27,16 @@ pub fn optional_text(field: &str, value: Option<&str>) -> ApiResult<Option<Strin
     let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
         return Ok(None);
     };
-    if value.chars().count() > MAX_TEXT {
+    bounded(field, value, MAX_TEXT)?;
+    Ok(Some(value.to_owned()))
+}
+
+/// At most `max` characters, none of them a control character.
+fn bounded(field: &str, value: &str, max: usize) -> ApiResult<()> {
+    if value.chars().count() > max {
         return Err(ApiError::invalid(
             field,
-            format!("must be at most {MAX_TEXT} characters"),
+            format!("must be at most {max} characters"),
         ));
     }
     if value.chars().any(char::is_control) {
@@ -39,7 +45,7 @@ pub fn optional_text(field: &str, value: Option<&str>) -> ApiResult<Option<Strin
             "must not contain control characters",
         ));
     }
-    Ok(Some(value.to_owned()))
+    Ok(())
 }
 
 /// An instant that must lie in the future.
@@ -122,6 +128,20 @@ pub fn metadata(field: &str, value: Option<Value>) -> ApiResult<Value> {
     Ok(value)
 }
 
+/// Longest Secrets Manager secret id accepted (an ARN or name; AWS allows 2048).
+pub const MAX_SECRET_ID: usize = 2048;
+
+/// A required Secrets Manager secret id (name or ARN): non-blank, at most [`MAX_SECRET_ID`]
+/// characters, no control characters; trimmed.
+pub fn secret_id(field: &str, value: &str) -> ApiResult<String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ApiError::invalid(field, "must not be empty"));
+    }
+    bounded(field, value, MAX_SECRET_ID)?;
+    Ok(value.to_owned())
+}
+
 /// A positive integer within `1..=max`.
 pub fn positive(field: &str, value: i64, max: i64) -> ApiResult<i64> {
     if value < 1 || value > max {
@@ -155,6 +175,10 @@ mod tests {
         assert_eq!(field(permission_name("n", "nocolon")), "n");
         assert_eq!(field(permission_name("n", "a::b")), "n");
         assert_eq!(field(metadata("md", Some(Value::Bool(true)))), "md");
+        assert_eq!(field(secret_id("s", " ")), "s");
+        assert_eq!(field(secret_id("s", "a\nb")), "s");
+        assert_eq!(field(secret_id("s", &"x".repeat(2049))), "s");
+        assert!(secret_id("s", &"x".repeat(2048)).is_ok());
     }
 
     #[test]
