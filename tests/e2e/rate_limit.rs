@@ -152,6 +152,10 @@ impl SecondProxy {
         let state = proxy::ProxyState::start(app.db.clone(), config, &pepper, redis_url)
             .await
             .unwrap();
+        // Like any instance, it reads upstream credentials (the demo route has one).
+        state.set_secret_source(std::sync::Arc::new(api::aws::SecretsManagerSource::new(
+            app.dev.aws_clients.secrets.clone(),
+        )));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = proxy::router(state.clone());
