@@ -95,6 +95,9 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
                     .foreign_keys(true)
                     .busy_timeout(SQLITE_BUSY_TIMEOUT)
                     .synchronous(SqliteSynchronous::Normal)
+                    // Statement journals (multi-row inserts inside a transaction, as the audit
+                    // writer does) in memory instead of a temp file created and deleted each time.
+                    .pragma("temp_store", "memory")
             });
     } else {
         options

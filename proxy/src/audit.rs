@@ -15,10 +15,8 @@ use aws_lc_rs::digest;
 use chrono::{DateTime, SubsecRound, Utc};
 use entity::audit_event::{self, AuditDecision, AuditEventKind};
 use sea_orm::{
-    ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    Statement, TransactionTrait,
-    prelude::Expr,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait, prelude::Expr,
 };
 use serde_json::Value;
 use tokio::{
@@ -32,6 +30,10 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// Events per database transaction.
 const BATCH_SIZE: usize = 512;
+/// A batch smaller than this waits [`LINGER`] for more events before it is written.
+const LINGER_BELOW: usize = 64;
+/// How long a small batch waits to grow: the longest an event stays unwritten for that reason.
+const LINGER: Duration = Duration::from_millis(2);
 
 /// Serialises chain appends within this process (a chain has one tail). Across processes on
 /// PostgreSQL an advisory transaction lock does the same.
@@ -127,61 +129,134 @@ impl AuditRecord {
 
 /// Appends `value` to `out` as JSON with object keys sorted, so the hash does not depend on
 /// how a database (PostgreSQL `jsonb` reorders keys) or serde_json features order them.
-fn canonical_json(value: &Value, out: &mut String) {
+fn canonical_json(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort();
-            out.push('{');
+            out.push(b'{');
             for (i, key) in keys.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
+                json_str(out, key);
+                out.push(b':');
                 canonical_json(&map[key], out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 canonical_json(item, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        scalar => out.push_str(&scalar.to_string()),
+        // The same compact writer `Value::to_string` uses, without the intermediate String.
+        scalar => json_scalar(out, scalar),
     }
+}
+
+/// Writes `value` as a JSON string (serde_json's escaping, exactly as `Value::String` prints).
+fn json_str(out: &mut Vec<u8>, value: &str) {
+    json_scalar(out, value);
+}
+
+fn json_scalar<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    // Writing strings and numbers into a Vec cannot fail; a failure would only truncate the
+    // hash input, which verification would then report as an edited row.
+    if let Err(error) = serde_json::to_writer(&mut *out, value) {
+        tracing::error!(%error, "serialising an audit field for the chain hash failed");
+    }
+}
+
+/// The canonical text of `record` after `prev_hash`, appended to `out`: `prev_hash` then the
+/// record as a JSON object with keys in sorted order. Written field by field (instead of
+/// building a `serde_json::Value` and sorting it) because the audit writer hashes every
+/// proxied request; the test `matches_the_value_based_encoding` pins the output byte for byte.
+fn chain_text(out: &mut Vec<u8>, prev_hash: &str, record: &AuditRecord) {
+    fn opt_str(out: &mut Vec<u8>, value: Option<&str>) {
+        match value {
+            Some(v) => json_str(out, v),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    fn opt_id(out: &mut Vec<u8>, value: Option<Uuid>) {
+        match value {
+            Some(id) => {
+                out.push(b'"');
+                out.extend_from_slice(
+                    id.hyphenated()
+                        .encode_lower(&mut Uuid::encode_buffer())
+                        .as_bytes(),
+                );
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    fn opt_int(out: &mut Vec<u8>, value: Option<i64>) {
+        match value {
+            Some(v) => {
+                use std::io::Write as _;
+                let _ = write!(out, "{v}");
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.extend_from_slice(prev_hash.as_bytes());
+    // Keys in byte order, as `canonical_json` sorts them.
+    out.extend_from_slice(br#"{"api_key_id":"#);
+    opt_id(out, record.api_key_id);
+    out.extend_from_slice(br#","client_ip":"#);
+    opt_str(out, record.client_ip.as_deref());
+    out.extend_from_slice(br#","decision":"#);
+    opt_str(out, record.decision.as_ref().map(decision_str));
+    out.extend_from_slice(br#","detail":"#);
+    canonical_json(&record.detail, out);
+    out.extend_from_slice(br#","grant_id":"#);
+    opt_id(out, record.grant_id);
+    out.extend_from_slice(br#","kind":"#);
+    json_str(out, audit_kind_str(&record.kind));
+    out.extend_from_slice(br#","latency_us":"#);
+    opt_int(out, record.latency_us);
+    out.extend_from_slice(br#","method":"#);
+    opt_str(out, record.method.as_deref());
+    out.extend_from_slice(br#","occurred_at":"#);
+    json_str(
+        out,
+        &record
+            .occurred_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    );
+    out.extend_from_slice(br#","path":"#);
+    opt_str(out, record.path.as_deref());
+    out.extend_from_slice(br#","principal_id":"#);
+    opt_id(out, record.principal_id);
+    out.extend_from_slice(br#","reason":"#);
+    json_str(out, &record.reason);
+    out.extend_from_slice(br#","request_id":"#);
+    opt_str(out, record.request_id.as_deref());
+    out.extend_from_slice(br#","route_id":"#);
+    opt_id(out, record.route_id);
+    out.extend_from_slice(br#","status":"#);
+    opt_int(out, record.status.map(i64::from));
+    out.push(b'}');
 }
 
 /// The chained hash of `record` after `prev_hash`.
 pub fn chain_hash(prev_hash: &str, record: &AuditRecord) -> String {
-    let opt = |v: &Option<String>| v.clone().map_or(Value::Null, Value::String);
-    let id = |v: &Option<Uuid>| v.map_or(Value::Null, |id| Value::String(id.to_string()));
-    let content = serde_json::json!({
-        "occurred_at": record.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        "kind": audit_kind_str(&record.kind),
-        "request_id": opt(&record.request_id),
-        "principal_id": id(&record.principal_id),
-        "api_key_id": id(&record.api_key_id),
-        "grant_id": id(&record.grant_id),
-        "client_ip": opt(&record.client_ip),
-        "method": opt(&record.method),
-        "path": opt(&record.path),
-        "route_id": id(&record.route_id),
-        "decision": record.decision.as_ref().map_or(Value::Null, |d| Value::String(decision_str(d).into())),
-        "reason": record.reason,
-        "status": record.status,
-        "latency_us": record.latency_us,
-        "detail": record.detail,
-    });
-    let mut text = String::with_capacity(512);
-    text.push_str(prev_hash);
-    canonical_json(&content, &mut text);
-    hex::encode(digest::digest(&digest::SHA256, text.as_bytes()))
+    chain_hash_with(&mut Vec::with_capacity(512), prev_hash, record)
+}
+
+/// [`chain_hash`] with a caller-owned scratch buffer, reused across a batch.
+fn chain_hash_with(buf: &mut Vec<u8>, prev_hash: &str, record: &AuditRecord) -> String {
+    buf.clear();
+    chain_text(buf, prev_hash, record);
+    hex::encode(digest::digest(&digest::SHA256, buf))
 }
 
 fn audit_kind_str(kind: &AuditEventKind) -> &'static str {
@@ -250,44 +325,111 @@ pub async fn append(db: &DatabaseConnection, records: &[AuditRecord]) -> Result<
         ))
         .await?;
     }
-    let mut prev = audit_event::Entity::find()
+    // Only the tail's hash: the whole row (detail JSON included) is not needed.
+    let mut prev: String = audit_event::Entity::find()
+        .select_only()
+        .column(audit_event::Column::Hash)
         .order_by_desc(audit_event::Column::Id)
+        .into_tuple()
         .one(&txn)
         .await?
-        .map_or_else(|| GENESIS.to_owned(), |row| row.hash);
-    let mut rows = Vec::with_capacity(records.len());
-    for record in records {
-        let hash = chain_hash(&prev, record);
-        rows.push(audit_event::ActiveModel {
-            id: NotSet,
-            occurred_at: Set(record.occurred_at),
-            kind: Set(record.kind),
-            request_id: Set(record.request_id.clone()),
-            principal_id: Set(record.principal_id),
-            api_key_id: Set(record.api_key_id),
-            grant_id: Set(record.grant_id),
-            client_ip: Set(record.client_ip.clone()),
-            method: Set(record.method.clone()),
-            path: Set(record.path.clone()),
-            route_id: Set(record.route_id),
-            decision: Set(record.decision),
-            reason: Set(record.reason.clone()),
-            status: Set(record.status),
-            latency_us: Set(record.latency_us),
-            detail: Set(record.detail.clone()),
-            prev_hash: Set(std::mem::replace(&mut prev, hash.clone())),
-            hash: Set(hash),
-        });
-    }
-    // Insert in chunks: SQLite limits bound parameters per statement.
-    for chunk in rows.chunks(50) {
-        audit_event::Entity::insert_many(chunk.to_vec())
-            .exec_without_returning(&txn)
-            .await?;
+        .unwrap_or_else(|| GENESIS.to_owned());
+    let backend = txn.get_database_backend();
+    let mut scratch = Vec::with_capacity(1024);
+    for chunk in records.chunks(INSERT_ROWS) {
+        let mut values = Vec::with_capacity(chunk.len() * INSERT_COLUMNS.len());
+        for record in chunk {
+            let hash = chain_hash_with(&mut scratch, &prev, record);
+            let prev_hash = std::mem::replace(&mut prev, hash.clone());
+            values.extend([
+                record.occurred_at.into(),
+                record.kind.into(),
+                record.request_id.clone().into(),
+                record.principal_id.into(),
+                record.api_key_id.into(),
+                record.grant_id.into(),
+                record.client_ip.clone().into(),
+                record.method.clone().into(),
+                record.path.clone().into(),
+                record.route_id.into(),
+                record.decision.into(),
+                record.reason.clone().into(),
+                record.status.into(),
+                record.latency_us.into(),
+                record.detail.clone().into(),
+                prev_hash.into(),
+                hash.into(),
+            ]);
+        }
+        txn.execute_raw(Statement::from_sql_and_values(
+            backend,
+            insert_sql(backend, chunk.len()),
+            values,
+        ))
+        .await?;
     }
     touch_keys(&txn, records).await?;
     count_usage(&txn, records).await?;
     txn.commit().await
+}
+
+/// Rows per INSERT statement: 50 × 17 parameters stays under SQLite's historical limit of 999.
+const INSERT_ROWS: usize = 50;
+
+/// The columns of `audit_event` the writer sets, in the order of the values it binds.
+const INSERT_COLUMNS: [&str; 17] = [
+    "occurred_at",
+    "kind",
+    "request_id",
+    "principal_id",
+    "api_key_id",
+    "grant_id",
+    "client_ip",
+    "method",
+    "path",
+    "route_id",
+    "decision",
+    "reason",
+    "status",
+    "latency_us",
+    "detail",
+    "prev_hash",
+    "hash",
+];
+
+/// `INSERT INTO audit_event (…) VALUES (…), …` for `rows` rows. Written directly rather than
+/// through SeaORM's `insert_many` (one boxed expression per cell, rebuilt for every batch);
+/// the bound values are the same `Value`s the ActiveModel would bind. The text for a given
+/// row count is always the same, so the driver's prepared-statement cache reuses it.
+fn insert_sql(backend: sea_orm::DatabaseBackend, rows: usize) -> String {
+    use std::fmt::Write as _;
+    let mut sql = String::with_capacity(256 + rows * INSERT_COLUMNS.len() * 6);
+    sql.push_str("INSERT INTO \"audit_event\" (");
+    for (i, column) in INSERT_COLUMNS.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "\"{column}\"");
+    }
+    sql.push_str(") VALUES ");
+    let mut n = 0;
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..INSERT_COLUMNS.len() {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            n += 1;
+            match backend {
+                sea_orm::DatabaseBackend::Postgres => {
+                    let _ = write!(sql, "${n}");
+                }
+                _ => sql.push('?'),
+            }
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 /// Updates `api_key.last_used_at`/`last_used_ip` once per key per batch.
@@ -471,6 +613,18 @@ async fn run(
         if received == 0 {
             return;
         }
+        if !stopping && batch.len() < LINGER_BELOW {
+            // Under moderate load events trickle in a few at a time, and every transaction
+            // rewrites the same handful of index pages in the WAL. Waiting a moment lets a
+            // batch form; senders are not held up (they only wait when the queue is full).
+            tokio::time::sleep(LINGER).await;
+            while batch.len() < BATCH_SIZE {
+                match rx.try_recv() {
+                    Ok(record) => batch.push(record),
+                    Err(_) => break,
+                }
+            }
+        }
         write_with_retry(&db, &batch).await;
         metrics::counter!("portcullis_audit_events_written_total").increment(batch.len() as u64);
         batch.clear();
@@ -495,7 +649,156 @@ async fn write_with_retry(db: &DatabaseConnection, batch: &[AuditRecord]) {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// The original encoding: build a `serde_json::Value`, then print it with keys sorted.
+    /// Rows already stored were hashed this way, so [`chain_hash`] must agree byte for byte.
+    fn value_based_hash(prev_hash: &str, record: &AuditRecord) -> String {
+        fn canonical(value: &Value, out: &mut String) {
+            match value {
+                Value::Object(map) => {
+                    let mut keys: Vec<&String> = map.keys().collect();
+                    keys.sort();
+                    out.push('{');
+                    for (i, key) in keys.into_iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        out.push_str(&Value::String(key.clone()).to_string());
+                        out.push(':');
+                        canonical(&map[key], out);
+                    }
+                    out.push('}');
+                }
+                Value::Array(items) => {
+                    out.push('[');
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        canonical(item, out);
+                    }
+                    out.push(']');
+                }
+                scalar => out.push_str(&scalar.to_string()),
+            }
+        }
+        let opt = |v: &Option<String>| v.clone().map_or(Value::Null, Value::String);
+        let id = |v: &Option<Uuid>| v.map_or(Value::Null, |id| Value::String(id.to_string()));
+        let content = serde_json::json!({
+            "occurred_at": record.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "kind": audit_kind_str(&record.kind),
+            "request_id": opt(&record.request_id),
+            "principal_id": id(&record.principal_id),
+            "api_key_id": id(&record.api_key_id),
+            "grant_id": id(&record.grant_id),
+            "client_ip": opt(&record.client_ip),
+            "method": opt(&record.method),
+            "path": opt(&record.path),
+            "route_id": id(&record.route_id),
+            "decision": record.decision.as_ref().map_or(Value::Null, |d| Value::String(decision_str(d).into())),
+            "reason": record.reason,
+            "status": record.status,
+            "latency_us": record.latency_us,
+            "detail": record.detail,
+        });
+        let mut text = String::new();
+        text.push_str(prev_hash);
+        canonical(&content, &mut text);
+        hex::encode(digest::digest(&digest::SHA256, text.as_bytes()))
+    }
+
+    fn json_leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            any::<String>().prop_map(Value::String),
+        ]
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        json_leaf().prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(any::<String>(), inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    prop_compose! {
+        fn any_record()(
+            micros in 0_i64..4_102_444_800_000_000,
+            kind in prop_oneof![
+                Just(AuditEventKind::ProxyRequest),
+                Just(AuditEventKind::Management),
+                Just(AuditEventKind::Webhook),
+            ],
+            strings in prop::collection::vec(prop::option::of(any::<String>()), 4),
+            ids in prop::collection::vec(prop::option::of(any::<u128>()), 4),
+            decision in prop::option::of(any::<bool>()),
+            reason in any::<String>(),
+            status in prop::option::of(any::<i32>()),
+            latency_us in prop::option::of(any::<i64>()),
+            detail in json_value(),
+        ) -> AuditRecord {
+            let id = |i: usize| ids[i].map(Uuid::from_u128);
+            let text = |i: usize| strings[i].clone();
+            AuditRecord {
+                occurred_at: DateTime::from_timestamp_micros(micros).unwrap_or_default(),
+                kind,
+                request_id: text(0),
+                principal_id: id(0),
+                api_key_id: id(1),
+                grant_id: id(2),
+                client_ip: text(1),
+                method: text(2),
+                path: text(3),
+                route_id: id(3),
+                decision: decision.map(|d| if d { AuditDecision::Allow } else { AuditDecision::Deny }),
+                reason,
+                status,
+                latency_us,
+                detail,
+                permission_id: None,
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn matches_the_value_based_encoding(record in any_record(), prev in "[0-9a-f]{64}") {
+            prop_assert_eq!(chain_hash(&prev, &record), value_based_hash(&prev, &record));
+        }
+    }
+
+    #[test]
+    fn a_typical_proxy_record_hashes_as_before() {
+        let mut record = AuditRecord::new(AuditEventKind::ProxyRequest, "allowed_by_binding");
+        record.request_id = Some("0193a0f4-1c1e-7000-8000-000000000001".into());
+        record.principal_id = Some(Uuid::from_u128(1));
+        record.api_key_id = Some(Uuid::from_u128(2));
+        record.client_ip = Some("127.0.0.1".into());
+        record.method = Some("GET".into());
+        record.path = Some("/demo/x\"\u{1}é".into());
+        record.route_id = Some(Uuid::from_u128(3));
+        record.decision = Some(AuditDecision::Allow);
+        record.status = Some(200);
+        record.latency_us = Some(87);
+        let mut buf = Vec::new();
+        for prev in [GENESIS, &"a".repeat(64)] {
+            assert_eq!(
+                chain_hash_with(&mut buf, prev, &record),
+                value_based_hash(prev, &record)
+            );
+        }
+    }
 
     #[test]
     fn the_hash_ignores_json_key_order_but_not_content() {
