@@ -300,7 +300,7 @@ async fn rate_limit(
         .or(route.rate_limit)
         .unwrap_or_else(|| state.config.default_rate_limit());
     let limit = ratelimit::effective_limit(base, &snapshot.rate_limit_overrides, &subject, now);
-    let decision = state.ratelimit.check(&subject.bucket_key(), limit).await;
+    let decision = state.ratelimit.check_subject(&subject, limit).await;
     *rate = Some(decision);
     if decision.allowed {
         return Ok(());

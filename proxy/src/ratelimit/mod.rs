@@ -26,10 +26,10 @@
 //! while ours varies per key and route at run time (and changes when an override lands). The
 //! state is one `AtomicU64` TAT per bucket in 64 shards of `RwLock<HashMap>`; a check on an
 //! existing bucket is a clock read, a cheap seeded spread to pick the shard, a shard read lock,
-//! the map's SipHash lookup and a compare-and-swap. `tests::local_check_cost` measured
-//! ≈ 105–125 ns of CPU per check with up to 10,000 live buckets on a busy 2-core machine (of
-//! which the clock ≈ 35 ns and SipHash of a 76-byte key ≈ 38 ns), ≈ 0.5 µs with 100,000 (cache
-//! misses).
+//! the map's SipHash lookup and a compare-and-swap. The pipeline keys buckets by a 33-byte
+//! binary [`LocalKey`] rather than the 76-byte text [`bucket_key`] (which Redis still uses):
+//! SipHash over the text alone cost ≈ 38 ns. See BENCHMARKS.md for the measured cost
+//! (`tests::local_check_cost`).
 //!
 //! Memory stays bounded without a background task: a bucket whose TAT has passed is full,
 //! which is exactly the state of an absent bucket, so idle buckets are dropped losslessly
@@ -226,6 +226,35 @@ impl Subject {
             self.client_ip,
         )
     }
+
+    /// The in-process bucket; see [`LocalKey`].
+    pub fn local_key(&self) -> LocalKey {
+        let (tag, id): (u8, u128) = match (self.key_id, self.principal_id) {
+            (Some(key), _) => (b'k', key.as_u128()),
+            (None, Some(principal)) => (b'p', principal.as_u128()),
+            (None, None) => match self.client_ip {
+                IpAddr::V4(v4) => (b'4', u128::from(u32::from(v4))),
+                IpAddr::V6(v6) => (b'6', u128::from(v6) & !((1u128 << 64) - 1)),
+            },
+        };
+        let mut key = [0_u8; 33];
+        key[..16].copy_from_slice(self.route_id.as_bytes());
+        key[16] = tag;
+        key[17..].copy_from_slice(&id.to_be_bytes());
+        LocalKey(key)
+    }
+}
+
+/// The bucket of a [`Subject`] in the in-process limiter: the same identity as
+/// [`bucket_key`] in 33 bytes on the stack (route id, a tag, then the key, principal or
+/// address), so a check neither allocates nor hashes a 76-byte string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalKey([u8; 33]);
+
+impl AsRef<[u8]> for LocalKey {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// The bucket a request is counted in: per API key (or principal without a key, or client IP
@@ -339,6 +368,16 @@ impl RateLimiter {
         redis.fallbacks.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("portcullis_ratelimit_redis_fallback_total").increment(1);
         self.local.check(key, limit)
+    }
+
+    /// [`Self::check`] for `subject`'s bucket. Without Redis the bucket is its compact
+    /// [`LocalKey`]; with Redis it is the text [`bucket_key`] (also for the local fallback, so
+    /// both use one key space).
+    pub async fn check_subject(&self, subject: &Subject, limit: Limit) -> RateDecision {
+        match &self.redis {
+            None => self.local.check(subject.local_key(), limit),
+            Some(_) => self.check(&subject.bucket_key(), limit).await,
+        }
     }
 
     /// Whether budgets are shared through Redis.

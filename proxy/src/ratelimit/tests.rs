@@ -111,7 +111,7 @@ async fn idle_buckets_are_evicted_without_changing_decisions() {
     let limiter = LocalLimiter::new();
     let limit = per_second_burst_3();
     for i in 0..100 {
-        limiter.check(&format!("k{i}"), limit);
+        limiter.check(format!("k{i}"), limit);
     }
     limiter.check("busy", limit);
     limiter.check("busy", limit);
@@ -134,12 +134,12 @@ async fn memory_stays_bounded_without_explicit_eviction() {
     let limiter = LocalLimiter::new();
     let limit = Limit::new(60, 1);
     for i in 0..100_000 {
-        limiter.check(&format!("old{i}"), limit);
+        limiter.check(format!("old{i}"), limit);
     }
     assert_eq!(limiter.len(), 100_000);
     advance(2 * SECOND).await;
     for i in 0..100_000 {
-        limiter.check(&format!("new{i}"), limit);
+        limiter.check(format!("new{i}"), limit);
     }
     assert_eq!(
         limiter.len(),
@@ -218,6 +218,61 @@ fn bucket_keys_prefer_the_key_then_the_principal_then_the_address() {
         bucket_key(route, None, None, ip("10.0.0.1")),
         format!("{route}:ip:10.0.0.1")
     );
+}
+
+/// The binary in-process key separates and groups exactly what the text key does.
+#[test]
+fn local_keys_identify_the_same_buckets_as_text_keys() {
+    let subject = |route: u128, principal: Option<u128>, key: Option<u128>, addr: &str| Subject {
+        route_id: Uuid::from_u128(route),
+        principal_id: principal.map(Uuid::from_u128),
+        key_id: key.map(Uuid::from_u128),
+        client_ip: ip(addr),
+    };
+    let subjects = [
+        subject(0, Some(1), Some(2), "2001:db8::7"),
+        subject(0, Some(9), Some(2), "10.0.0.1"),
+        subject(0, Some(1), Some(3), "2001:db8::7"),
+        subject(1, Some(1), Some(2), "2001:db8::7"),
+        subject(0, Some(1), None, "2001:db8::7"),
+        subject(0, Some(2), None, "2001:db8::7"),
+        subject(0, None, None, "2001:db8::7"),
+        subject(0, None, None, "2001:db8::ffff:1"),
+        subject(0, None, None, "2001:db8:0:1::7"),
+        subject(0, None, None, "10.0.0.1"),
+        subject(0, None, None, "10.0.0.2"),
+        subject(0, None, None, "::a00:1"),
+        subject(0, None, None, "::ffff:10.0.0.1"),
+    ];
+    for a in &subjects {
+        for b in &subjects {
+            assert_eq!(
+                a.local_key() == b.local_key(),
+                a.bucket_key() == b.bucket_key(),
+                "{a:?} vs {b:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn check_subject_counts_in_one_bucket_per_subject() {
+    let limiter = RateLimiter::local();
+    let limit = Limit::new(1, 2);
+    let a = Subject {
+        route_id: Uuid::from_u128(1),
+        principal_id: Some(Uuid::from_u128(2)),
+        key_id: Some(Uuid::from_u128(3)),
+        client_ip: ip("10.0.0.1"),
+    };
+    let b = Subject {
+        key_id: Some(Uuid::from_u128(4)),
+        ..a
+    };
+    assert!(limiter.check_subject(&a, limit).await.allowed);
+    assert!(limiter.check_subject(&a, limit).await.allowed);
+    assert!(!limiter.check_subject(&a, limit).await.allowed);
+    assert!(limiter.check_subject(&b, limit).await.allowed);
 }
 
 #[test]
@@ -345,21 +400,44 @@ fn local_check_cost() {
     }
     let limit = Limit::new(u32::MAX, 1_000);
     for buckets in [1, 1_000, 10_000, 100_000] {
-        let limiter = LocalLimiter::new();
-        let keys: Vec<String> = (0..buckets)
-            .map(|i| bucket_key(Uuid::now_v7(), None, Some(Uuid::from_u128(i)), ip("::1")))
+        let route = Uuid::now_v7();
+        let subjects: Vec<Subject> = (0..buckets)
+            .map(|i| Subject {
+                route_id: route,
+                principal_id: None,
+                key_id: Some(Uuid::from_u128(i)),
+                client_ip: ip("::1"),
+            })
             .collect();
-        for key in &keys {
-            limiter.check(key, limit);
+        // What the pipeline does (binary key built per check), then the old text key.
+        let binary = |s: &Subject| -> Vec<u8> { s.local_key().as_ref().to_vec() };
+        for (label, make) in [
+            ("binary key", &binary as &dyn Fn(&Subject) -> Vec<u8>),
+            ("text key", &|s: &Subject| s.bucket_key().into_bytes()),
+        ] {
+            let limiter = LocalLimiter::new();
+            let keys: Vec<Vec<u8>> = subjects.iter().map(make).collect();
+            for key in &keys {
+                limiter.check(key, limit);
+            }
+            let checks = 10_000_000 / keys.len() * keys.len();
+            let (wall, cpu) = (std::time::Instant::now(), cpu_time());
+            if label == "binary key" {
+                for subject in subjects.iter().cycle().take(checks) {
+                    let key = std::hint::black_box(subject).local_key();
+                    std::hint::black_box(limiter.check(key, limit));
+                }
+            } else {
+                for key in keys.iter().cycle().take(checks) {
+                    std::hint::black_box(limiter.check(std::hint::black_box(key), limit));
+                }
+            }
+            let wall = wall.elapsed() / checks as u32;
+            let cpu = cpu_time().saturating_sub(cpu) / checks as u32;
+            println!(
+                "local check on a hit, {label}, {buckets:>6} buckets: {wall:?} wall, {cpu:?} CPU"
+            );
         }
-        let checks = 10_000_000 / keys.len() * keys.len();
-        let (wall, cpu) = (std::time::Instant::now(), cpu_time());
-        for key in keys.iter().cycle().take(checks) {
-            std::hint::black_box(limiter.check(std::hint::black_box(key), limit));
-        }
-        let wall = wall.elapsed() / checks as u32;
-        let cpu = cpu_time().saturating_sub(cpu) / checks as u32;
-        println!("local check on a hit, {buckets:>6} buckets: {wall:?} wall, {cpu:?} CPU");
     }
 }
 
