@@ -51,6 +51,13 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr().ok();
+    // Every response is a single small write; without TCP_NODELAY, Nagle's algorithm holds
+    // it back while an earlier segment is unacknowledged (delayed ACKs: up to 40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),

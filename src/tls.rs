@@ -68,6 +68,10 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // As for plain listeners (`serve::serve`): no Nagle delay on small responses.
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%error, "cannot set TCP_NODELAY");
+                }
                 let acceptor = acceptor.clone();
                 let handed_over = tx.clone();
                 tokio::spawn(async move {
