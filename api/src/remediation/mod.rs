@@ -257,7 +257,8 @@ impl Engine {
 
     /// One pass of everything the background loops do, for environments without timers (a
     /// Lambda invoked by an EventBridge schedule): due scheduled work, new security events,
-    /// due runs until none is left or `budget` passes, then one outbox dispatch.
+    /// due runs until none is due or `budget` passes (a run in backoff waits for the next
+    /// pass), then one outbox dispatch.
     pub async fn tick(&self, budget: Duration) -> Result<TickReport, DbErr> {
         let started = std::time::Instant::now();
         let rotations = match runs::sweep_scheduled_rotations(self).await {
@@ -270,7 +271,7 @@ impl Engine {
         };
         let scheduled = schedule::fire_due(self, &mut schedule::Planned::default()).await?;
         let triggered = triggers::process_security_events(self).await?;
-        let steps = worker::work_until_idle(self, budget.saturating_sub(started.elapsed())).await?;
+        let steps = worker::work_while_due(self, budget.saturating_sub(started.elapsed())).await?;
         let notifications = self.dispatcher().dispatch_once().await?;
         Ok(TickReport {
             scheduled_rotations: rotations,

@@ -67,7 +67,23 @@ pub async fn work_once(
     Ok(executed)
 }
 
-/// Runs [`work_once`] until no run is due (or `limit` passes); for tests and the CLI.
+/// Runs [`work_once`] while it finds due work (or until `limit` passes). A run waiting for its
+/// backoff is left for a later call: a scheduled Lambda invocation must not spend its time
+/// sleeping through another run's retry delay.
+pub async fn work_while_due(engine: &Engine, limit: Duration) -> Result<usize, DbErr> {
+    let started = std::time::Instant::now();
+    let mut total = 0;
+    while started.elapsed() < limit {
+        let executed = work_once(engine, usize::MAX, None).await?;
+        if executed == 0 {
+            break;
+        }
+        total += executed;
+    }
+    Ok(total)
+}
+
+/// Runs [`work_once`] until no run is open (or `limit` passes); for tests and the CLI.
 pub async fn work_until_idle(engine: &Engine, limit: Duration) -> Result<usize, DbErr> {
     let started = std::time::Instant::now();
     let mut total = 0;
