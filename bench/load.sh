@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 RATES=("${@:-1000 5000 10000}")
 read -r -a RATES <<<"${RATES[*]}"
 DURATION=${DURATION:-10s}
-BIN=target/release/portcullis
+BIN=${BIN:-target/release/portcullis}  # another build to compare: BIN=path bench/load.sh
 WORK=$(mktemp -d /tmp/portcullis-bench.XXXXXX)
 UPSTREAM=127.0.0.1:19001 NGINX=127.0.0.1:19002 PROXY=127.0.0.1:19080
 # The system under test runs on core 1; the upstream and the load generator on core 0.
@@ -53,23 +53,32 @@ for _ in $(seq 1 100); do curl -fs 127.0.0.1:19090/healthz >/dev/null 2>&1 && br
 kill -TERM $DEV; wait $DEV || true
 KEY=$(cat "$WORK/data/admin-key")
 # Point the demo route at the nginx upstream and lift the key's rate limit (we measure the
-# pipeline, not the limiter refusing requests).
+# pipeline, not the limiter refusing requests). The dev stack's demo route injects a
+# credential from its mocked Secrets Manager, which a standalone `portcullis proxy` cannot
+# read; the nginx upstream needs none, so the route drops it.
 python3 - "$WORK/data/portcullis.db" "$UPSTREAM" <<'PY'
 import sqlite3, sys, datetime
 db = sqlite3.connect(sys.argv[1])
 now = datetime.datetime.now(datetime.timezone.utc).isoformat()
-db.execute("UPDATE route SET upstream_url = ? WHERE name = 'demo'", ("http://" + sys.argv[2],))
+db.execute("UPDATE route SET upstream_url = ?, upstream_credential_secret_id = NULL, "
+           "upstream_credential_header = NULL WHERE name = 'demo'", ("http://" + sys.argv[2],))
 db.execute("UPDATE api_key SET rate_limit_per_minute = 1000000000, rate_limit_burst = 10000000")
 db.commit()
 PY
 
 START_NS=$(date +%s%N)
 PORTCULLIS_PROXY_ADDR=$PROXY taskset -c $SUT_CPU "$BIN" proxy >"$WORK/proxy.log" 2>&1 & PROXY_PID=$!; PIDS+=($PROXY_PID)
-until curl -fs -o /dev/null -H "x-api-key: $KEY" "http://$PROXY/demo/"; do sleep 0.005; done
+for i in $(seq 1 2000); do
+  curl -fs -o /dev/null -H "x-api-key: $KEY" "http://$PROXY/demo/" && break
+  [ "$i" = 2000 ] && { echo "portcullis never answered 200; the end of its log:" >&2; tail -5 "$WORK/proxy.log" >&2; exit 1; }
+  sleep 0.005
+done
 FIRST_MS=$(( ($(date +%s%N) - START_NS) / 1000000 ))
 for _ in $(seq 1 50); do curl -fs -o /dev/null "http://$UPSTREAM/" && curl -fs -o /dev/null "http://$NGINX/" && break; sleep 0.1; done
 sleep 1
-rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$PROXY_PID/status"; }
+# Total, then how much of it is heap and stacks (anonymous) vs mapped code and data (file).
+rss() { awk '/VmRSS/ {t=$2} /RssAnon/ {a=$2} /RssFile/ {f=$2}
+  END {printf "%.1f MiB (anonymous %.1f, file %.1f)", t/1024, a/1024, f/1024}' "/proc/$PROXY_PID/status"; }
 RSS_IDLE=$(rss)
 
 # --- measurements ---------------------------------------------------------------------
