@@ -80,7 +80,8 @@ pub struct Model {
     pub detail: Json,
     /// `hash` of the previous event; the first event links to a fixed genesis value.
     pub prev_hash: String,
-    /// Hex hash of this event chained to `prev_hash`; unique (`uq_audit_event_hash`).
+    /// Hex hash of this event chained to `prev_hash` (not indexed: nothing looks rows up by
+    /// hash, and an index on a random value costs a page write per audited request).
     pub hash: String,
 }
 

@@ -31,6 +31,7 @@ mod m20261122_000004_audit_security_and_usage;
 mod m20261122_000005_reviews_and_grants;
 mod m20261122_000006_remediation_outbox_and_sns;
 mod m20261122_000007_policy_change_notify;
+mod m20261122_000008_audit_hash_not_indexed;
 #[cfg(feature = "test-util")]
 pub mod testing;
 mod util;
@@ -49,6 +50,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000005_reviews_and_grants::Migration),
             Box::new(m20261122_000006_remediation_outbox_and_sns::Migration),
             Box::new(m20261122_000007_policy_change_notify::Migration),
+            Box::new(m20261122_000008_audit_hash_not_indexed::Migration),
         ]
     }
 }
