@@ -5,7 +5,7 @@ use std::{
     collections::VecDeque,
     net::SocketAddr,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -25,14 +25,16 @@ use entity::{
 };
 use migration::testing::TestDatabase;
 use proxy::keys::KeyHasher;
-use sea_orm::{ActiveModelTrait, DatabaseConnection, EntityTrait, Set};
+use sea_orm::{ActiveModelTrait, DatabaseConnection, EntityTrait};
 use secrecy::SecretSlice;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
 use crate::{
-    remediation_support::{TOPIC, insert_key, key_in, keys_of, seed_managed_secret},
+    remediation_support::{
+        insert_event, insert_key, key_in, keys_of, seed_managed_secret, worker_command,
+    },
     support::{TEST_PEPPER_HEX, for_each_backend},
 };
 
@@ -162,24 +164,11 @@ impl Stack {
         let runtime = FakeRuntime::start().await;
         let data = tempfile::tempdir().unwrap();
         let log = data.path().join("worker.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .arg("worker")
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("DATABASE_URL", &database.url)
-            .env("PORTCULLIS_DATA_DIR", data.path())
-            .env("PORTCULLIS_KEY_PEPPER", TEST_PEPPER_HEX)
-            .env("PORTCULLIS_TOKEN_SIGNING_KEY", TEST_PEPPER_HEX)
-            .env("PORTCULLIS_API__NOTIFY_TOPIC_ARN", TOPIC)
+        let child = worker_command(&database.url, data.path(), &aws)
             .env(
                 "PORTCULLIS_API__REMEDIATION__ROTATION_GRACE_SECS",
                 GRACE_SECS.to_string(),
             )
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_ENDPOINT_URL_SNS", aws.sns_endpoint())
-            .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", aws.secrets_endpoint())
             .env("AWS_LAMBDA_RUNTIME_API", runtime.addr.to_string())
             .env("AWS_LAMBDA_FUNCTION_NAME", "portcullis-worker")
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
@@ -370,26 +359,15 @@ async fn a_scheduled_event_runs_the_playbook_for_a_pending_security_event() {
         // Arrange: a failed-auth burst recorded by a proxy, not handled yet.
         let mut stack = Stack::start(database).await;
         let db = stack.database.conn.clone();
-        let id = Uuid::now_v7();
-        let now = Utc::now();
-        security_event::ActiveModel {
-            id: Set(id),
-            kind: Set("failed_auth_burst".into()),
-            severity: Set(Severity::High),
-            occurred_at: Set(now),
-            principal_id: Set(None),
-            api_key_id: Set(None),
-            client_ip: Set(Some("198.51.100.23".into())),
-            route_id: Set(None),
-            fingerprint: Set(format!("failed_auth_burst:ip:198.51.100.23:{id}")),
-            detail: Set(json!({ "failures": 25 })),
-            status: Set(SecurityEventStatus::New),
-            handled_by_run_id: Set(None),
-            created_at: Set(now),
-        }
-        .insert(&db)
-        .await
-        .unwrap();
+        let id = insert_event(
+            &db,
+            "failed_auth_burst",
+            Severity::High,
+            None,
+            None,
+            Some("198.51.100.23"),
+        )
+        .await;
 
         // Act: EventBridge's schedule fires.
         let outcome = stack.invoke(scheduled_event()).await;

@@ -18,41 +18,11 @@ use uuid::Uuid;
 
 use crate::{
     remediation_support::{
-        Fixture, fast_config, insert_binding, insert_grant, key_in, seed_managed_secret, steps_of,
+        Fixture, fast_config, insert_binding, insert_event, insert_grant, key_in,
+        seed_managed_secret, steps_of,
     },
     support::{TestApp, eventually, for_each_backend},
 };
-
-async fn insert_event(
-    db: &DatabaseConnection,
-    kind: &str,
-    severity: Severity,
-    principal_id: Option<Uuid>,
-    api_key_id: Option<Uuid>,
-    client_ip: Option<&str>,
-) -> Uuid {
-    let id = Uuid::now_v7();
-    let now = Utc::now();
-    security_event::ActiveModel {
-        id: Set(id),
-        kind: Set(kind.to_owned()),
-        severity: Set(severity),
-        occurred_at: Set(now),
-        principal_id: Set(principal_id),
-        api_key_id: Set(api_key_id),
-        client_ip: Set(client_ip.map(str::to_owned)),
-        route_id: Set(None),
-        fingerprint: Set(format!("{kind}:{id}")),
-        detail: Set(json!({})),
-        status: Set(SecurityEventStatus::New),
-        handled_by_run_id: Set(None),
-        created_at: Set(now),
-    }
-    .insert(db)
-    .await
-    .unwrap();
-    id
-}
 
 async fn event(db: &DatabaseConnection, id: Uuid) -> security_event::Model {
     security_event::Entity::find_by_id(id)

@@ -1,7 +1,7 @@
 //! Fixtures for the remediation, rotation and outbox tests: a migrated database, the
 //! wiremock-backed AWS mocks (`DevAws`) and an engine over the real AWS SDK pointed at them.
 
-use std::time::Duration;
+use std::{path::Path, process::Command, time::Duration};
 
 use api::{
     aws::{
@@ -15,6 +15,7 @@ use entity::{
     managed_secret::{self, ManagedSecretKind},
     principal::{self, PrincipalKind},
     remediation_step,
+    security_event::{self, SecurityEventStatus, Severity},
 };
 use migration::testing::TestDatabase;
 use proxy::keys::{KeyHasher, PlainToken, TokenEnv, TokenKind};
@@ -27,6 +28,61 @@ use uuid::Uuid;
 use wiremock::{Mock, ResponseTemplate, matchers::header};
 
 use crate::support::TEST_PEPPER_HEX;
+
+/// `portcullis worker` (the real binary) against `database_url` and the AWS mocks, with the
+/// test pepper and [`TOPIC`] and nothing else from this process's environment; callers add
+/// their own settings and spawn it.
+pub fn worker_command(database_url: &str, data_dir: &Path, aws: &DevAws) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    command
+        .arg("worker")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("DATABASE_URL", database_url)
+        .env("PORTCULLIS_DATA_DIR", data_dir)
+        .env("PORTCULLIS_KEY_PEPPER", TEST_PEPPER_HEX)
+        .env("PORTCULLIS_TOKEN_SIGNING_KEY", TEST_PEPPER_HEX)
+        .env("PORTCULLIS_API__NOTIFY_TOPIC_ARN", TOPIC)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_ENDPOINT_URL_SNS", aws.sns_endpoint())
+        .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", aws.secrets_endpoint());
+    command
+}
+
+/// A new (unhandled) security event, as a proxy's detector or the SNS webhook records it;
+/// returns its id.
+pub async fn insert_event(
+    db: &DatabaseConnection,
+    kind: &str,
+    severity: Severity,
+    principal_id: Option<Uuid>,
+    api_key_id: Option<Uuid>,
+    client_ip: Option<&str>,
+) -> Uuid {
+    let id = Uuid::now_v7();
+    let now = Utc::now();
+    security_event::ActiveModel {
+        id: Set(id),
+        kind: Set(kind.to_owned()),
+        severity: Set(severity),
+        occurred_at: Set(now),
+        principal_id: Set(principal_id),
+        api_key_id: Set(api_key_id),
+        client_ip: Set(client_ip.map(str::to_owned)),
+        route_id: Set(None),
+        fingerprint: Set(format!("{kind}:{id}")),
+        detail: Set(json!({})),
+        status: Set(SecurityEventStatus::New),
+        handled_by_run_id: Set(None),
+        created_at: Set(now),
+    }
+    .insert(db)
+    .await
+    .unwrap();
+    id
+}
 
 /// The topic notifications go to in these tests.
 pub const TOPIC: &str = "arn:aws:sns:us-east-1:000000000000:portcullis-test";
