@@ -17,10 +17,7 @@ use super::{
     routes, validate,
 };
 use crate::{
-    aws::{
-        error::AwsError,
-        secrets::{SecretStore, VersionStages},
-    },
+    aws::{error::AwsError, secrets::VersionStages},
     graphql::error::{ApiError, ApiResult, DbResultExt},
 };
 
@@ -50,11 +47,6 @@ pub struct NewManagedSecret {
 pub struct ManagedSecretPatch {
     /// New scheduled rotation period.
     pub rotation_interval_days: Option<Option<i32>>,
-}
-
-/// The secret store of this process's remediation engine, if it runs one.
-fn store(services: &ServiceContext) -> Option<&dyn SecretStore> {
-    services.remediation.as_ref().map(|engine| engine.secrets())
 }
 
 fn interval(days: Option<i32>) -> ApiResult<Option<i32>> {
@@ -107,7 +99,7 @@ pub async fn register(
     if let Some(route_id) = input.route_id {
         routes::get(db, route_id).await?;
     }
-    if let Some(store) = store(services) {
+    if let Some(store) = services.remediation.as_ref().map(|engine| engine.secrets()) {
         // A typo here would only surface at the first rotation, as a failed run.
         store
             .describe_stages(&secret_id)
@@ -211,14 +203,9 @@ pub async fn list(
 /// The versions of `secret_id` and their staging labels, live from Secrets Manager
 /// (`DescribeSecret`, which returns no value).
 pub async fn versions(services: &ServiceContext, secret_id: &str) -> ApiResult<VersionStages> {
-    let store = store(services).ok_or_else(|| {
-        ApiError::Unavailable(
-            "Secrets Manager is not configured on this server (run `portcullis dev`, or the API \
-             with a remediation engine)"
-                .into(),
-        )
-    })?;
-    store
+    services
+        .engine()?
+        .secrets()
         .describe_stages(secret_id)
         .await
         .map_err(|error: AwsError| match error.code.as_str() {

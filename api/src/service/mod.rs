@@ -39,3 +39,17 @@ pub struct ServiceContext {
     /// the remediation mutations answer `UNAVAILABLE`.
     pub remediation: Option<crate::remediation::Engine>,
 }
+
+impl ServiceContext {
+    /// The remediation engine (and with it the secret store), or `UNAVAILABLE` when this
+    /// process runs none.
+    pub fn engine(&self) -> crate::graphql::error::ApiResult<&crate::remediation::Engine> {
+        self.remediation.as_ref().ok_or_else(|| {
+            crate::graphql::error::ApiError::Unavailable(
+                "remediation and Secrets Manager are not available on this server (run \
+                 `portcullis dev`, or the API with a remediation engine)"
+                    .into(),
+            )
+        })
+    }
+}

@@ -22,7 +22,7 @@ use super::{
 use crate::{
     graphql::error::{ApiError, ApiResult, DbResultExt},
     remediation::{
-        self, Engine, RemediationError,
+        self, RemediationError,
         playbook::{self, ActionTemplate, Diagnose, NotifySpec, Trigger},
     },
 };
@@ -296,24 +296,13 @@ impl From<RemediationError> for ApiError {
     }
 }
 
-/// The remediation engine, or `UNAVAILABLE` when this process runs none.
-fn engine(services: &ServiceContext) -> ApiResult<&Engine> {
-    services.remediation.as_ref().ok_or_else(|| {
-        ApiError::Unavailable(
-            "remediation is not available on this server (run `portcullis dev`, or the API with \
-             a remediation engine)"
-                .into(),
-        )
-    })
-}
-
 /// `reportLeakedKey`: one new run per report.
 pub async fn report_leaked_key(
     services: &ServiceContext,
     key_id: Uuid,
 ) -> ApiResult<remediation_run::Model> {
     let request_id = Uuid::now_v7().to_string();
-    Ok(remediation::report_leaked_key(engine(services)?, key_id, &request_id).await?)
+    Ok(remediation::report_leaked_key(services.engine()?, key_id, &request_id).await?)
 }
 
 /// `rotateSecret`: one new rotation run per request.
@@ -322,7 +311,7 @@ pub async fn rotate_secret(
     secret_id: &str,
 ) -> ApiResult<remediation_run::Model> {
     let request_id = Uuid::now_v7().to_string();
-    Ok(remediation::rotate_secret(engine(services)?, secret_id, &request_id).await?)
+    Ok(remediation::rotate_secret(services.engine()?, secret_id, &request_id).await?)
 }
 
 /// `retryRemediationRun`.
@@ -330,5 +319,5 @@ pub async fn retry_run(
     services: &ServiceContext,
     run_id: Uuid,
 ) -> ApiResult<remediation_run::Model> {
-    Ok(remediation::retry_run(engine(services)?, run_id).await?)
+    Ok(remediation::retry_run(services.engine()?, run_id).await?)
 }
