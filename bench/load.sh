@@ -14,7 +14,9 @@ read -r -a RATES <<<"${RATES[*]}"
 DURATION=${DURATION:-10s}
 BIN=${BIN:-target/release/portcullis}  # another build to compare: BIN=path bench/load.sh
 WORK=$(mktemp -d /tmp/portcullis-bench.XXXXXX)
-UPSTREAM=127.0.0.1:19001 NGINX=127.0.0.1:19002 PROXY=127.0.0.1:19080
+UPSTREAM=127.0.0.1:19001 NGINX=127.0.0.1:19002 BARE=127.0.0.1:19003 PROXY=127.0.0.1:19080
+# The floor: the same hyper server, client and runtime with no pipeline (proxy/examples).
+BARE_BIN=${BARE_BIN:-target/release/examples/bare_proxy}
 # The system under test runs on core 1; the upstream and the load generator on core 0.
 SUT_CPU=1 LOAD_CPU=0
 PIDS=()
@@ -42,6 +44,14 @@ http { access_log off; keepalive_requests 1000000;
 CONF
 taskset -c $LOAD_CPU nginx -c "$WORK/upstream.conf" -p "$WORK" & PIDS+=($!)
 taskset -c $SUT_CPU nginx -c "$WORK/nginx.conf" -p "$WORK" & PIDS+=($!)
+TARGETS=(direct nginx)
+if [ -x "$BARE_BIN" ]; then
+  taskset -c $SUT_CPU "$BARE_BIN" "$BARE" "$UPSTREAM" & PIDS+=($!)
+  TARGETS+=(bare-hyper)
+else
+  echo "(no $BARE_BIN: cargo build --release -p proxy --example bare_proxy to compare with it)" >&2
+fi
+TARGETS+=(portcullis)
 
 # --- Portcullis: seed a database with `dev`, then run `portcullis proxy` alone ------------
 export PORTCULLIS_DATA_DIR="$WORK/data" PORTCULLIS_LOG=warn
@@ -100,10 +110,11 @@ print("%8.0f req/s  p50 %7.0f us  p99 %7.0f us  p99.9 %7.0f us  ok %5.1f%%" % (
 
 printf '\n%-12s %-8s %s\n' target rate result
 for rate in "${RATES[@]}" max; do
-  for target in direct nginx portcullis; do
+  for target in "${TARGETS[@]}"; do
     case $target in
       direct) url="http://$UPSTREAM/demo/x" ;;
       nginx) url="http://$NGINX/demo/x" ;;
+      bare-hyper) url="http://$BARE/demo/x" ;;
       portcullis) url="http://$PROXY/demo/x" ;;
     esac
     printf '%-12s %-8s %s\n' "$target" "$rate" "$(run_oha "$url" "$rate" | summary)"

@@ -34,6 +34,7 @@ pub use crate::{config::ProxyConfig, state::ProxyState};
 /// Serve it with `into_make_service_with_connect_info::<SocketAddr>()`: the client address
 /// comes from the socket.
 pub fn router(state: ProxyState) -> Router {
-    let router = Router::new().fallback(pipeline::handle).with_state(state);
-    request_id::layer(router, "proxy")
+    // Request ids and the request span are handled inside the pipeline (`request_id::assign`)
+    // rather than by `request_id::layer`: no tower layers on the hot path.
+    Router::new().fallback(pipeline::handle).with_state(state)
 }

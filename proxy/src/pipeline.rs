@@ -18,6 +18,7 @@ use chrono::Utc;
 use entity::audit_event::{AuditDecision, AuditEventKind};
 use http::{HeaderMap, header};
 use ipnet::IpNet;
+use tracing::Instrument;
 
 use crate::{
     audit::AuditRecord,
@@ -37,15 +38,27 @@ use crate::{
 pub async fn handle(
     State(state): State<ProxyState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
+    mut request: Request,
 ) -> Response {
     let started = Instant::now();
-    let request_id = request_id::of(&request).unwrap_or("-").to_owned();
+    let request_id_header = request_id::assign(request.headers_mut());
+    let request_id = request_id_header.to_str().unwrap_or("-").to_owned();
+    let span = tracing::info_span!(
+        "request",
+        service = "proxy",
+        request_id = %request_id,
+        method = %request.method(),
+        // The raw target may carry secrets in the query string: log the path only.
+        path = %request.uri().path(),
+    );
     let mut audit = AuditRecord::new(AuditEventKind::ProxyRequest, "");
     audit.request_id = Some(request_id.clone());
     audit.method = Some(request.method().as_str().to_owned());
     let mut rate = None;
-    let response = match run(&state, peer, request, &mut audit, &mut rate).await {
+    let outcome = run(&state, peer, request, &mut audit, &mut rate)
+        .instrument(span.clone())
+        .await;
+    let mut response = match outcome {
         Ok(mut response) => {
             audit.decision = Some(AuditDecision::Allow);
             if let Some(rate) = &rate {
@@ -66,8 +79,17 @@ pub async fn handle(
             rescue(&error, &request_id)
         }
     };
+    response
+        .headers_mut()
+        .insert(request_id::REQUEST_ID.clone(), request_id_header);
     audit.status = Some(i32::from(response.status().as_u16()));
     audit.latency_us = Some(started.elapsed().as_micros() as i64);
+    tracing::info!(
+        parent: &span,
+        status = response.status().as_u16(),
+        latency_us = audit.latency_us,
+        "finished processing request"
+    );
     metrics::counter!(
         "portcullis_proxy_requests_total",
         "decision" => if audit.decision == Some(AuditDecision::Allow) { "allow" } else { "deny" },

@@ -5,7 +5,7 @@
 //! response and recorded on the request's tracing span.
 
 use axum::{Router, http::HeaderValue};
-use http::{HeaderName, Request};
+use http::{HeaderMap, HeaderName, Request};
 use tower_http::{
     request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
     trace::{DefaultOnResponse, TraceLayer},
@@ -21,10 +21,30 @@ pub struct MakeUuidV7;
 
 impl MakeRequestId for MakeUuidV7 {
     fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
-        HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
-            .ok()
-            .map(RequestId::new)
+        fresh().map(RequestId::new)
     }
+}
+
+/// A new UUIDv7 id.
+fn fresh() -> Option<HeaderValue> {
+    let mut buf = uuid::Uuid::encode_buffer();
+    let text = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(text).ok()
+}
+
+/// The request's id, fixed in `headers` so that everything after (the upstream included)
+/// sees the same one: the caller's own when [acceptable](acceptable), else a fresh UUIDv7.
+/// What [`layer`] does, as one function for the proxy's hot path, where the three tower
+/// layers cost more than the id itself.
+pub fn assign(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(value) = headers.get(&REQUEST_ID)
+        && acceptable(value)
+    {
+        return value.clone();
+    }
+    let value = fresh().unwrap_or_else(|| HeaderValue::from_static("-"));
+    headers.insert(REQUEST_ID.clone(), value.clone());
+    value
 }
 
 /// Whether a client-supplied id is safe to keep and log.
