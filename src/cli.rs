@@ -171,11 +171,11 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
                 config.redis_url.as_deref(),
             )
             .await?;
-            // Upstream credentials come from Secrets Manager, configured by the standard AWS_* variables.
-            let aws = api::aws::AwsClients::from_env().await;
-            state.set_secret_source(std::sync::Arc::new(api::aws::SecretsManagerSource::new(
-                aws.secrets,
-            )));
+            // Upstream credentials come from Secrets Manager, configured by the standard AWS_*
+            // variables when a route first needs one.
+            state.set_secret_source(std::sync::Arc::new(
+                api::aws::LazySecretsManagerSource::new(),
+            ));
             let listener = serve::bind(config.proxy_addr, "proxy", "PORTCULLIS_PROXY_ADDR").await?;
             let (trigger, shutdown) = serve::shutdown_channel();
             let server = serve::serve_proxy(

@@ -477,7 +477,8 @@ async fn count_usage<C: ConnectionTrait>(db: &C, records: &[AuditRecord]) -> Res
         first: DateTime<Utc>,
         last: DateTime<Utc>,
     }
-    let mut usage: HashMap<String, Usage> = HashMap::new();
+    // Keyed by (subject, permission) ids; the scope key text is built once per entry.
+    let mut usage: HashMap<(Option<Uuid>, Uuid, Uuid), Usage> = HashMap::new();
     for record in records
         .iter()
         .filter(|r| r.decision == Some(AuditDecision::Allow))
@@ -486,12 +487,14 @@ async fn count_usage<C: ConnectionTrait>(db: &C, records: &[AuditRecord]) -> Res
         else {
             continue;
         };
-        let subject = match record.api_key_id {
-            Some(key) => format!("key:{key}"),
-            None => format!("principal:{principal_id}"),
+        // A key's usage is the key's, whoever holds it; otherwise the principal's.
+        let principal_part = if record.api_key_id.is_some() {
+            Uuid::nil()
+        } else {
+            principal_id
         };
         let entry = usage
-            .entry(format!("{subject}|perm:{permission_id}"))
+            .entry((record.api_key_id, principal_part, permission_id))
             .or_insert(Usage {
                 principal_id,
                 api_key_id: record.api_key_id,
@@ -505,7 +508,11 @@ async fn count_usage<C: ConnectionTrait>(db: &C, records: &[AuditRecord]) -> Res
         entry.last = Ord::max(entry.last, record.occurred_at);
         entry.route_id = record.route_id.or(entry.route_id);
     }
-    for (scope_key, u) in usage {
+    for u in usage.into_values() {
+        let scope_key = match u.api_key_id {
+            Some(key) => format!("key:{key}|perm:{}", u.permission_id),
+            None => format!("principal:{}|perm:{}", u.principal_id, u.permission_id),
+        };
         let row = usage_counter::ActiveModel {
             id: Set(Uuid::now_v7()),
             scope_key: Set(scope_key),
