@@ -3,7 +3,8 @@
 #   (a) the upstream directly, (b) nginx as a plain proxy_pass reverse proxy,
 #   (c) Portcullis with the full pipeline (API-key auth, policy, rate limit, audit).
 # Keep-alive on, 1 KiB responses. Prints p50/p99/p99.9 per rate, the highest rate each
-# sustains (closed loop, 64 connections), Portcullis's RSS, and start-up to first response.
+# sustains (closed loop, 64 connections), the proxy's CPU time per request split by thread,
+# Portcullis's RSS, and start-up to first response.
 #
 # Needs: nginx (apt-get install nginx), oha (cargo install oha), python3, a release build
 # (cargo build --release). Usage: bench/load.sh [rates...]   (default: 1000 5000 10000)
@@ -43,10 +44,10 @@ http { access_log off; keepalive_requests 1000000;
   server { listen $NGINX; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
 taskset -c $LOAD_CPU nginx -c "$WORK/upstream.conf" -p "$WORK" & PIDS+=($!)
-taskset -c $SUT_CPU nginx -c "$WORK/nginx.conf" -p "$WORK" & PIDS+=($!)
+taskset -c $SUT_CPU nginx -c "$WORK/nginx.conf" -p "$WORK" & NGINX_MASTER=$!; PIDS+=($NGINX_MASTER)
 TARGETS=(direct nginx)
 if [ -x "$BARE_BIN" ]; then
-  taskset -c $SUT_CPU "$BARE_BIN" "$BARE" "$UPSTREAM" & PIDS+=($!)
+  taskset -c $SUT_CPU "$BARE_BIN" "$BARE" "$UPSTREAM" & BARE_PID=$!; PIDS+=($BARE_PID)
   TARGETS+=(bare-hyper)
 else
   echo "(no $BARE_BIN: cargo build --release -p proxy --example bare_proxy to compare with it)" >&2
@@ -98,14 +99,46 @@ run_oha() { # url rate(or "max") -> json
   taskset -c $LOAD_CPU oha -z "$DURATION" "${extra[@]}" --no-tui --output-format json \
     -H "x-api-key: $KEY" "$url" 2>/dev/null
 }
+# The process doing the proxying, whose CPU time is charged to each request.
+sut_pid() {
+  case $1 in
+    nginx) pgrep -P "$NGINX_MASTER" | head -n 1 || true ;;
+    bare-hyper) echo "$BARE_PID" ;;
+    portcullis) echo "$PROXY_PID" ;;
+  esac
+}
+# CPU ticks (user + system) per thread name, e.g. "tokio-rt-worker 812".
+ticks() {
+  local pid=$1
+  [ -n "$pid" ] || return 0
+  for task in /proc/"$pid"/task/*; do
+    printf '%s %s\n' "$(tr ' ' _ <"$task/comm")" "$(awk '{print $14 + $15}' "$task/stat")"
+  done 2>/dev/null
+}
+# Prints the latency summary; with tick snapshots before and after, the CPU per request too.
 summary() { python3 -c '
-import json, sys
+import json, os, sys
 d = json.load(sys.stdin)
 p = d["latencyPercentiles"]; s = d["summary"]
 codes = d.get("statusCodeDistribution", {})
 ok = codes.get("200", 0); total = sum(codes.values()) or 1
-print("%8.0f req/s  p50 %7.0f us  p99 %7.0f us  p99.9 %7.0f us  ok %5.1f%%" % (
-    s["requestsPerSec"], p["p50"]*1e6, p["p99"]*1e6, p["p99.9"]*1e6, 100.0*ok/total))'
+line = "%8.0f req/s  p50 %7.0f us  p99 %7.0f us  p99.9 %7.0f us  ok %5.1f%%" % (
+    s["requestsPerSec"], p["p50"]*1e6, p["p99"]*1e6, p["p99.9"]*1e6, 100.0*ok/total)
+def read(path):
+    out = {}
+    for row in open(path).read().split("\n"):
+        if row.strip():
+            name, n = row.split()
+            out[name] = out.get(name, 0) + int(n)
+    return out
+before, after = read(sys.argv[1]), read(sys.argv[2])
+requests = sum(codes.values())
+if requests and after:
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    per = {k: (after[k] - before.get(k, 0)) * tick_us / requests for k in after}
+    busy = sorted(((v, k) for k, v in per.items() if v >= 0.5), reverse=True)
+    line += "  cpu %5.1f us/req (%s)" % (sum(per.values()), ", ".join("%s %.1f" % (k, v) for v, k in busy))
+print(line)' "$WORK/ticks.before" "$WORK/ticks.after"
 }
 
 printf '\n%-12s %-8s %s\n' target rate result
@@ -117,7 +150,11 @@ for rate in "${RATES[@]}" max; do
       bare-hyper) url="http://$BARE/demo/x" ;;
       portcullis) url="http://$PROXY/demo/x" ;;
     esac
-    printf '%-12s %-8s %s\n' "$target" "$rate" "$(run_oha "$url" "$rate" | summary)"
+    pid=$(sut_pid "$target")
+    ticks "$pid" >"$WORK/ticks.before"
+    run_oha "$url" "$rate" >"$WORK/oha.json"
+    ticks "$pid" >"$WORK/ticks.after"
+    printf '%-12s %-8s %s\n' "$target" "$rate" "$(summary <"$WORK/oha.json")"
   done
 done
 echo
