@@ -55,7 +55,15 @@ fi
 TARGETS+=(portcullis)
 
 # --- Portcullis: seed a database with `dev`, then run `portcullis proxy` alone ------------
+# DB=postgres uses a fresh database `portcullis_bench` on PG_URL instead of the SQLite file.
+DB=${DB:-sqlite}
+PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
 export PORTCULLIS_DATA_DIR="$WORK/data" PORTCULLIS_LOG=warn
+if [ "$DB" = postgres ]; then
+  psql -q "$PG_URL/postgres" -c "DROP DATABASE IF EXISTS portcullis_bench" \
+    -c "CREATE DATABASE portcullis_bench"
+  export DATABASE_URL="$PG_URL/portcullis_bench"
+fi
 # No instance metadata lookups at start-up (this is not an EC2 host).
 export AWS_REGION=${AWS_REGION:-us-east-1} AWS_EC2_METADATA_DISABLED=true
 "$BIN" dev --api-addr 127.0.0.1:19090 --proxy-addr 127.0.0.1:19091 --demo-upstream-addr 127.0.0.1:19092 >/dev/null 2>&1 &
@@ -67,15 +75,15 @@ KEY=$(cat "$WORK/data/admin-key")
 # pipeline, not the limiter refusing requests). The dev stack's demo route injects a
 # credential from its mocked Secrets Manager, which a standalone `portcullis proxy` cannot
 # read; the nginx upstream needs none, so the route drops it.
-python3 - "$WORK/data/portcullis.db" "$UPSTREAM" <<'PY'
-import sqlite3, sys, datetime
-db = sqlite3.connect(sys.argv[1])
-now = datetime.datetime.now(datetime.timezone.utc).isoformat()
-db.execute("UPDATE route SET upstream_url = ?, upstream_credential_secret_id = NULL, "
-           "upstream_credential_header = NULL WHERE name = 'demo'", ("http://" + sys.argv[2],))
-db.execute("UPDATE api_key SET rate_limit_per_minute = 1000000000, rate_limit_burst = 10000000")
-db.commit()
-PY
+SEED="UPDATE route SET upstream_url = 'http://$UPSTREAM', upstream_credential_secret_id = NULL,
+        upstream_credential_header = NULL WHERE name = 'demo';
+      UPDATE api_key SET rate_limit_per_minute = 1000000000, rate_limit_burst = 10000000;"
+if [ "$DB" = postgres ]; then
+  psql -q "$DATABASE_URL" -c "$SEED"
+else
+  python3 -c 'import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); db.executescript(sys.argv[2]); db.commit()' \
+    "$WORK/data/portcullis.db" "$SEED"
+fi
 
 START_NS=$(date +%s%N)
 PORTCULLIS_PROXY_ADDR=$PROXY taskset -c $SUT_CPU "$BIN" proxy >"$WORK/proxy.log" 2>&1 & PROXY_PID=$!; PIDS+=($PROXY_PID)
@@ -104,16 +112,18 @@ sut_pid() {
   case $1 in
     nginx) pgrep -P "$NGINX_MASTER" | head -n 1 || true ;;
     bare-hyper) echo "$BARE_PID" ;;
-    portcullis) echo "$PROXY_PID" ;;
+    # With PostgreSQL, the server's processes work for Portcullis too: count them.
+    portcullis) echo "$PROXY_PID" $([ "$DB" = postgres ] && pgrep -x postgres) ;;
   esac
 }
 # CPU ticks (user + system) per thread name, e.g. "tokio-rt-worker 812".
 ticks() {
-  local pid=$1
-  [ -n "$pid" ] || return 0
-  for task in /proc/"$pid"/task/*; do
-    printf '%s %s\n' "$(tr ' ' _ <"$task/comm")" "$(awk '{print $14 + $15}' "$task/stat")"
-  done 2>/dev/null
+  local pid task
+  for pid in "$@"; do
+    for task in /proc/"$pid"/task/*; do
+      printf '%s %s\n' "$(tr ' ' _ <"$task/comm")" "$(awk '{print $14 + $15}' "$task/stat")"
+    done 2>/dev/null
+  done
 }
 # Prints the latency summary; with tick snapshots before and after, the CPU per request too.
 summary() { python3 -c '
@@ -150,10 +160,10 @@ for rate in "${RATES[@]}" max; do
       bare-hyper) url="http://$BARE/demo/x" ;;
       portcullis) url="http://$PROXY/demo/x" ;;
     esac
-    pid=$(sut_pid "$target")
-    ticks "$pid" >"$WORK/ticks.before"
+    read -r -a pids <<<"$(sut_pid "$target")"
+    ticks "${pids[@]}" >"$WORK/ticks.before"
     run_oha "$url" "$rate" >"$WORK/oha.json"
-    ticks "$pid" >"$WORK/ticks.after"
+    ticks "${pids[@]}" >"$WORK/ticks.after"
     printf '%-12s %-8s %s\n' "$target" "$rate" "$(summary <"$WORK/oha.json")"
   done
 done

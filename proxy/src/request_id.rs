@@ -33,8 +33,8 @@ fn fresh() -> Option<HeaderValue> {
 }
 
 /// The request's id, fixed in `headers` so that everything after (the upstream included)
-/// sees the same one: the caller's own when [acceptable](acceptable), else a fresh UUIDv7.
-/// What [`layer`] does, as one function for the proxy's hot path, where the three tower
+/// sees the same one: the caller's own when acceptable (short and printable), else a fresh
+/// UUIDv7. What [`layer`] does, as one function for the proxy's hot path, where the three tower
 /// layers cost more than the id itself.
 pub fn assign(headers: &mut HeaderMap) -> HeaderValue {
     if let Some(value) = headers.get(&REQUEST_ID)
