@@ -60,7 +60,7 @@ DB=${DB:-sqlite}
 PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
 export PORTCULLIS_DATA_DIR="$WORK/data" PORTCULLIS_LOG=warn
 if [ "$DB" = postgres ]; then
-  psql -q "$PG_URL/postgres" -c "DROP DATABASE IF EXISTS portcullis_bench" \
+  psql -q "$PG_URL/postgres" -c "DROP DATABASE IF EXISTS portcullis_bench WITH (FORCE)" \
     -c "CREATE DATABASE portcullis_bench"
   export DATABASE_URL="$PG_URL/portcullis_bench"
 fi

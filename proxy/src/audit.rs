@@ -339,7 +339,7 @@ pub async fn append(db: &DatabaseConnection, records: &[AuditRecord]) -> Result<
         .unwrap_or_else(|| GENESIS.to_owned());
     let backend = txn.get_database_backend();
     let mut scratch = Vec::with_capacity(1024);
-    for chunk in records.chunks(INSERT_ROWS) {
+    for chunk in insert_chunks(records, backend) {
         let mut values = Vec::with_capacity(chunk.len() * INSERT_COLUMNS.len());
         for record in chunk {
             let hash = chain_hash_with(&mut scratch, &prev, record);
@@ -378,6 +378,68 @@ pub async fn append(db: &DatabaseConnection, records: &[AuditRecord]) -> Result<
 
 /// Rows per INSERT statement: 50 × 17 parameters stays under SQLite's historical limit of 999.
 const INSERT_ROWS: usize = 50;
+
+/// On PostgreSQL, the most bound bytes (estimated) per INSERT statement. sqlx 0.9.0 leaves
+/// Nagle's algorithm on (launchbadge/sqlx#4335): a message larger than the socket's free send
+/// buffer (16 KiB by default) goes out in two writes, and the second waits for the server's
+/// delayed ACK, 40 ms per statement. That capped the audit writer at ≈ 3,000 rows/s. Smaller
+/// statements go out in one write.
+const PG_INSERT_BYTES: usize = 12 * 1024;
+
+/// Consecutive runs of `records`, one INSERT statement each: at most [`INSERT_ROWS`] rows
+/// and, on PostgreSQL, at most [`PG_INSERT_BYTES`] (a single larger row is a run of its own).
+fn insert_chunks(
+    records: &[AuditRecord],
+    backend: sea_orm::DatabaseBackend,
+) -> impl Iterator<Item = &[AuditRecord]> {
+    let byte_budget = match backend {
+        sea_orm::DatabaseBackend::Postgres => PG_INSERT_BYTES,
+        _ => usize::MAX,
+    };
+    let mut rest = records;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut rows = 0;
+        let mut bytes = 0;
+        while rows < rest.len().min(INSERT_ROWS) {
+            let size = wire_size(&rest[rows]);
+            if rows > 0 && bytes + size > byte_budget {
+                break;
+            }
+            bytes += size;
+            rows += 1;
+        }
+        let (chunk, tail) = rest.split_at(rows);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+/// An upper estimate of one row's bound values on the wire: fixed-size columns, the two
+/// 64-character hashes and a 4-byte length per value, plus the variable text.
+fn wire_size(record: &AuditRecord) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut detail = Count(0);
+    let _ = serde_json::to_writer(&mut detail, &record.detail);
+    let text = |value: &Option<String>| value.as_ref().map_or(0, String::len);
+    400 + text(&record.request_id)
+        + text(&record.client_ip)
+        + text(&record.method)
+        + text(&record.path)
+        + record.reason.len()
+        + detail.0
+}
 
 /// The columns of `audit_event` the writer sets, in the order of the values it binds.
 const INSERT_COLUMNS: [&str; 17] = [
@@ -662,6 +724,37 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn postgres_statements_stay_under_the_byte_budget_and_keep_every_row_in_order() {
+        let records: Vec<AuditRecord> = (0..120)
+            .map(|i| {
+                let mut record = AuditRecord::new(AuditEventKind::ProxyRequest, "allowed");
+                // Every seventh path is long enough to fill most of a statement on its own.
+                let len = if i % 7 == 0 { 9_000 } else { 40 };
+                record.path = Some(format!("/{i}/{}", "x".repeat(len)));
+                record
+            })
+            .collect();
+        let chunks: Vec<&[AuditRecord]> =
+            insert_chunks(&records, sea_orm::DatabaseBackend::Postgres).collect();
+        let flattened: Vec<&Option<String>> = chunks
+            .iter()
+            .flat_map(|c| c.iter().map(|r| &r.path))
+            .collect();
+        let original: Vec<&Option<String>> = records.iter().map(|r| &r.path).collect();
+        assert_eq!(flattened, original);
+        for chunk in &chunks {
+            assert!(chunk.len() <= INSERT_ROWS);
+            let bytes: usize = chunk.iter().map(wire_size).sum();
+            assert!(chunk.len() == 1 || bytes <= PG_INSERT_BYTES, "{bytes}");
+        }
+        // SQLite has no such limit: only the row count splits.
+        let sqlite: Vec<usize> = insert_chunks(&records, sea_orm::DatabaseBackend::Sqlite)
+            .map(<[AuditRecord]>::len)
+            .collect();
+        assert_eq!(sqlite, vec![50, 50, 20]);
+    }
 
     /// The original encoding: build a `serde_json::Value`, then print it with keys sorted.
     /// Rows already stored were hashed this way, so [`chain_hash`] must agree byte for byte.
