@@ -392,29 +392,34 @@ fn insert_chunks(
     records: &[AuditRecord],
     backend: sea_orm::DatabaseBackend,
 ) -> impl Iterator<Item = &[AuditRecord]> {
-    let byte_budget = match backend {
-        sea_orm::DatabaseBackend::Postgres => PG_INSERT_BYTES,
-        _ => usize::MAX,
-    };
+    // Only PostgreSQL needs the per-row size estimate (it serialises each row's detail).
+    let byte_budget = (backend == sea_orm::DatabaseBackend::Postgres).then_some(PG_INSERT_BYTES);
     let mut rest = records;
     std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;
         }
-        let mut rows = 0;
-        let mut bytes = 0;
-        while rows < rest.len().min(INSERT_ROWS) {
-            let size = wire_size(&rest[rows]);
-            if rows > 0 && bytes + size > byte_budget {
-                break;
-            }
-            bytes += size;
-            rows += 1;
-        }
+        let most = rest.len().min(INSERT_ROWS);
+        let rows = match byte_budget {
+            None => most,
+            Some(budget) => rows_within(&rest[..most], budget),
+        };
         let (chunk, tail) = rest.split_at(rows);
         rest = tail;
         Some(chunk)
     })
+}
+
+/// How many leading `records` fit in `budget` estimated bytes; at least one.
+fn rows_within(records: &[AuditRecord], budget: usize) -> usize {
+    let mut bytes = 0;
+    for (rows, record) in records.iter().enumerate() {
+        bytes += wire_size(record);
+        if rows > 0 && bytes > budget {
+            return rows;
+        }
+    }
+    records.len()
 }
 
 /// An upper estimate of one row's bound values on the wire: fixed-size columns, the two
