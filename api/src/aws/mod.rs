@@ -125,11 +125,6 @@ impl LazySecretsManagerSource {
     pub fn new() -> Self {
         Self::default()
     }
-
-    /// Whether the AWS client has been built (a first read happened).
-    pub fn is_loaded(&self) -> bool {
-        self.source.initialized()
-    }
 }
 
 impl proxy::credentials::SecretSource for LazySecretsManagerSource {
