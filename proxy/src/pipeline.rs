@@ -249,6 +249,8 @@ async fn run(
         query.as_deref(),
         host.as_deref(),
         caller.as_ref(),
+        // Assigned by `handle` before the pipeline ran.
+        audit.request_id.as_deref().unwrap_or("-"),
     )
     .await
 }
@@ -347,6 +349,7 @@ async fn forward_request(
     query: Option<&str>,
     host: Option<&str>,
     caller: Option<&Authenticated>,
+    request_id: &str,
 ) -> Result<Response, ProxyError> {
     let (mut parts, body) = request.into_parts();
     let max = state.config.max_body_bytes;
@@ -368,19 +371,10 @@ async fn forward_request(
         key_id: caller.and_then(|c| c.key_id).map(|k| k.to_string()),
         grant_id: caller.and_then(|c| c.grant_id).map(|g| g.to_string()),
     };
-    let request_id = request_id::of_headers(&parts.headers)
-        .unwrap_or("-")
-        .to_owned();
     let uri = forward::upstream_uri(&route.upstream, &route.upstream_path(path), query)?;
     let proto = forwarded_proto(state, &parts.headers);
-    let mut headers = forward::upstream_headers(
-        parts.headers,
-        client_ip,
-        host,
-        proto,
-        &identity,
-        &request_id,
-    );
+    let mut headers =
+        forward::upstream_headers(parts.headers, client_ip, host, proto, &identity, request_id);
     if let Some(protocol) = &upgrade {
         forward::restore_upgrade_headers(&mut headers, protocol);
     }
