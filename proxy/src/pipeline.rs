@@ -43,14 +43,7 @@ pub async fn handle(
     let started = Instant::now();
     let request_id_header = request_id::assign(request.headers_mut());
     let request_id = request_id_header.to_str().unwrap_or("-").to_owned();
-    let span = tracing::info_span!(
-        "request",
-        service = "proxy",
-        request_id = %request_id,
-        method = %request.method(),
-        // The raw target may carry secrets in the query string: log the path only.
-        path = %request.uri().path(),
-    );
+    let span = request_id::span("proxy", &request_id, request.method(), request.uri().path());
     let mut audit = AuditRecord::new(AuditEventKind::ProxyRequest, "");
     audit.request_id = Some(request_id.clone());
     audit.method = Some(request.method().as_str().to_owned());
@@ -79,9 +72,7 @@ pub async fn handle(
             rescue(&error, &request_id)
         }
     };
-    response
-        .headers_mut()
-        .insert(request_id::REQUEST_ID.clone(), request_id_header);
+    request_id::echo(response.headers_mut(), request_id_header);
     audit.status = Some(i32::from(response.status().as_u16()));
     audit.latency_us = Some(started.elapsed().as_micros() as i64);
     tracing::info!(
