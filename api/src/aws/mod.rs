@@ -137,8 +137,7 @@ impl proxy::credentials::SecretSource for LazySecretsManagerSource {
             let source = self
                 .source
                 .get_or_init(|| async {
-                    let shared = aws_config::defaults(BehaviorVersion::latest()).load().await;
-                    SecretsManagerSource::new(aws_sdk_secretsmanager::Client::new(&shared))
+                    SecretsManagerSource::new(AwsClients::from_env().await.secrets)
                 })
                 .await;
             source.current_value(secret_id).await
