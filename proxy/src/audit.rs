@@ -165,7 +165,17 @@ fn canonical_json(value: &Value, out: &mut Vec<u8>) {
 
 /// Writes `value` as a JSON string (serde_json's escaping, exactly as `Value::String` prints).
 fn json_str(out: &mut Vec<u8>, value: &str) {
-    json_scalar(out, value);
+    // serde_json escapes only `"`, `\` and control characters; the audited fields (ids,
+    // addresses, paths, reasons) almost never contain one, and copying them directly is
+    // several times cheaper than its escaping writer. Byte-identical either way.
+    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(value.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+    } else {
+        json_scalar(out, value);
+    }
 }
 
 fn json_scalar<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
@@ -259,7 +269,18 @@ pub fn chain_hash(prev_hash: &str, record: &AuditRecord) -> String {
 fn chain_hash_with(buf: &mut Vec<u8>, prev_hash: &str, record: &AuditRecord) -> String {
     buf.clear();
     chain_text(buf, prev_hash, record);
-    hex::encode(digest::digest(&digest::SHA256, buf))
+    lower_hex(digest::digest(&digest::SHA256, buf).as_ref())
+}
+
+/// Lower-case hex, as `hex::encode` writes it, without building the string a char at a time.
+fn lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    out
 }
 
 fn audit_kind_str(kind: &AuditEventKind) -> &'static str {
@@ -884,6 +905,31 @@ mod tests {
         fn matches_the_value_based_encoding(record in any_record(), prev in "[0-9a-f]{64}") {
             prop_assert_eq!(chain_hash(&prev, &record), value_based_hash(&prev, &record));
         }
+    }
+
+    #[test]
+    fn strings_and_hashes_are_written_as_serde_json_and_hex_write_them() {
+        for value in [
+            "",
+            "plain",
+            "/a b/c?d=e",
+            "quote\"",
+            "back\\slash",
+            "\u{1f}",
+            "\n",
+            "\u{7f}",
+            "é✓",
+        ] {
+            let mut out = Vec::new();
+            json_str(&mut out, value);
+            assert_eq!(
+                String::from_utf8(out).ok(),
+                serde_json::to_string(value).ok(),
+                "{value:?}"
+            );
+        }
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(lower_hex(&bytes), hex::encode(&bytes));
     }
 
     #[test]

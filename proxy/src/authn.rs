@@ -4,7 +4,7 @@
 //! the precise [`AuthFailure`] goes to the audit trail and the detectors.
 
 use chrono::{DateTime, Utc};
-use http::{HeaderMap, header};
+use http::{HeaderMap, HeaderName, header};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use uuid::Uuid;
 
@@ -81,7 +81,8 @@ pub enum Presented<'a> {
 /// Reads the credential, refusing ambiguity: two `Authorization` headers, two `x-api-key`
 /// headers, or both headers carrying different values.
 pub fn presented(headers: &HeaderMap) -> Result<Option<Presented<'_>>, ProxyError> {
-    let single = |name: &str| -> Result<Option<&str>, ProxyError> {
+    const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+    let single = |name: HeaderName| -> Result<Option<&str>, ProxyError> {
         let mut values = headers.get_all(name).iter();
         let first = values.next();
         if values.next().is_some() {
@@ -96,8 +97,8 @@ pub fn presented(headers: &HeaderMap) -> Result<Option<Presented<'_>>, ProxyErro
             })
             .transpose()
     };
-    let authorization = single(header::AUTHORIZATION.as_str())?;
-    let api_key = single("x-api-key")?.map(str::trim);
+    let authorization = single(header::AUTHORIZATION)?;
+    let api_key = single(X_API_KEY)?.map(str::trim);
     let bearer = match authorization {
         Some(value) => match value.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Some(token.trim()),

@@ -1,6 +1,6 @@
 //! Forwarding to the upstream: streaming bodies both ways, header hygiene, timeouts.
 
-use std::{net::IpAddr, time::Duration};
+use std::time::Duration;
 
 use axum::body::Body;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
@@ -8,6 +8,8 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
+
+use uuid::Uuid;
 
 use crate::error::ProxyError;
 
@@ -56,76 +58,104 @@ const STRIPPED_FROM_CLIENT: [HeaderName; 12] = [
 /// Prefix of the identity headers the proxy adds; client copies are removed.
 pub const IDENTITY_PREFIX: &str = "x-portcullis-";
 
+// The headers the proxy sets, as constants: `HeaderName::from_static` outside a const
+// context parses the name again on every call.
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_PORTCULLIS_PRINCIPAL: HeaderName = HeaderName::from_static("x-portcullis-principal");
+const X_PORTCULLIS_KEY_ID: HeaderName = HeaderName::from_static("x-portcullis-key-id");
+const X_PORTCULLIS_GRANT_ID: HeaderName = HeaderName::from_static("x-portcullis-grant-id");
+
 /// Who the upstream is told made the request.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Identity {
     /// Principal id.
-    pub principal: Option<String>,
+    pub principal: Option<Uuid>,
     /// API key id.
-    pub key_id: Option<String>,
+    pub key_id: Option<Uuid>,
     /// Incident grant id.
-    pub grant_id: Option<String>,
+    pub grant_id: Option<Uuid>,
 }
 
-/// Removes hop-by-hop headers, including those named by `Connection`.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+/// The header names listed in `Connection`: hop-by-hop for this message only. Empty (and no
+/// allocation) when there is no `Connection` header.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// Removes hop-by-hop headers, including those named by `Connection`. Finds them in one pass
+/// over the names present: removing each candidate by name would hash every one of them.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named = connection_named(headers);
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(name) || named.contains(name))
+        .cloned()
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in doomed {
         headers.remove(name);
     }
 }
 
-/// Rewrites the client's headers into the upstream request's headers.
+/// Rewrites the client's headers into the upstream request's headers: one pass keeps what
+/// may travel on (no hop-by-hop header, none in [`STRIPPED_FROM_CLIENT`], no identity header,
+/// no `Host`: the upstream gets its own from the URI), then the proxy adds its own.
 pub fn upstream_headers(
-    mut headers: HeaderMap,
-    client_ip: IpAddr,
+    headers: HeaderMap,
+    client_ip: &str,
     original_host: Option<&str>,
     proto: &str,
     identity: &Identity,
     request_id: &str,
 ) -> HeaderMap {
-    strip_hop_by_hop(&mut headers);
-    // Removed by `HeaderName`, not by `&str`: a string name is parsed again on every call.
-    for name in &STRIPPED_FROM_CLIENT {
-        headers.remove(name);
+    let named = connection_named(&headers);
+    let dropped = |name: &HeaderName| {
+        name == header::HOST
+            || HOP_BY_HOP.contains(name)
+            || STRIPPED_FROM_CLIENT.contains(name)
+            || name.as_str().starts_with(IDENTITY_PREFIX)
+            || named.contains(name)
+    };
+    let mut out = HeaderMap::with_capacity(headers.len() + 7);
+    // `into_iter` names a header once, then yields its further values with `None`.
+    let mut keep: Option<HeaderName> = None;
+    for (name, value) in headers {
+        if let Some(name) = name {
+            keep = (!dropped(&name)).then_some(name);
+        }
+        if let Some(name) = &keep {
+            out.append(name.clone(), value);
+        }
     }
-    let own: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with(IDENTITY_PREFIX))
-        .cloned()
-        .collect();
-    for name in own {
-        headers.remove(name);
-    }
-    // The upstream gets its own Host from the URI.
-    headers.remove(header::HOST);
-    let mut set = |name: &'static str, value: &str| {
+    let mut set = |name: HeaderName, value: &str| {
         if let Ok(value) = HeaderValue::from_str(value) {
-            headers.insert(HeaderName::from_static(name), value);
+            out.insert(name, value);
         }
     };
-    set("x-forwarded-for", &client_ip.to_string());
-    set("x-forwarded-proto", proto);
+    set(X_FORWARDED_FOR, client_ip);
+    set(X_FORWARDED_PROTO, proto);
     if let Some(host) = original_host {
-        set("x-forwarded-host", host);
+        set(X_FORWARDED_HOST, host);
     }
-    set("x-request-id", request_id);
-    if let Some(principal) = &identity.principal {
-        set("x-portcullis-principal", principal);
+    set(crate::request_id::REQUEST_ID.clone(), request_id);
+    let mut buf = Uuid::encode_buffer();
+    for (name, id) in [
+        (X_PORTCULLIS_PRINCIPAL, identity.principal),
+        (X_PORTCULLIS_KEY_ID, identity.key_id),
+        (X_PORTCULLIS_GRANT_ID, identity.grant_id),
+    ] {
+        if let Some(id) = id {
+            set(name, id.hyphenated().encode_lower(&mut buf));
+        }
     }
-    if let Some(key) = &identity.key_id {
-        set("x-portcullis-key-id", key);
-    }
-    if let Some(grant) = &identity.grant_id {
-        set("x-portcullis-grant-id", grant);
-    }
-    headers
+    out
 }
 
 /// The upstream URI for a route's base and the path/query to forward.
@@ -238,20 +268,25 @@ mod tests {
             ("connection", "close, x-secret-hop"),
             ("x-secret-hop", "1"),
             ("accept", "application/json"),
+            ("x-forwarded-for", "5.6.7.8"),
+            ("accept", "text/html"),
+            ("host", "spoofed.example"),
+            ("x-portcullis-grant-id", "spoofed"),
         ] {
             headers.append(
                 HeaderName::from_static(name),
                 HeaderValue::from_static(value),
             );
         }
+        let principal = Uuid::from_u128(1);
         let identity = Identity {
-            principal: Some("p1".into()),
-            key_id: Some("k1".into()),
+            principal: Some(principal),
+            key_id: Some(Uuid::from_u128(2)),
             grant_id: None,
         };
         let out = upstream_headers(
             headers,
-            "10.0.0.7".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            "10.0.0.7",
             Some("api.example"),
             "http",
             &identity,
@@ -263,7 +298,7 @@ mod tests {
         );
         assert_eq!(
             out.get("x-portcullis-principal").map(|v| v.as_bytes()),
-            Some(&b"p1"[..])
+            Some(principal.to_string().as_bytes())
         );
         assert_eq!(out.get_all("x-forwarded-for").iter().count(), 1);
         for gone in [
@@ -277,7 +312,10 @@ mod tests {
         ] {
             assert!(out.get(gone).is_none(), "{gone} was forwarded");
         }
-        assert!(out.get("accept").is_some());
+        // Every value of a kept header survives, in order.
+        let accept: Vec<_> = out.get_all("accept").iter().collect();
+        assert_eq!(accept, ["application/json", "text/html"]);
+        assert!(out.get("host").is_none());
     }
 
     #[test]

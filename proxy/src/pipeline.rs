@@ -107,9 +107,11 @@ async fn run(
         .any(|net| net.contains(&peer.ip()))
     {
         // Only a trusted proxy may tell us the original scheme.
-        request.headers_mut().remove("x-forwarded-proto");
+        request.headers_mut().remove(forward::X_FORWARDED_PROTO);
     }
-    audit.client_ip = Some(client_ip.to_string());
+    // Formatted once: the audit row and `X-Forwarded-For` both carry it.
+    let client_addr = client_ip.to_string();
+    audit.client_ip = Some(client_addr.clone());
     state.cache.check_fresh()?;
 
     // 1. Normalise the target; the rest of the pipeline and the upstream see only this.
@@ -235,7 +237,7 @@ async fn run(
         state,
         &route,
         request,
-        client_ip,
+        &client_addr,
         &path,
         query.as_deref(),
         host.as_deref(),
@@ -335,7 +337,7 @@ async fn forward_request(
     state: &ProxyState,
     route: &Route,
     request: Request,
-    client_ip: IpAddr,
+    client_ip: &str,
     path: &str,
     query: Option<&str>,
     host: Option<&str>,
@@ -358,9 +360,9 @@ async fn forward_request(
         return Err(ProxyError::PayloadTooLarge);
     }
     let identity = Identity {
-        principal: caller.map(|c| c.principal_id.to_string()),
-        key_id: caller.and_then(|c| c.key_id).map(|k| k.to_string()),
-        grant_id: caller.and_then(|c| c.grant_id).map(|g| g.to_string()),
+        principal: caller.map(|c| c.principal_id),
+        key_id: caller.and_then(|c| c.key_id),
+        grant_id: caller.and_then(|c| c.grant_id),
     };
     let uri = forward::upstream_uri(&route.upstream, &route.upstream_path(path), query)?;
     let proto = forwarded_proto(state, &parts.headers);
@@ -409,7 +411,7 @@ fn forwarded_proto(state: &ProxyState, headers: &HeaderMap) -> &'static str {
         return "https";
     }
     match headers
-        .get("x-forwarded-proto")
+        .get(forward::X_FORWARDED_PROTO)
         .and_then(|v| v.to_str().ok())
     {
         Some(p) if p.trim().eq_ignore_ascii_case("https") => "https",
@@ -466,7 +468,7 @@ pub fn client_ip(
     }
     let mut client = peer;
     let entries = headers
-        .get_all("x-forwarded-for")
+        .get_all(forward::X_FORWARDED_FOR)
         .iter()
         .map(|v| {
             v.to_str()

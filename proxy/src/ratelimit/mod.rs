@@ -205,12 +205,16 @@ impl RateDecision {
 /// up, so a client that waits that long finds the bucket full).
 pub fn insert_headers(headers: &mut HeaderMap, limit: u32, remaining: u32, reset: Duration) {
     let reset = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
+    // Constant names: `from_static` outside a const context parses the name on every call.
+    const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+    const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+    const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
     for (name, value) in [
-        ("ratelimit-limit", u64::from(limit)),
-        ("ratelimit-remaining", u64::from(remaining)),
-        ("ratelimit-reset", reset),
+        (LIMIT, u64::from(limit)),
+        (REMAINING, u64::from(remaining)),
+        (RESET, reset),
     ] {
-        headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+        headers.insert(name, HeaderValue::from(value));
     }
 }
 
