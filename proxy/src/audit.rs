@@ -16,7 +16,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use entity::audit_event::{self, AuditDecision, AuditEventKind};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait, prelude::Expr,
+    QueryFilter, Statement, TransactionTrait, prelude::Expr,
 };
 use serde_json::Value;
 use tokio::{
@@ -349,16 +349,20 @@ pub async fn append(db: &DatabaseConnection, records: &[AuditRecord]) -> Result<
         ))
         .await?;
     }
-    // Only the tail's hash: the whole row (detail JSON included) is not needed.
-    let mut prev: String = audit_event::Entity::find()
-        .select_only()
-        .column(audit_event::Column::Hash)
-        .order_by_desc(audit_event::Column::Id)
-        .into_tuple()
-        .one(&txn)
-        .await?
-        .unwrap_or_else(|| GENESIS.to_owned());
     let backend = txn.get_database_backend();
+    // Only the tail's hash, with a literal `LIMIT 1`: SeaORM's `.one()` binds the limit, and
+    // SQLite re-prepares a statement whose LIMIT is a bound parameter every time it is
+    // rebound (it plans with the value), which cost a full parse per batch.
+    let mut prev: String = match txn
+        .query_one_raw(Statement::from_string(
+            backend,
+            r#"SELECT "hash" FROM "audit_event" ORDER BY "id" DESC LIMIT 1"#,
+        ))
+        .await?
+    {
+        Some(row) => row.try_get("", "hash")?,
+        None => GENESIS.to_owned(),
+    };
     let mut scratch = Vec::with_capacity(1024);
     for chunk in insert_chunks(records, backend) {
         let mut values = Vec::with_capacity(chunk.len() * INSERT_COLUMNS.len());
@@ -492,10 +496,18 @@ const INSERT_COLUMNS: [&str; 17] = [
 /// through SeaORM's `insert_many` (one boxed expression per cell, rebuilt for every batch);
 /// the bound values are the same `Value`s the ActiveModel would bind. The text for a given
 /// row count is always the same, so the driver's prepared-statement cache reuses it.
+///
+/// On SQLite it is `INSERT OR FAIL`: with the default conflict action (ABORT) a multi-row
+/// INSERT keeps a statement journal, a copy of every page it changes, so that a failure
+/// halfway can undo only this statement. FAIL keeps the rows before the failure instead; the
+/// writer rolls the whole transaction back on any error, so nothing partial is ever stored.
 fn insert_sql(backend: sea_orm::DatabaseBackend, rows: usize) -> String {
     use std::fmt::Write as _;
     let mut sql = String::with_capacity(256 + rows * INSERT_COLUMNS.len() * 6);
-    sql.push_str("INSERT INTO \"audit_event\" (");
+    sql.push_str(match backend {
+        sea_orm::DatabaseBackend::Sqlite => "INSERT OR FAIL INTO \"audit_event\" (",
+        _ => "INSERT INTO \"audit_event\" (",
+    });
     for (i, column) in INSERT_COLUMNS.iter().enumerate() {
         if i > 0 {
             sql.push_str(", ");
