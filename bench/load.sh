@@ -8,12 +8,17 @@
 #
 # Needs: nginx (apt-get install nginx), oha (cargo install oha), python3, a release build
 # (cargo build --release). Usage: bench/load.sh [rates...]   (default: 1000 5000 10000)
+# CALLGRIND=N bench/load.sh counts instructions per request instead (needs valgrind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATES=("${@:-1000 5000 10000}")
 read -r -a RATES <<<"${RATES[*]}"
 DURATION=${DURATION:-10s}
 BIN=${BIN:-target/release/portcullis}  # another build to compare: BIN=path bench/load.sh
+# CALLGRIND=N: instead of the load runs, count the instructions Portcullis executes per
+# request, per thread, over N requests after a warm-up (valgrind's callgrind). Unlike
+# wall-clock CPU time on a shared VM, the count repeats run to run, so small changes show.
+CALLGRIND=${CALLGRIND:-}
 WORK=$(mktemp -d /tmp/portcullis-bench.XXXXXX)
 UPSTREAM=127.0.0.1:19001 NGINX=127.0.0.1:19002 BARE=127.0.0.1:19003 PROXY=127.0.0.1:19080
 # The floor: the same hyper server, client and runtime with no pipeline (proxy/examples).
@@ -86,7 +91,12 @@ else
 fi
 
 START_NS=$(date +%s%N)
-PORTCULLIS_PROXY_ADDR=$PROXY taskset -c $SUT_CPU "$BIN" proxy >"$WORK/proxy.log" 2>&1 & PROXY_PID=$!; PIDS+=($PROXY_PID)
+RUNNER=()
+if [ -n "$CALLGRIND" ]; then
+  command -v valgrind >/dev/null || { echo "needs valgrind: apt-get install valgrind" >&2; exit 1; }
+  RUNNER=(valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$WORK/callgrind.out")
+fi
+PORTCULLIS_PROXY_ADDR=$PROXY taskset -c $SUT_CPU "${RUNNER[@]}" "$BIN" proxy >"$WORK/proxy.log" 2>&1 & PROXY_PID=$!; PIDS+=($PROXY_PID)
 for i in $(seq 1 2000); do
   curl -fs -o /dev/null -H "x-api-key: $KEY" "http://$PROXY/demo/" && break
   [ "$i" = 2000 ] && { echo "portcullis never answered 200; the end of its log:" >&2; tail -5 "$WORK/proxy.log" >&2; exit 1; }
@@ -99,6 +109,25 @@ sleep 1
 rss() { awk '/VmRSS/ {t=$2} /RssAnon/ {a=$2} /RssFile/ {f=$2}
   END {printf "%.1f MiB (anonymous %.1f, file %.1f)", t/1024, a/1024, f/1024}' "/proc/$PROXY_PID/status"; }
 RSS_IDLE=$(rss)
+
+if [ -n "$CALLGRIND" ]; then
+  load() { taskset -c $LOAD_CPU oha -n "$1" -c 16 --no-tui -H "x-api-key: $KEY" "http://$PROXY/demo/x" >/dev/null 2>&1; }
+  load 1000  # warm-up: caches filled, statements prepared
+  callgrind_control -z "$PROXY_PID" >/dev/null 2>&1
+  load "$CALLGRIND"
+  callgrind_control -d "$PROXY_PID" >/dev/null 2>&1
+  sleep 1
+  echo "instructions per request over $CALLGRIND requests (callgrind; SHA-256 runs its AVX code, not SHA-NI):"
+  for dump in "$WORK"/callgrind.out.1-*; do
+    total=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
+    [ "${total:-0}" -gt 1000000 ] || continue
+    thread="thread ${dump##*-}"
+    grep -q "sqlx_sqlite::connection::worker" "$dump" && thread="SQLite worker"
+    grep -q "multi_thread::worker::run" "$dump" && thread="Tokio worker"
+    printf '  %-14s %8d\n' "$thread" $((total / CALLGRIND))
+  done
+  exit 0
+fi
 
 # --- measurements ---------------------------------------------------------------------
 run_oha() { # url rate(or "max") -> json
