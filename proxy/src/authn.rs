@@ -81,7 +81,6 @@ pub enum Presented<'a> {
 /// Reads the credential, refusing ambiguity: two `Authorization` headers, two `x-api-key`
 /// headers, or both headers carrying different values.
 pub fn presented(headers: &HeaderMap) -> Result<Option<Presented<'_>>, ProxyError> {
-    const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
     let single = |name: HeaderName| -> Result<Option<&str>, ProxyError> {
         let mut values = headers.get_all(name).iter();
         let first = values.next();
@@ -98,7 +97,7 @@ pub fn presented(headers: &HeaderMap) -> Result<Option<Presented<'_>>, ProxyErro
             .transpose()
     };
     let authorization = single(header::AUTHORIZATION)?;
-    let api_key = single(X_API_KEY)?.map(str::trim);
+    let api_key = single(crate::forward::X_API_KEY)?.map(str::trim);
     let bearer = match authorization {
         Some(value) => match value.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Some(token.trim()),

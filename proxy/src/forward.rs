@@ -41,12 +41,12 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Headers a client must never be able to set on the upstream request: credentials we
 /// consumed, identity and forwarding headers we own, and rewrites some frameworks obey.
 const STRIPPED_FROM_CLIENT: [HeaderName; 12] = [
-    HeaderName::from_static("authorization"),
-    HeaderName::from_static("x-api-key"),
-    HeaderName::from_static("forwarded"),
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-host"),
+    header::AUTHORIZATION,
+    X_API_KEY,
+    header::FORWARDED,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
     HeaderName::from_static("x-real-ip"),
     HeaderName::from_static("x-original-url"),
     HeaderName::from_static("x-rewrite-url"),
@@ -58,8 +58,10 @@ const STRIPPED_FROM_CLIENT: [HeaderName; 12] = [
 /// Prefix of the identity headers the proxy adds; client copies are removed.
 pub const IDENTITY_PREFIX: &str = "x-portcullis-";
 
-// The headers the proxy sets, as constants: `HeaderName::from_static` outside a const
-// context parses the name again on every call.
+// Header names the proxy reads or sets, as constants: `HeaderName::from_static` outside a
+// const context parses the name again on every call.
+/// The API-key credential header.
+pub(crate) const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -90,13 +92,19 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+/// Whether `name` describes one hop only: always hop-by-hop, or listed in this message's
+/// `Connection` header (`named`, from [`connection_named`]).
+fn is_hop_by_hop(name: &HeaderName, named: &[HeaderName]) -> bool {
+    HOP_BY_HOP.contains(name) || named.contains(name)
+}
+
 /// Removes hop-by-hop headers, including those named by `Connection`. Finds them in one pass
 /// over the names present: removing each candidate by name would hash every one of them.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named = connection_named(headers);
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| HOP_BY_HOP.contains(name) || named.contains(name))
+        .filter(|name| is_hop_by_hop(name, &named))
         .cloned()
         .collect();
     for name in doomed {
@@ -118,10 +126,9 @@ pub fn upstream_headers(
     let named = connection_named(&headers);
     let dropped = |name: &HeaderName| {
         name == header::HOST
-            || HOP_BY_HOP.contains(name)
+            || is_hop_by_hop(name, &named)
             || STRIPPED_FROM_CLIENT.contains(name)
             || name.as_str().starts_with(IDENTITY_PREFIX)
-            || named.contains(name)
     };
     let mut out = HeaderMap::with_capacity(headers.len() + 7);
     // `into_iter` names a header once, then yields its further values with `None`.
