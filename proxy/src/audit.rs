@@ -15,8 +15,7 @@ use aws_lc_rs::digest;
 use chrono::{DateTime, SubsecRound, Utc};
 use entity::audit_event::{self, AuditDecision, AuditEventKind};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, Statement, TransactionTrait, prelude::Expr,
+    DatabaseBackend, DatabaseConnection, DatabaseConnectionType, DbErr, RuntimeErr, sqlx,
 };
 use serde_json::Value;
 use tokio::{
@@ -335,73 +334,115 @@ pub fn verify_rows<'a>(
 }
 
 /// Chains and stores `records` in one transaction, after the current tail.
+///
+/// The rows go through the sqlx pool SeaORM holds, each value bound straight from its record:
+/// SeaORM's `execute_raw` clones every bound value and converts it again into sqlx arguments,
+/// which was the larger part of the writer's cost on the request core (BENCHMARKS.md).
 pub async fn append(db: &DatabaseConnection, records: &[AuditRecord]) -> Result<(), DbErr> {
     if records.is_empty() {
         return Ok(());
     }
     let _tail = CHAIN_TAIL.lock().await;
-    let txn = db.begin().await?;
-    if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
-        txn.execute_raw(Statement::from_sql_and_values(
-            sea_orm::DatabaseBackend::Postgres,
-            "SELECT pg_advisory_xact_lock($1)",
-            [CHAIN_LOCK_KEY.into()],
-        ))
-        .await?;
-    }
-    let backend = txn.get_database_backend();
-    // Only the tail's hash, with a literal `LIMIT 1`: SeaORM's `.one()` binds the limit, and
-    // SQLite re-prepares a statement whose LIMIT is a bound parameter every time it is
-    // rebound (it plans with the value), which cost a full parse per batch.
-    let mut prev: String = match txn
-        .query_one_raw(Statement::from_string(
-            backend,
-            r#"SELECT "hash" FROM "audit_event" ORDER BY "id" DESC LIMIT 1"#,
-        ))
-        .await?
-    {
-        Some(row) => row.try_get("", "hash")?,
-        None => GENESIS.to_owned(),
-    };
-    let mut scratch = Vec::with_capacity(1024);
-    for chunk in insert_chunks(records, backend) {
-        let mut values = Vec::with_capacity(chunk.len() * INSERT_COLUMNS.len());
-        for record in chunk {
-            let hash = chain_hash_with(&mut scratch, &prev, record);
-            let prev_hash = std::mem::replace(&mut prev, hash.clone());
-            values.extend([
-                record.occurred_at.into(),
-                record.kind.into(),
-                record.request_id.clone().into(),
-                record.principal_id.into(),
-                record.api_key_id.into(),
-                record.grant_id.into(),
-                record.client_ip.clone().into(),
-                record.method.clone().into(),
-                record.path.clone().into(),
-                record.route_id.into(),
-                record.decision.into(),
-                record.reason.clone().into(),
-                record.status.into(),
-                record.latency_us.into(),
-                record.detail.clone().into(),
-                prev_hash.into(),
-                hash.into(),
-            ]);
+    let stored = match &db.inner {
+        DatabaseConnectionType::SqlxSqlitePoolConnection(_) => {
+            append_sqlite(db.get_sqlite_connection_pool(), records).await
         }
-        txn.execute_raw(Statement::from_sql_and_values(
-            backend,
-            insert_sql(backend, chunk.len()),
-            values,
-        ))
-        .await?;
-    }
-    touch_keys(&txn, records).await?;
-    count_usage(&txn, records).await?;
-    txn.commit().await
+        DatabaseConnectionType::SqlxPostgresPoolConnection(_) => {
+            append_postgres(db.get_postgres_connection_pool(), records).await
+        }
+        _ => {
+            return Err(DbErr::Custom(
+                "the audit writer needs a SQLite or PostgreSQL connection pool".into(),
+            ));
+        }
+    };
+    stored.map_err(|error| DbErr::Exec(RuntimeErr::SqlxError(std::sync::Arc::new(error))))
 }
 
-/// Rows per INSERT statement: 50 × 17 parameters stays under SQLite's historical limit of 999.
+/// The chain tail's hash, with a literal `LIMIT 1`: SQLite re-prepares a statement whose
+/// LIMIT is a bound parameter every time it is rebound (it plans with the value).
+const TAIL_SQL: &str = r#"SELECT "hash" FROM "audit_event" ORDER BY "id" DESC LIMIT 1"#;
+
+/// `append` on SQLite and on PostgreSQL: the same statements, bound through each backend's
+/// own sqlx types (a macro, because sqlx's generic bounds for "every column type encodes on
+/// this database" are longer than the body).
+macro_rules! append_with {
+    ($name:ident, $db:ty, $backend:expr) => {
+        async fn $name(pool: &sqlx::Pool<$db>, records: &[AuditRecord]) -> Result<(), sqlx::Error> {
+            let backend = $backend;
+            let mut txn = pool.begin().await?;
+            if backend == DatabaseBackend::Postgres {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(CHAIN_LOCK_KEY)
+                    .execute(&mut *txn)
+                    .await?;
+            }
+            let mut prev: String = sqlx::query_scalar(TAIL_SQL)
+                .fetch_optional(&mut *txn)
+                .await?
+                .unwrap_or_else(|| GENESIS.to_owned());
+            let mut scratch = Vec::with_capacity(1024);
+            for chunk in insert_chunks(records, backend) {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_sql(backend, chunk.len())));
+                for (row, record) in chunk.iter().enumerate() {
+                    let hash = chain_hash_with(&mut scratch, &prev, record);
+                    let prev_hash = std::mem::replace(&mut prev, hash);
+                    query = query
+                        .bind(record.occurred_at)
+                        .bind(audit_kind_str(&record.kind))
+                        .bind(record.request_id.as_deref())
+                        .bind(record.principal_id)
+                        .bind(record.api_key_id)
+                        .bind(record.grant_id)
+                        .bind(record.client_ip.as_deref())
+                        .bind(record.method.as_deref())
+                        .bind(record.path.as_deref())
+                        .bind(record.route_id)
+                        .bind(record.decision.as_ref().map(decision_str))
+                        .bind(record.reason.as_str())
+                        .bind(record.status)
+                        .bind(record.latency_us)
+                        .bind(&record.detail);
+                    // On PostgreSQL a later row's `prev_hash` names the previous row's hash
+                    // parameter instead of a second copy (see `insert_sql`).
+                    if row == 0 || backend != DatabaseBackend::Postgres {
+                        query = query.bind(prev_hash);
+                    }
+                    query = query.bind(prev.clone());
+                }
+                query.execute(&mut *txn).await?;
+            }
+            for (key, record) in latest_use_per_key(records) {
+                sqlx::query(touch_key_sql(backend))
+                    .bind(record.occurred_at)
+                    .bind(record.client_ip.as_deref())
+                    .bind(key)
+                    .execute(&mut *txn)
+                    .await?;
+            }
+            for usage in usage_per_permission(records) {
+                sqlx::query(count_usage_sql(backend))
+                    .bind(Uuid::now_v7())
+                    .bind(usage.scope_key())
+                    .bind(usage.principal_id)
+                    .bind(usage.api_key_id)
+                    .bind(usage.permission_id)
+                    .bind(usage.route_id)
+                    .bind(usage.count)
+                    .bind(usage.first)
+                    .bind(usage.last)
+                    .execute(&mut *txn)
+                    .await?;
+            }
+            txn.commit().await
+        }
+    };
+}
+
+append_with!(append_sqlite, sqlx::Sqlite, DatabaseBackend::Sqlite);
+append_with!(append_postgres, sqlx::Postgres, DatabaseBackend::Postgres);
+
+/// Rows per INSERT statement: 50 rows stay under SQLite's historical limit of 999 parameters.
 const INSERT_ROWS: usize = 50;
 
 /// On PostgreSQL, the most bound bytes (estimated) per INSERT statement. sqlx 0.9.0 leaves
@@ -415,10 +456,10 @@ const PG_INSERT_BYTES: usize = 12 * 1024;
 /// and, on PostgreSQL, at most [`PG_INSERT_BYTES`] (a single larger row is a run of its own).
 fn insert_chunks(
     records: &[AuditRecord],
-    backend: sea_orm::DatabaseBackend,
+    backend: DatabaseBackend,
 ) -> impl Iterator<Item = &[AuditRecord]> {
     // Only PostgreSQL needs the per-row size estimate (it serialises each row's detail).
-    let byte_budget = (backend == sea_orm::DatabaseBackend::Postgres).then_some(PG_INSERT_BYTES);
+    let byte_budget = (backend == DatabaseBackend::Postgres).then_some(PG_INSERT_BYTES);
     let mut rest = records;
     std::iter::from_fn(move || {
         if rest.is_empty() {
@@ -471,7 +512,8 @@ fn wire_size(record: &AuditRecord) -> usize {
         + detail.0
 }
 
-/// The columns of `audit_event` the writer sets, in the order of the values it binds.
+/// The columns of `audit_event` the writer sets, in the order of the values it binds;
+/// `prev_hash` (second to last) is bound only for a statement's first row.
 const INSERT_COLUMNS: [&str; 17] = [
     "occurred_at",
     "kind",
@@ -492,21 +534,42 @@ const INSERT_COLUMNS: [&str; 17] = [
     "hash",
 ];
 
-/// `INSERT INTO audit_event (…) VALUES (…), …` for `rows` rows. Written directly rather than
-/// through SeaORM's `insert_many` (one boxed expression per cell, rebuilt for every batch);
-/// the bound values are the same `Value`s the ActiveModel would bind. The text for a given
-/// row count is always the same, so the driver's prepared-statement cache reuses it.
+/// `INSERT INTO audit_event (…) VALUES (…), …` for `rows` rows, parameters in binding order.
+/// On PostgreSQL row `r > 0` names the parameter of row `r - 1`'s hash (`$N`) as its
+/// `prev_hash`, so each hash is sent once. SQLite gets plain `?`s and every row binds its
+/// `prev_hash`: sqlx maps numbered SQLite parameters through `sqlite3_bind_parameter_name`,
+/// a linear search per parameter (quadratic in a statement's 850 parameters: measured at
+/// +24k instructions per row). Each row count's text is built once per process, so the
+/// driver's prepared-statement cache always hits.
 ///
 /// On SQLite it is `INSERT OR FAIL`: with the default conflict action (ABORT) a multi-row
 /// INSERT keeps a statement journal, a copy of every page it changes, so that a failure
 /// halfway can undo only this statement. FAIL keeps the rows before the failure instead; the
 /// writer rolls the whole transaction back on any error, so nothing partial is ever stored.
-fn insert_sql(backend: sea_orm::DatabaseBackend, rows: usize) -> String {
+fn insert_sql(backend: DatabaseBackend, rows: usize) -> std::sync::Arc<str> {
+    use std::sync::{Arc, OnceLock};
+    type Texts = [OnceLock<Arc<str>>; INSERT_ROWS];
+    static SQLITE: Texts = [const { OnceLock::new() }; INSERT_ROWS];
+    static POSTGRES: Texts = [const { OnceLock::new() }; INSERT_ROWS];
+    let texts = match backend {
+        DatabaseBackend::Postgres => &POSTGRES,
+        _ => &SQLITE,
+    };
+    match texts.get(rows.wrapping_sub(1)) {
+        Some(text) => text
+            .get_or_init(|| build_insert_sql(backend, rows).into())
+            .clone(),
+        None => build_insert_sql(backend, rows).into(),
+    }
+}
+
+fn build_insert_sql(backend: DatabaseBackend, rows: usize) -> String {
     use std::fmt::Write as _;
-    let mut sql = String::with_capacity(256 + rows * INSERT_COLUMNS.len() * 6);
-    sql.push_str(match backend {
-        sea_orm::DatabaseBackend::Sqlite => "INSERT OR FAIL INTO \"audit_event\" (",
-        _ => "INSERT INTO \"audit_event\" (",
+    let mut sql = String::with_capacity(256 + rows * INSERT_COLUMNS.len() * 7);
+    sql.push_str(if backend == DatabaseBackend::Sqlite {
+        "INSERT OR FAIL INTO \"audit_event\" ("
+    } else {
+        "INSERT INTO \"audit_event\" ("
     });
     for (i, column) in INSERT_COLUMNS.iter().enumerate() {
         if i > 0 {
@@ -515,28 +578,45 @@ fn insert_sql(backend: sea_orm::DatabaseBackend, rows: usize) -> String {
         let _ = write!(sql, "\"{column}\"");
     }
     sql.push_str(") VALUES ");
+    let prev_hash_column = INSERT_COLUMNS.len() - 2;
     let mut n = 0;
+    let mut previous_hash = 0;
     for row in 0..rows {
         sql.push_str(if row == 0 { "(" } else { ", (" });
         for column in 0..INSERT_COLUMNS.len() {
             if column > 0 {
                 sql.push_str(", ");
             }
-            n += 1;
-            match backend {
-                sea_orm::DatabaseBackend::Postgres => {
-                    let _ = write!(sql, "${n}");
-                }
-                _ => sql.push('?'),
+            if backend != DatabaseBackend::Postgres {
+                sql.push('?');
+                continue;
             }
+            let parameter = if row > 0 && column == prev_hash_column {
+                previous_hash
+            } else {
+                n += 1;
+                n
+            };
+            let _ = write!(sql, "${parameter}");
         }
+        previous_hash = n;
         sql.push(')');
     }
     sql
 }
 
-/// Updates `api_key.last_used_at`/`last_used_ip` once per key per batch.
-async fn touch_keys<C: ConnectionTrait>(db: &C, records: &[AuditRecord]) -> Result<(), DbErr> {
+fn touch_key_sql(backend: DatabaseBackend) -> &'static str {
+    match backend {
+        DatabaseBackend::Postgres => {
+            r#"UPDATE "api_key" SET "last_used_at" = $1, "last_used_ip" = $2 WHERE "id" = $3"#
+        }
+        _ => r#"UPDATE "api_key" SET "last_used_at" = ?1, "last_used_ip" = ?2 WHERE "id" = ?3"#,
+    }
+}
+
+/// The most recent allowed use of each key in `records`: `api_key.last_used_at`/`last_used_ip`
+/// are updated once per key per batch.
+fn latest_use_per_key(records: &[AuditRecord]) -> HashMap<Uuid, &AuditRecord> {
     let mut latest: HashMap<Uuid, &AuditRecord> = HashMap::new();
     for record in records
         .iter()
@@ -546,38 +626,37 @@ async fn touch_keys<C: ConnectionTrait>(db: &C, records: &[AuditRecord]) -> Resu
             latest.insert(key, record);
         }
     }
-    for (key, record) in latest {
-        entity::api_key::Entity::update_many()
-            .col_expr(
-                entity::api_key::Column::LastUsedAt,
-                Expr::value(record.occurred_at),
-            )
-            .col_expr(
-                entity::api_key::Column::LastUsedIp,
-                Expr::value(record.client_ip.clone()),
-            )
-            .filter(entity::api_key::Column::Id.eq(key))
-            .exec(db)
-            .await?;
-    }
-    Ok(())
+    latest
 }
 
-/// Adds the batch's allowed requests to `usage_counter`, one row per (key or principal,
-/// permission): what access reviews use to find permissions that are never exercised.
-async fn count_usage<C: ConnectionTrait>(db: &C, records: &[AuditRecord]) -> Result<(), DbErr> {
-    use entity::usage_counter;
-    use sea_orm::sea_query::{ExprTrait, OnConflict};
-    struct Usage {
-        principal_id: Uuid,
-        api_key_id: Option<Uuid>,
-        permission_id: Uuid,
-        route_id: Option<Uuid>,
-        count: i64,
-        first: DateTime<Utc>,
-        last: DateTime<Utc>,
+/// One `usage_counter` increment: what access reviews use to find permissions that are
+/// never exercised.
+struct Usage {
+    principal_id: Uuid,
+    api_key_id: Option<Uuid>,
+    permission_id: Uuid,
+    route_id: Option<Uuid>,
+    count: i64,
+    first: DateTime<Utc>,
+    last: DateTime<Utc>,
+}
+
+impl Usage {
+    /// The counter's unique scope: a key's usage is the key's, whoever holds it; otherwise
+    /// the principal's.
+    fn scope_key(&self) -> String {
+        match self.api_key_id {
+            Some(key) => format!("key:{key}|perm:{}", self.permission_id),
+            None => format!(
+                "principal:{}|perm:{}",
+                self.principal_id, self.permission_id
+            ),
+        }
     }
-    // Keyed by (subject, permission) ids; the scope key text is built once per entry.
+}
+
+/// The batch's allowed requests summed per (key or principal, permission).
+fn usage_per_permission(records: &[AuditRecord]) -> impl Iterator<Item = Usage> {
     let mut usage: HashMap<(Option<Uuid>, Uuid, Uuid), Usage> = HashMap::new();
     for record in records
         .iter()
@@ -587,7 +666,6 @@ async fn count_usage<C: ConnectionTrait>(db: &C, records: &[AuditRecord]) -> Res
         else {
             continue;
         };
-        // A key's usage is the key's, whoever holds it; otherwise the principal's.
         let principal_part = if record.api_key_id.is_some() {
             Uuid::nil()
         } else {
@@ -608,38 +686,28 @@ async fn count_usage<C: ConnectionTrait>(db: &C, records: &[AuditRecord]) -> Res
         entry.last = Ord::max(entry.last, record.occurred_at);
         entry.route_id = record.route_id.or(entry.route_id);
     }
-    for u in usage.into_values() {
-        let scope_key = match u.api_key_id {
-            Some(key) => format!("key:{key}|perm:{}", u.permission_id),
-            None => format!("principal:{}|perm:{}", u.principal_id, u.permission_id),
-        };
-        let row = usage_counter::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            scope_key: Set(scope_key),
-            principal_id: Set(u.principal_id),
-            api_key_id: Set(u.api_key_id),
-            permission_id: Set(Some(u.permission_id)),
-            route_id: Set(u.route_id),
-            request_count: Set(u.count),
-            first_used_at: Set(u.first),
-            last_used_at: Set(u.last),
-        };
-        usage_counter::Entity::insert(row)
-            .on_conflict(
-                OnConflict::column(usage_counter::Column::ScopeKey)
-                    .value(
-                        usage_counter::Column::RequestCount,
-                        Expr::col((usage_counter::Entity, usage_counter::Column::RequestCount))
-                            .add(u.count),
-                    )
-                    .value(usage_counter::Column::LastUsedAt, Expr::value(u.last))
-                    .value(usage_counter::Column::RouteId, Expr::value(u.route_id))
-                    .to_owned(),
-            )
-            .exec_without_returning(db)
-            .await?;
+    usage.into_values()
+}
+
+/// Inserts a counter or adds to it: `request_count` grows by the batch's count, and the last
+/// use and route are the batch's.
+fn count_usage_sql(backend: DatabaseBackend) -> &'static str {
+    match backend {
+        DatabaseBackend::Postgres => concat!(
+            r#"INSERT INTO "usage_counter" ("id", "scope_key", "principal_id", "api_key_id", "#,
+            r#""permission_id", "route_id", "request_count", "first_used_at", "last_used_at") "#,
+            r#"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT ("scope_key") DO UPDATE SET "#,
+            r#""request_count" = "usage_counter"."request_count" + $7, "last_used_at" = $9, "#,
+            r#""route_id" = $6"#
+        ),
+        _ => concat!(
+            r#"INSERT INTO "usage_counter" ("id", "scope_key", "principal_id", "api_key_id", "#,
+            r#""permission_id", "route_id", "request_count", "first_used_at", "last_used_at") "#,
+            r#"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT ("scope_key") DO UPDATE SET "#,
+            r#""request_count" = "usage_counter"."request_count" + ?7, "last_used_at" = ?9, "#,
+            r#""route_id" = ?6"#
+        ),
     }
-    Ok(())
 }
 
 // === writer ===
@@ -792,6 +860,36 @@ mod tests {
             .map(<[AuditRecord]>::len)
             .collect();
         assert_eq!(sqlite, vec![50, 50, 20]);
+    }
+
+    #[test]
+    fn postgres_binds_each_hash_once_and_names_it_as_the_next_rows_prev_hash() {
+        let postgres = build_insert_sql(DatabaseBackend::Postgres, 3);
+        let values = postgres.split_once(" VALUES ").map(|(_, v)| v);
+        assert_eq!(
+            values,
+            Some(concat!(
+                "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17), ",
+                "($18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $17, $33), ",
+                "($34, $35, $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $33, $49)"
+            ))
+        );
+        assert!(postgres.starts_with("INSERT INTO \"audit_event\" (\"occurred_at\""));
+        // SQLite: plain positional parameters, 17 per row.
+        let sqlite = build_insert_sql(DatabaseBackend::Sqlite, 2);
+        assert!(sqlite.starts_with("INSERT OR FAIL INTO \"audit_event\""));
+        assert_eq!(sqlite.matches('?').count(), 34);
+        assert!(!sqlite.contains('$'));
+        // One text per row count, shared across batches (the statement cache keys on it).
+        let first = insert_sql(DatabaseBackend::Sqlite, 7);
+        assert!(std::sync::Arc::ptr_eq(
+            &first,
+            &insert_sql(DatabaseBackend::Sqlite, 7)
+        ));
+        assert_eq!(
+            &*insert_sql(DatabaseBackend::Postgres, 7),
+            build_insert_sql(DatabaseBackend::Postgres, 7)
+        );
     }
 
     /// The original encoding: build a `serde_json::Value`, then print it with keys sorted.
