@@ -178,13 +178,8 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             ));
             let listener = serve::bind(config.proxy_addr, "proxy", "PORTCULLIS_PROXY_ADDR").await?;
             let (trigger, shutdown) = serve::shutdown_channel();
-            let server = serve::serve_proxy(
-                listener,
-                proxy::router(state.clone()),
-                shutdown,
-                &config.proxy,
-            )
-            .await?;
+            let server =
+                serve::serve_proxy(listener, state.clone(), shutdown, &config.proxy).await?;
             serve::termination_signal().await;
             trigger.trigger();
             server.await.context("proxy server task panicked")??;

@@ -192,7 +192,7 @@ pub async fn start(config: &Config, ports: Ports) -> anyhow::Result<RunningDev> 
         )),
         serve::serve_proxy(
             proxy_listener,
-            proxy::router(proxy_state.clone()),
+            proxy_state.clone(),
             shutdown.clone(),
             &config.proxy,
         )

@@ -67,33 +67,78 @@ pub async fn serve(
     .with_context(|| format!("server on {addr:?} failed"))
 }
 
-/// Serves `router` on `listener`, over TLS when `proxy_tls` names a certificate and key.
+/// Serves the proxy pipeline on `listener`, over TLS when the proxy configuration names a
+/// certificate and key.
 pub async fn serve_proxy(
     listener: TcpListener,
-    router: Router,
+    state: proxy::ProxyState,
     shutdown: Shutdown,
     config: &proxy::ProxyConfig,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
     match (&config.tls_cert_path, &config.tls_key_path) {
         (Some(cert), Some(key)) => {
             let tls = crate::tls::server_config(cert, key)?;
-            // `tap_io` only so that axum's `ConnectInfo<SocketAddr>` works for this listener.
-            let listener = axum::serve::ListenerExt::tap_io(
-                crate::tls::TlsListener::new(listener, tls)?,
-                |_| {},
-            );
-            Ok(tokio::spawn(async move {
-                axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(shutdown.wait())
-                .await
-                .context("TLS proxy server failed")
-            }))
+            let listener = crate::tls::TlsListener::new(listener, tls)?;
+            Ok(tokio::spawn(serve_pipeline(listener, state, shutdown)))
         }
-        _ => Ok(tokio::spawn(serve(listener, router, shutdown))),
+        _ => {
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::debug!(%error, "cannot set TCP_NODELAY");
+                }
+            });
+            Ok(tokio::spawn(serve_pipeline(listener, state, shutdown)))
+        }
     }
+}
+
+/// How long a stopping proxy waits for requests in flight before it closes their connections.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Accepts connections until `shutdown`, each served by [`proxy::service`] on hyper (HTTP/1
+/// with upgrades for WebSockets, and HTTP/2), then lets the requests in flight finish.
+async fn serve_pipeline<L>(
+    mut listener: L,
+    state: proxy::ProxyState,
+    shutdown: Shutdown,
+) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo},
+        server::{conn::auto, graceful::GracefulShutdown},
+    };
+    let connections = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // As axum::serve does: WebSockets over HTTP/2 (extended CONNECT, RFC 8441) stay possible.
+    builder.http2().enable_connect_protocol();
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    loop {
+        let (io, peer) = tokio::select! {
+            // `Listener::accept` retries failed accepts itself.
+            accepted = listener.accept() => accepted,
+            () = &mut stop => break,
+        };
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), proxy::service(state.clone(), peer))
+            .into_owned();
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, %peer, "proxy connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, connections.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("proxy connections still open after the drain timeout; closing them");
+    }
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -34,12 +34,18 @@ use crate::{
     state::ProxyState,
 };
 
-/// The axum handler behind every proxied path.
+/// The axum handler behind every proxied path ([`crate::router`]).
 pub async fn handle(
     State(state): State<ProxyState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut request: Request,
+    request: Request,
 ) -> Response {
+    process(&state, peer, request).await
+}
+
+/// One request from `peer` through the whole pipeline, to its response. Listeners call it
+/// directly (see [`crate::service`]); [`handle`] wraps it for axum.
+pub async fn process(state: &ProxyState, peer: SocketAddr, mut request: Request) -> Response {
     let started = Instant::now();
     let request_id_header = request_id::assign(request.headers_mut());
     let request_id = request_id_header.to_str().unwrap_or("-").to_owned();
@@ -48,7 +54,7 @@ pub async fn handle(
     audit.request_id = Some(request_id.clone());
     audit.method = Some(request.method().as_str().to_owned());
     let mut rate = None;
-    let outcome = run(&state, peer, request, &mut audit, &mut rate)
+    let outcome = run(state, peer, request, &mut audit, &mut rate)
         .instrument(span.clone())
         .await;
     let mut response = match outcome {
