@@ -8,7 +8,8 @@
 #
 # Needs: nginx (apt-get install nginx), oha (cargo install oha), python3, a release build
 # (cargo build --release). Usage: bench/load.sh [rates...]   (default: 1000 5000 10000)
-# CALLGRIND=N bench/load.sh counts instructions per request instead (needs valgrind).
+# CALLGRIND=N bench/load.sh counts instructions per request instead, of Portcullis and of the
+# bare hyper proxy (needs valgrind). KEEP=dir keeps the work directory (dumps, logs, database).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATES=("${@:-1000 5000 10000}")
@@ -52,7 +53,10 @@ taskset -c $LOAD_CPU nginx -c "$WORK/upstream.conf" -p "$WORK" & PIDS+=($!)
 taskset -c $SUT_CPU nginx -c "$WORK/nginx.conf" -p "$WORK" & NGINX_MASTER=$!; PIDS+=($NGINX_MASTER)
 TARGETS=(direct nginx)
 if [ -x "$BARE_BIN" ]; then
-  taskset -c $SUT_CPU "$BARE_BIN" "$BARE" "$UPSTREAM" & BARE_PID=$!; PIDS+=($BARE_PID)
+  # Under CALLGRIND the bare proxy is counted too, as the floor of the Tokio column.
+  BARE_RUNNER=()
+  [ -n "$CALLGRIND" ] && BARE_RUNNER=(valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$WORK/bare.callgrind.out")
+  taskset -c $SUT_CPU "${BARE_RUNNER[@]}" "$BARE_BIN" "$BARE" "$UPSTREAM" 2>/dev/null & BARE_PID=$!; PIDS+=($BARE_PID)
   TARGETS+=(bare-hyper)
 else
   echo "(no $BARE_BIN: cargo build --release -p proxy --example bare_proxy to compare with it)" >&2
@@ -111,21 +115,25 @@ rss() { awk '/VmRSS/ {t=$2} /RssAnon/ {a=$2} /RssFile/ {f=$2}
 RSS_IDLE=$(rss)
 
 if [ -n "$CALLGRIND" ]; then
-  load() { taskset -c $LOAD_CPU oha -n "$1" -c 16 --no-tui -H "x-api-key: $KEY" "http://$PROXY/demo/x" >/dev/null 2>&1; }
-  load 1000  # warm-up: caches filled, statements prepared
-  callgrind_control -z "$PROXY_PID" >/dev/null 2>&1
-  load "$CALLGRIND"
-  callgrind_control -d "$PROXY_PID" >/dev/null 2>&1
-  sleep 1
+  count() { # pid url dump-prefix label: warm up, zero, load, dump, print per-thread counts
+    load() { taskset -c $LOAD_CPU oha -n "$1" -c 16 --no-tui -H "x-api-key: $KEY" "$2" >/dev/null 2>&1; }
+    load 1000 "$2"  # warm-up: caches filled, statements prepared
+    callgrind_control -z "$1" >/dev/null 2>&1
+    load "$CALLGRIND" "$2"
+    callgrind_control -d "$1" >/dev/null 2>&1
+    sleep 1
+    for dump in "$3".1-*; do
+      total=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
+      [ "${total:-0}" -gt 1000000 ] || continue
+      thread="thread ${dump##*-}"
+      grep -q "sqlx_sqlite::connection::worker" "$dump" && thread="SQLite worker"
+      grep -q "multi_thread::worker::run" "$dump" && thread="Tokio worker"
+      printf '  %-12s %-14s %8d\n' "$4" "$thread" $((total / CALLGRIND))
+    done
+  }
   echo "instructions per request over $CALLGRIND requests (callgrind; SHA-256 runs its AVX code, not SHA-NI):"
-  for dump in "$WORK"/callgrind.out.1-*; do
-    total=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
-    [ "${total:-0}" -gt 1000000 ] || continue
-    thread="thread ${dump##*-}"
-    grep -q "sqlx_sqlite::connection::worker" "$dump" && thread="SQLite worker"
-    grep -q "multi_thread::worker::run" "$dump" && thread="Tokio worker"
-    printf '  %-14s %8d\n' "$thread" $((total / CALLGRIND))
-  done
+  count "$PROXY_PID" "http://$PROXY/demo/x" "$WORK/callgrind.out" portcullis
+  [ -n "${BARE_PID:-}" ] && count "$BARE_PID" "http://$BARE/demo/x" "$WORK/bare.callgrind.out" bare-hyper
   exit 0
 fi
 
