@@ -512,8 +512,8 @@ fn wire_size(record: &AuditRecord) -> usize {
         + detail.0
 }
 
-/// The columns of `audit_event` the writer sets, in the order of the values it binds;
-/// `prev_hash` (second to last) is bound only for a statement's first row.
+/// The columns of `audit_event` the writer sets, in the order of the values it binds (on
+/// PostgreSQL `prev_hash`, second to last, is bound only for a statement's first row).
 const INSERT_COLUMNS: [&str; 17] = [
     "occurred_at",
     "kind",
