@@ -4,7 +4,10 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use axum::Router;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
 
 /// Binds `addr`, turning "address in use" into a message that says which setting to change.
 pub async fn bind(addr: SocketAddr, what: &str, setting: &str) -> anyhow::Result<TcpListener> {
@@ -44,6 +47,18 @@ impl Shutdown {
     }
 }
 
+/// `listener` with `TCP_NODELAY` set on every accepted connection. Every response is a single
+/// small write; without it, Nagle's algorithm holds the write back while an earlier segment is
+/// unacknowledged (delayed ACKs: up to 40 ms).
+fn no_delay(listener: TcpListener) -> axum::serve::TapIo<TcpListener, fn(&mut TcpStream)> {
+    fn set(tcp: &mut TcpStream) {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    }
+    axum::serve::ListenerExt::tap_io(listener, set as fn(&mut TcpStream))
+}
+
 /// Serves `router` on `listener` until `shutdown`, letting in-flight requests finish.
 pub async fn serve(
     listener: TcpListener,
@@ -51,15 +66,8 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr().ok();
-    // Every response is a single small write; without TCP_NODELAY, Nagle's algorithm holds
-    // it back while an earlier segment is unacknowledged (delayed ACKs: up to 40 ms).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
     axum::serve(
-        listener,
+        no_delay(listener),
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown.wait())
@@ -81,14 +89,11 @@ pub async fn serve_proxy(
             let listener = crate::tls::TlsListener::new(listener, tls)?;
             Ok(tokio::spawn(serve_pipeline(listener, state, shutdown)))
         }
-        _ => {
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                if let Err(error) = tcp.set_nodelay(true) {
-                    tracing::debug!(%error, "cannot set TCP_NODELAY");
-                }
-            });
-            Ok(tokio::spawn(serve_pipeline(listener, state, shutdown)))
-        }
+        _ => Ok(tokio::spawn(serve_pipeline(
+            no_delay(listener),
+            state,
+            shutdown,
+        ))),
     }
 }
 
