@@ -167,20 +167,36 @@ impl Config {
                 problem: "must start with sqlite:, postgres:// or postgresql://".into(),
             });
         }
-        if let Some(redis) = &self.redis_url {
-            if redis.starts_with("rediss://") {
-                // Refuse rather than fail later: TLS to Redis is not built in yet.
+        match &self.redis_url {
+            Some(redis) if !(redis.starts_with("redis://") || redis.starts_with("rediss://")) => {
                 return Err(ConfigError::Invalid {
                     var: "REDIS_URL",
-                    problem: "rediss:// (TLS) is not supported yet; use redis:// inside a private network".into(),
+                    problem: "must start with redis:// or rediss:// (TLS)".into(),
                 });
             }
-            if !redis.starts_with("redis://") {
+            Some(redis) if redis.contains("#insecure") => {
                 return Err(ConfigError::Invalid {
                     var: "REDIS_URL",
-                    problem: "must start with redis://".into(),
+                    problem: "#insecure would skip TLS certificate verification; \
+                              trust a private CA with PORTCULLIS_PROXY__REDIS_CA_CERT_PATH instead"
+                        .into(),
                 });
             }
+            Some(redis)
+                if !redis.starts_with("rediss://") && self.proxy.redis_ca_cert_path.is_some() =>
+            {
+                return Err(ConfigError::Invalid {
+                    var: "PORTCULLIS_PROXY__REDIS_CA_CERT_PATH",
+                    problem: "a CA certificate needs REDIS_URL=rediss://… (TLS)".into(),
+                });
+            }
+            None if self.proxy.redis_ca_cert_path.is_some() => {
+                return Err(ConfigError::Invalid {
+                    var: "PORTCULLIS_PROXY__REDIS_CA_CERT_PATH",
+                    problem: "is set but REDIS_URL is not".into(),
+                });
+            }
+            _ => {}
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(ConfigError::Invalid {
@@ -384,6 +400,33 @@ mod tests {
                 .map_err(|e| e.to_string())?;
             assert_eq!(config.api_addr.port(), 9000);
             assert_eq!(config.proxy_addr.port(), 9002);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn redis_over_tls_is_accepted_and_never_without_verification() {
+        Jail::expect_with(|jail| {
+            jail.set_env("REDIS_URL", "rediss://:s3cret@cache.example:6379");
+            jail.set_env("PORTCULLIS_PROXY__REDIS_CA_CERT_PATH", "/etc/ca.pem");
+            load_in(jail).map_err(|e| e.to_string())?;
+
+            jail.set_env("REDIS_URL", "rediss://:s3cret@cache.example:6379/#insecure");
+            let error = load_in(jail).err().ok_or("accepted #insecure")?.to_string();
+            assert!(error.starts_with("REDIS_URL:"), "{error}");
+            assert!(!error.contains("s3cret"), "{error}");
+
+            // A private CA only makes sense for TLS.
+            jail.set_env("REDIS_URL", "redis://cache.example:6379");
+            let error = load_in(jail).err().ok_or("CA for plain redis")?.to_string();
+            assert!(
+                error.starts_with("PORTCULLIS_PROXY__REDIS_CA_CERT_PATH:"),
+                "{error}"
+            );
+
+            jail.set_env("REDIS_URL", "memcached://cache.example:11211");
+            let error = load_in(jail).err().ok_or("accepted memcached")?.to_string();
+            assert!(error.starts_with("REDIS_URL:"), "{error}");
             Ok(())
         });
     }

@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the per-request work (`cargo bench -p proxy`). Targets (issue #3):
 //! decision p99 ≤ 3 µs with 1,000 roles and 10,000 bindings; key check on a cache hit ≤ 1 µs;
-//! audit enqueue ≤ 1 µs. Results are recorded in BENCHMARKS.md.
+//! local rate-limit check ≤ 100 ns; audit enqueue ≤ 1 µs. Results are recorded in
+//! BENCHMARKS.md.
 
 #![expect(clippy::unwrap_used, reason = "benchmark setup")]
 
@@ -18,6 +19,7 @@ use proxy::{
         Binding, BindingId, MethodSet, PathGlob, Permission, PrincipalId, RequestFacts, Role,
         RoleId, Roles, Subject, evaluate,
     },
+    ratelimit::{self, Limit, LocalLimiter},
 };
 use secrecy::SecretSlice;
 use uuid::Uuid;
@@ -210,11 +212,44 @@ fn bench_audit_enqueue(c: &mut Criterion) {
     });
 }
 
+/// The in-process GCRA check as the pipeline makes it: the subject's binary bucket key built
+/// on the stack, then the check, over 1, 10,000 and 100,000 live buckets (the last one larger
+/// than the CPU caches).
+fn bench_rate_limit(c: &mut Criterion) {
+    let route = Uuid::now_v7();
+    // Never refuses during the run, so every iteration does the same work.
+    let limit = Limit::new(u32::MAX, 1_000);
+    let mut group = c.benchmark_group("local_rate_limit_check");
+    for buckets in [1u128, 10_000, 100_000] {
+        let subjects: Vec<ratelimit::Subject> = (0..buckets)
+            .map(|i| ratelimit::Subject {
+                route_id: route,
+                principal_id: None,
+                key_id: Some(Uuid::from_u128(i)),
+                client_ip: IpAddr::from([10, 0, 0, 1]),
+            })
+            .collect();
+        let limiter = LocalLimiter::new();
+        for subject in &subjects {
+            limiter.check(subject.local_key(), limit);
+        }
+        let mut next = subjects.iter().cycle();
+        group.bench_function(format!("{buckets}_buckets"), |b| {
+            b.iter(|| {
+                let subject = next.next().unwrap_or(&subjects[0]);
+                black_box(limiter.check(black_box(subject).local_key(), limit))
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_policy,
     bench_normalize,
     bench_key_check,
+    bench_rate_limit,
     bench_audit_enqueue
 );
 criterion_main!(benches);

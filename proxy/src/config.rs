@@ -42,6 +42,9 @@ pub struct ProxyConfig {
     pub default_rate_limit_burst: u32,
     /// Time allowed for one Redis rate-limit call before the request is limited in process.
     pub redis_timeout_ms: u64,
+    /// PEM certificates that alone are trusted for a `rediss://` Redis (a private CA);
+    /// unset: the system's roots.
+    pub redis_ca_cert_path: Option<std::path::PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -62,6 +65,7 @@ impl Default for ProxyConfig {
             default_rate_limit_per_minute: 600,
             default_rate_limit_burst: 100,
             redis_timeout_ms: 50,
+            redis_ca_cert_path: None,
         }
     }
 }

@@ -103,7 +103,17 @@ impl ProxyState {
         };
         let ratelimit = match redis_url {
             Some(url) => {
-                RateLimiter::with_redis(url, config.redis_timeout()).context("invalid REDIS_URL")?
+                let ca = match &config.redis_ca_cert_path {
+                    Some(path) => Some(std::fs::read(path).with_context(|| {
+                        format!(
+                            "PORTCULLIS_PROXY__REDIS_CA_CERT_PATH: cannot read {}",
+                            path.display()
+                        )
+                    })?),
+                    None => None,
+                };
+                RateLimiter::with_redis(url, ca.as_deref(), config.redis_timeout())
+                    .context("invalid REDIS_URL")?
             }
             None => RateLimiter::local(),
         };

@@ -336,13 +336,18 @@ impl RateLimiter {
         }
     }
 
-    /// Limits shared through Redis at `url`, each call bounded by `timeout`. Connects lazily;
-    /// fails only for a malformed URL. Must be called inside a Tokio runtime.
-    pub fn with_redis(url: &str, timeout: Duration) -> Result<Self, SharedLimitError> {
+    /// Limits shared through Redis at `url` (TLS for `rediss://`, trusting only `ca_pem` when
+    /// given; see [`RedisLimiter::new`]), each call bounded by `timeout`. Connects lazily;
+    /// fails only for bad settings. Must be called inside a Tokio runtime.
+    pub fn with_redis(
+        url: &str,
+        ca_pem: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Self, SharedLimitError> {
         Ok(Self {
             local: LocalLimiter::new(),
             redis: Some(Arc::new(RedisState {
-                limiter: RedisLimiter::new(url, timeout)?,
+                limiter: RedisLimiter::new(url, ca_pem, timeout)?,
                 down: AtomicBool::new(false),
                 fallbacks: AtomicU64::new(0),
                 reported: AtomicU64::new(0),

@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use redis::{
-    Script,
+    ConnectionAddr, IntoConnectionInfo, Script, TlsCertificates,
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
+use rustls::pki_types::{CertificateDer, pem::PemObject};
 
 use super::{Limit, RateDecision};
 
@@ -40,9 +41,13 @@ local remaining = math.floor((tolerance - (new_tat - now)) / interval)
 return {1, remaining, new_tat - now, 0}
 ";
 
-/// Why the shared budget could not be consulted. The caller falls back to local limits.
+/// Why the shared budget could not be consulted (the caller falls back to local limits), or,
+/// from [`RedisLimiter::new`], why the Redis settings are refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SharedLimitError {
+    /// The URL or the TLS settings are not acceptable (found at start-up, never per request).
+    #[error("{0}")]
+    Settings(&'static str),
     /// Redis answered with an error or the connection failed.
     #[error("redis error")]
     Redis(#[from] redis::RedisError),
@@ -63,11 +68,56 @@ pub struct RedisLimiter {
 
 impl RedisLimiter {
     /// A limiter over `url`. Connects lazily (and reconnects by itself), so a Redis that is
-    /// down at start-up does not stop the proxy; only a malformed URL is an error.
+    /// down at start-up does not stop the proxy; only bad settings are an error.
+    ///
+    /// `rediss://` connects over TLS and verifies the server's certificate against the
+    /// system's roots, or only against `ca_pem` (PEM certificates) when given. Turning the
+    /// verification off (`#insecure`) is refused, and so is a CA for a plain `redis://` URL.
     ///
     /// Must be called inside a Tokio runtime.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, SharedLimitError> {
-        let client = redis::Client::open(url)?;
+    pub fn new(
+        url: &str,
+        ca_pem: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Self, SharedLimitError> {
+        let info = url.into_connection_info()?;
+        let client = match (info.addr(), ca_pem) {
+            (ConnectionAddr::TcpTls { insecure: true, .. }, _) => {
+                return Err(SharedLimitError::Settings(
+                    "rediss:// with #insecure would skip certificate verification; refused",
+                ));
+            }
+            (ConnectionAddr::TcpTls { .. }, ca) => {
+                // rustls cannot choose between the two providers compiled into the binary.
+                let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+                match ca {
+                    Some(pem) => {
+                        let certificates = CertificateDer::pem_slice_iter(pem)
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|_| {
+                                SharedLimitError::Settings("the Redis CA file is not valid PEM")
+                            })?;
+                        if certificates.is_empty() {
+                            return Err(SharedLimitError::Settings(
+                                "the Redis CA file holds no certificate",
+                            ));
+                        }
+                        let roots = TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(pem.to_vec()),
+                        };
+                        redis::Client::build_with_tls(info, roots)?
+                    }
+                    None => redis::Client::open(info)?,
+                }
+            }
+            (_, Some(_)) => {
+                return Err(SharedLimitError::Settings(
+                    "a Redis CA certificate needs a rediss:// (TLS) URL",
+                ));
+            }
+            (_, None) => redis::Client::open(info)?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))

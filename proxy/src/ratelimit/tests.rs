@@ -459,8 +459,8 @@ fn unique_bucket() -> String {
 async fn two_proxies_share_one_budget_through_redis() {
     let Some(url) = redis_url() else { return };
     let timeout = Duration::from_millis(500);
-    let a = RateLimiter::with_redis(&url, timeout).unwrap();
-    let b = RateLimiter::with_redis(&url, timeout).unwrap();
+    let a = RateLimiter::with_redis(&url, None, timeout).unwrap();
+    let b = RateLimiter::with_redis(&url, None, timeout).unwrap();
     let bucket = unique_bucket();
     let limit = Limit::new(1, 5); // one per minute: no refill during the test
     let mut decisions = Vec::new();
@@ -506,7 +506,7 @@ async fn two_proxies_share_one_budget_through_redis() {
 #[tokio::test]
 async fn the_script_is_reloaded_after_a_script_flush() {
     let Some(url) = redis_url() else { return };
-    let limiter = RateLimiter::with_redis(&url, Duration::from_millis(500)).unwrap();
+    let limiter = RateLimiter::with_redis(&url, None, Duration::from_millis(500)).unwrap();
     let bucket = unique_bucket();
     let limit = Limit::new(1, 2);
     assert!(limiter.check(&bucket, limit).await.allowed);
@@ -528,8 +528,12 @@ async fn redis_refusing_connections_falls_back_to_local_limits() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap();
-    let limiter =
-        RateLimiter::with_redis(&format!("redis://{closed}"), Duration::from_millis(50)).unwrap();
+    let limiter = RateLimiter::with_redis(
+        &format!("redis://{closed}"),
+        None,
+        Duration::from_millis(50),
+    )
+    .unwrap();
     let limit = Limit::new(1, 2);
     let started = std::time::Instant::now();
     let decisions = [
@@ -556,7 +560,8 @@ async fn a_silent_redis_costs_at_most_the_timeout_once() {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = silent.local_addr().unwrap();
     let limiter =
-        RateLimiter::with_redis(&format!("redis://{addr}"), Duration::from_millis(50)).unwrap();
+        RateLimiter::with_redis(&format!("redis://{addr}"), None, Duration::from_millis(50))
+            .unwrap();
     let limit = Limit::new(1, 1);
     let started = std::time::Instant::now();
     assert!(limiter.check("k", limit).await.allowed);
@@ -571,4 +576,151 @@ async fn a_silent_redis_costs_at_most_the_timeout_once() {
     );
     assert_eq!(limiter.fallbacks(), 2);
     drop(silent);
+}
+
+// === Redis over TLS (`rediss://`) ===
+
+/// A throw-away `redis-server` that speaks only TLS, with a self-signed certificate for
+/// `localhost` made by the `openssl` CLI. Needs both binaries on `PATH`; like every Redis test
+/// it runs when `TEST_REDIS_URL` is set (CI has both).
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+    /// The server's certificate, PEM: the one root a client must trust.
+    cert: Vec<u8>,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsRedis {
+    fn start() -> Self {
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let made = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .args(["-addext", "extendedKeyUsage=serverAuth"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("the openssl CLI makes the test certificate");
+        assert!(made.status.success(), "{made:?}");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(&cert)
+            .arg("--tls-key-file")
+            .arg(&key)
+            .arg("--tls-ca-cert-file")
+            .arg(&cert)
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--bind", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (with TLS support) is on PATH");
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server --tls-port {port} never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let cert = std::fs::read(&cert).unwrap();
+        Self {
+            child,
+            port,
+            cert,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn two_proxies_share_one_budget_through_redis_over_tls() {
+    if redis_url().is_none() {
+        return;
+    }
+    let server = TlsRedis::start();
+    let url = format!("rediss://localhost:{}", server.port);
+    // Generous: the first call includes the TLS handshake.
+    let timeout = Duration::from_secs(2);
+    let a = RateLimiter::with_redis(&url, Some(&server.cert), timeout).unwrap();
+    let b = RateLimiter::with_redis(&url, Some(&server.cert), timeout).unwrap();
+    let bucket = unique_bucket();
+    let limit = Limit::new(1, 3);
+    let mut admitted = Vec::new();
+    for _ in 0..3 {
+        admitted.push(a.check(&bucket, limit).await.allowed);
+        admitted.push(b.check(&bucket, limit).await.allowed);
+    }
+    assert_eq!(admitted, [true, true, true, false, false, false]);
+    assert_eq!(a.fallbacks() + b.fallbacks(), 0, "Redis answered over TLS");
+
+    // A client that does not trust the server's certificate (system roots only) never gets
+    // through the handshake: it limits in process instead, and never waves requests through.
+    let untrusting = RateLimiter::with_redis(&url, None, timeout).unwrap();
+    let fresh = unique_bucket();
+    let one = Limit::new(1, 1);
+    assert!(untrusting.check(&fresh, one).await.allowed);
+    assert!(!untrusting.check(&fresh, one).await.allowed);
+    assert_eq!(untrusting.fallbacks(), 2);
+
+    // Plain text to the TLS port does not work either.
+    let plain = RateLimiter::with_redis(
+        &format!("redis://127.0.0.1:{}", server.port),
+        None,
+        Duration::from_millis(300),
+    )
+    .unwrap();
+    plain.check(&unique_bucket(), one).await;
+    assert_eq!(plain.fallbacks(), 1);
+}
+
+#[test]
+fn unverified_or_mismatched_redis_tls_settings_are_refused() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    let timeout = Duration::from_millis(50);
+    let refused = |url: &str, ca: Option<&[u8]>| {
+        RateLimiter::with_redis(url, ca, timeout)
+            .err()
+            .map(|e| e.to_string())
+    };
+    let insecure = refused("rediss://localhost:6379/#insecure", None).unwrap();
+    assert!(insecure.contains("certificate verification"), "{insecure}");
+    let pem = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    let plain = refused("redis://localhost:6379", Some(pem)).unwrap();
+    assert!(plain.contains("rediss://"), "{plain}");
+    let empty = refused("rediss://localhost:6379", Some(b"not a certificate")).unwrap();
+    assert!(empty.contains("no certificate"), "{empty}");
+    // Well-formed settings are accepted without connecting (the connection is lazy).
+    assert!(refused("rediss://localhost:6379", None).is_none());
 }
