@@ -141,3 +141,108 @@ async fn ten_thousand_requests_faster_than_the_writer_lose_no_audit_event() {
     })
     .await;
 }
+
+/// A batch over many keys: every key's last use is the batch's latest for it, and every
+/// (key, permission) counter adds exactly its uses, across batches. The writer sends these
+/// as a few multi-row statements per batch (64 rows at most each), not one per key.
+#[tokio::test]
+async fn a_batch_over_many_keys_touches_every_key_and_counts_every_permission() {
+    use std::collections::HashMap;
+
+    use chrono::{Duration, SubsecRound, Utc};
+    use entity::audit_event::{AuditDecision, AuditEventKind};
+    use proxy::audit::{AuditRecord, append};
+    use uuid::Uuid;
+
+    for_each_backend(|db| async move {
+        let app = TestApp::spawn(db).await;
+        let owner = app.admin_id().await;
+        let mut keys = Vec::new();
+        for _ in 0..150 {
+            keys.push(app.insert_key(owner).await.0);
+        }
+        let (read, write) = (Uuid::now_v7(), Uuid::now_v7());
+        let start = Utc::now().trunc_subsecs(6);
+        // Key i is used i % 3 + 1 times per batch, alternating two permissions, from a
+        // different address each time; the last use in batch order is the latest.
+        let batch = |round: i64| -> Vec<AuditRecord> {
+            let mut records = Vec::new();
+            for use_no in 0..3 {
+                for (i, key) in keys.iter().enumerate() {
+                    if use_no > i % 3 {
+                        continue;
+                    }
+                    let mut record =
+                        AuditRecord::new(AuditEventKind::ProxyRequest, "allowed_by_binding");
+                    record.occurred_at = start
+                        + Duration::seconds(round * 10 + use_no as i64)
+                        + Duration::milliseconds(i as i64);
+                    record.decision = Some(AuditDecision::Allow);
+                    record.principal_id = Some(owner);
+                    record.api_key_id = Some(*key);
+                    record.permission_id = Some(if use_no % 2 == 0 { read } else { write });
+                    record.client_ip = Some(format!("10.{round}.{use_no}.{}", i % 250));
+                    records.push(record);
+                }
+            }
+            records
+        };
+        let (first, second) = (batch(0), batch(1));
+        append(&app.db, &first).await.unwrap();
+        append(&app.db, &second).await.unwrap();
+
+        let stored = entity::api_key::Entity::find().all(&app.db).await.unwrap();
+        let stored: HashMap<Uuid, _> = stored.into_iter().map(|k| (k.id, k)).collect();
+        for (i, key) in keys.iter().enumerate() {
+            let latest = second
+                .iter()
+                .filter(|r| r.api_key_id == Some(*key))
+                .max_by_key(|r| r.occurred_at)
+                .unwrap();
+            assert_eq!(
+                stored[key].last_used_at,
+                Some(latest.occurred_at),
+                "key {i}"
+            );
+            assert_eq!(stored[key].last_used_ip, latest.client_ip, "key {i}");
+        }
+
+        let counters = entity::usage_counter::Entity::find()
+            .all(&app.db)
+            .await
+            .unwrap();
+        let counted: HashMap<(Option<Uuid>, Option<Uuid>), i64> = counters
+            .iter()
+            .filter(|c| c.api_key_id.is_some_and(|k| keys.contains(&k)))
+            .map(|c| ((c.api_key_id, c.permission_id), c.request_count))
+            .collect();
+        let mut expected: HashMap<(Option<Uuid>, Option<Uuid>), i64> = HashMap::new();
+        for record in first.iter().chain(&second) {
+            *expected
+                .entry((record.api_key_id, record.permission_id))
+                .or_default() += 1;
+        }
+        // 150 keys read; the 100 used twice or more also wrote.
+        assert_eq!(expected.len(), 250);
+        assert_eq!(counted, expected);
+        let first_use = counters
+            .iter()
+            .find(|c| c.api_key_id == Some(keys[0]))
+            .unwrap();
+        assert_eq!(first_use.first_used_at, first[0].occurred_at);
+        // The rows themselves: all stored, and the chain intact across both batches.
+        let rows = audit_event::Entity::find()
+            .order_by_asc(audit_event::Column::Id)
+            .all(&app.db)
+            .await
+            .unwrap();
+        let ours = rows
+            .iter()
+            .filter(|r| r.api_key_id.is_some_and(|k| keys.contains(&k)))
+            .count();
+        assert_eq!(ours, first.len() + second.len());
+        assert_eq!(verify_rows(GENESIS, &rows), Ok(rows.len()));
+        app.stop().await.drop_database().await;
+    })
+    .await;
+}
