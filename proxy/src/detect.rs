@@ -4,7 +4,8 @@
 //! * `failed_auth_burst` — ≥ N authentication failures from one client IP within the window.
 //! * `failed_auth_burst_key` — ≥ N wrong secrets presented for one existing key's prefix.
 //! * `key_new_network` — a key used from a network (/24 for IPv4, /48 for IPv6) it has never
-//!   been used from before (history: this instance's memory, seeded from the audit trail).
+//!   been used from before (history: this instance's memory of the last 24 h, at most 256
+//!   networks per key, backed by the audit trail).
 //! * `traffic_spike` — a principal's requests in the current minute exceed `spike_factor` times
 //!   its own moving average (and at least `spike_min_requests`).
 //! * `revoked_key_used` / `expired_key_used` — a dead key presented again.
@@ -134,8 +135,45 @@ struct State {
     failures_by_key: HashMap<Uuid, Counter>,
     dead_key_reported: HashMap<Uuid, Instant>,
     traffic: HashMap<Uuid, Traffic>,
-    networks: HashMap<Uuid, HashSet<IpNet>>,
+    networks: KnownNetworks,
     last_sweep: Option<Instant>,
+}
+
+/// How long a key's network is remembered after its last use.
+const NETWORK_MEMORY: Duration = Duration::from_secs(24 * 3_600);
+/// The most networks remembered per key; beyond it the least recently seen half is forgotten.
+const MAX_NETWORKS_PER_KEY: usize = 256;
+
+/// The networks each key was seen from, bounded in time ([`NETWORK_MEMORY`]) and in number
+/// ([`MAX_NETWORKS_PER_KEY`]). Forgetting a network costs one history lookup when it shows up
+/// again (the audit trail decides whether it is new), never a false alarm; unbounded, a key
+/// used from ever-new addresses (IPv6 offers plenty) grew this map for as long as the process
+/// ran.
+#[derive(Debug, Default)]
+struct KnownNetworks(HashMap<Uuid, HashMap<IpNet, Instant>>);
+
+impl KnownNetworks {
+    /// Records that `key` was used from `net`; true when `net` was not remembered for it.
+    fn saw(&mut self, key: Uuid, net: IpNet, now: Instant) -> bool {
+        let nets = self.0.entry(key).or_default();
+        let new = nets.insert(net, now).is_none();
+        if nets.len() > MAX_NETWORKS_PER_KEY {
+            // Keep the most recently seen half: one sort per MAX / 2 new networks.
+            let mut recent: Vec<(IpNet, Instant)> = nets.drain().collect();
+            recent.sort_unstable_by_key(|&(_, seen)| std::cmp::Reverse(seen));
+            recent.truncate(MAX_NETWORKS_PER_KEY / 2);
+            nets.extend(recent);
+        }
+        new
+    }
+
+    /// Forgets networks not seen for [`NETWORK_MEMORY`], and keys left with none.
+    fn sweep(&mut self, now: Instant) {
+        self.0.retain(|_, nets| {
+            nets.retain(|_, seen| now.duration_since(*seen) < NETWORK_MEMORY);
+            !nets.is_empty()
+        });
+    }
 }
 
 /// Work for the background task.
@@ -144,6 +182,9 @@ enum Job {
     /// Key used from a network not in memory: check history, maybe emit.
     CheckNetwork {
         key_id: Uuid,
+        /// When the request began: only history before it counts (its own row, or a later
+        /// one from the same network, may already be stored when the check runs).
+        before: chrono::DateTime<Utc>,
         principal_id: Option<Uuid>,
         ip: IpAddr,
         net: IpNet,
@@ -265,11 +306,10 @@ impl Detectors {
                     && let Some(ip) = ip
                 {
                     let net = network_of(ip);
-                    let known = state.networks.entry(key_id).or_default();
-                    if !known.contains(&net) {
-                        known.insert(net);
+                    if state.networks.saw(key_id, net, now) {
                         network_check = Some(Job::CheckNetwork {
                             key_id,
+                            before: record.occurred_at,
                             principal_id: record.principal_id,
                             ip,
                             net,
@@ -372,6 +412,7 @@ fn sweep(state: &mut State, now: Instant, window: Duration) {
         t.minute_start
             .is_some_and(|s| now.duration_since(s) < Duration::from_secs(3_600))
     });
+    state.networks.sweep(now);
 }
 
 async fn run(
@@ -394,11 +435,12 @@ async fn run(
             Job::Store(detection) => Some(detection),
             Job::CheckNetwork {
                 key_id,
+                before,
                 principal_id,
                 ip,
                 net,
                 route_id,
-            } if new_network => match seen_before(&db, key_id, net).await {
+            } if new_network => match seen_before(&db, key_id, net, before).await {
                 Ok(History::Seen) | Ok(History::FirstUse) => None,
                 Ok(History::NewNetwork(known)) => Some(Detection {
                     kind: "key_new_network",
@@ -431,17 +473,19 @@ enum History {
     NewNetwork(Vec<String>),
 }
 
-/// Looks at the key's recent allowed requests (before this one) for the network.
+/// Looks at the key's recent allowed requests that began before `before` for the network.
 async fn seen_before(
     db: &DatabaseConnection,
     key_id: Uuid,
     net: IpNet,
+    before: chrono::DateTime<Utc>,
 ) -> Result<History, sea_orm::DbErr> {
     let recent: Vec<Option<String>> = audit_event::Entity::find()
         .select_only()
         .column(audit_event::Column::ClientIp)
         .filter(audit_event::Column::ApiKeyId.eq(key_id))
         .filter(audit_event::Column::Decision.eq(AuditDecision::Allow))
+        .filter(audit_event::Column::OccurredAt.lt(before))
         .order_by_desc(audit_event::Column::Id)
         .limit(1_000)
         .into_tuple()
@@ -500,6 +544,35 @@ mod tests {
         // A new window starts over.
         assert!(!counter.hit(start + window, window, 20));
         assert_eq!(counter.count, 1);
+    }
+
+    #[test]
+    fn known_networks_are_bounded_per_key_and_in_time() {
+        let start = Instant::now();
+        let key = Uuid::now_v7();
+        let mut known = KnownNetworks::default();
+        let net = |i: u32| network_of(IpAddr::from(std::net::Ipv4Addr::from(i << 8)));
+        assert!(known.saw(key, net(1), start));
+        assert!(!known.saw(key, net(1), start), "remembered");
+        // A key used from ever-new networks: memory stays bounded, the newest are kept.
+        for i in 2..=10_000u32 {
+            let at = start + Duration::from_millis(u64::from(i));
+            assert!(known.saw(key, net(i), at));
+            assert!(known.0[&key].len() <= MAX_NETWORKS_PER_KEY);
+        }
+        assert!(known.0[&key].contains_key(&net(10_000)));
+        assert!(
+            known.saw(key, net(1), start + Duration::from_secs(11)),
+            "a forgotten network is checked against the history again"
+        );
+        // Networks not seen for a day are forgotten, and so is a key left with none.
+        let other = Uuid::now_v7();
+        known.saw(other, net(7), start + Duration::from_secs(20));
+        known.sweep(start + NETWORK_MEMORY + Duration::from_secs(12));
+        assert!(known.0.contains_key(&other));
+        assert!(!known.0.contains_key(&key));
+        known.sweep(start + NETWORK_MEMORY + Duration::from_secs(21));
+        assert!(known.0.is_empty());
     }
 
     #[test]

@@ -73,3 +73,78 @@ async fn a_revoked_key_presented_again_is_reported() {
     assert_eq!(event.api_key_id, Some(key_id));
     app.stop().await;
 }
+
+/// One proxied request with `key`, from `client_ip` as a trusted proxy reports it.
+async fn call_from(app: &TestApp, key: &str, client_ip: &str) -> StatusCode {
+    app.http
+        .get(format!("{}/demo/x", app.dev.proxy_url()))
+        .bearer_auth(key)
+        .header("x-forwarded-for", client_ip)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Waits until the audit trail holds a request of `key_id` from `client_ip`.
+async fn until_stored(app: &TestApp, key_id: uuid::Uuid, client_ip: &str) {
+    let stored = eventually(Duration::from_secs(3), || async {
+        !entity::audit_event::Entity::find()
+            .filter(entity::audit_event::Column::ApiKeyId.eq(key_id))
+            .filter(entity::audit_event::Column::ClientIp.eq(client_ip))
+            .all(&app.db)
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    assert!(stored.is_some(), "no audit row from {client_ip}");
+}
+
+#[tokio::test]
+async fn a_key_used_from_a_network_it_never_used_is_reported_once() {
+    for_each_backend(|db| async move {
+        // Loopback is a trusted proxy here, so `X-Forwarded-For` names the client.
+        let app = TestApp::spawn_with(db, |config| {
+            config.proxy.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        })
+        .await;
+        let (key_id, key) = app.insert_key(app.admin_id().await).await;
+
+        // Its first use ever is not news.
+        let ok = eventually(Duration::from_secs(1), || async {
+            call_from(&app, &key, "198.51.100.7").await == StatusCode::OK
+        })
+        .await;
+        assert!(ok.is_some(), "the new key never worked");
+        until_stored(&app, key_id, "198.51.100.7").await;
+        // Another address in the same /24 is not either.
+        assert_eq!(
+            call_from(&app, &key, "198.51.100.200").await,
+            StatusCode::OK
+        );
+        until_stored(&app, key_id, "198.51.100.200").await;
+        // A /24 the key never used is, once.
+        assert_eq!(call_from(&app, &key, "203.0.113.9").await, StatusCode::OK);
+        let found = eventually(Duration::from_secs(3), || async {
+            !events_of_kind(&app, "key_new_network").await.is_empty()
+        })
+        .await;
+        assert!(found.is_some(), "no key_new_network event");
+        assert_eq!(call_from(&app, &key, "203.0.113.77").await, StatusCode::OK);
+        until_stored(&app, key_id, "203.0.113.77").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let events = events_of_kind(&app, "key_new_network").await;
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].api_key_id, Some(key_id));
+        assert_eq!(events[0].client_ip.as_deref(), Some("203.0.113.9"));
+        assert_eq!(events[0].detail["network"], "203.0.113.0/24");
+        assert_eq!(
+            events[0].detail["known_networks"],
+            serde_json::json!(["198.51.100.0/24"])
+        );
+        app.stop().await.drop_database().await;
+    })
+    .await;
+}
