@@ -1,7 +1,8 @@
 //! Detectors: turn the stream of audited requests into security events that the remediation
 //! engine (in `api`) acts on. The proxy itself never remediates.
 //!
-//! * `failed_auth_burst` — ≥ N authentication failures from one client IP within the window.
+//! * `failed_auth_burst` — ≥ N authentication failures from one client (an IPv4 address or an
+//!   IPv6 /64, see [`client_subnet`]) within the window.
 //! * `failed_auth_burst_key` — ≥ N wrong secrets presented for one existing key's prefix.
 //! * `key_new_network` — a key used from a network (/24 for IPv4, /48 for IPv6) it has never
 //!   been used from before (history: this instance's memory of the last 24 h, at most 256
@@ -131,7 +132,8 @@ struct Traffic {
 
 #[derive(Default)]
 struct State {
-    failures_by_ip: HashMap<IpAddr, Counter>,
+    /// Per [`client_subnet`]: rotating addresses inside an IPv6 /64 evades nothing.
+    failures_by_ip: HashMap<IpNet, Counter>,
     failures_by_key: HashMap<Uuid, Counter>,
     dead_key_reported: HashMap<Uuid, Instant>,
     traffic: HashMap<Uuid, Traffic>,
@@ -240,17 +242,24 @@ impl Detectors {
                 .and_then(|ip| ip.parse::<IpAddr>().ok());
             let auth_failure = record.status == Some(401);
             if auth_failure && let Some(ip) = ip {
-                let counter = state.failures_by_ip.entry(ip).or_default();
+                let subnet = client_subnet(ip);
+                let counter = state.failures_by_ip.entry(subnet).or_default();
                 if counter.hit(now, window, self.config.failed_auth_per_ip) {
                     detections.push(Detection {
                         kind: "failed_auth_burst",
                         severity: Severity::High,
                         principal_id: None,
                         api_key_id: None,
+                        // The address that crossed the threshold; remediation blocks its
+                        // `client_subnet`, the unit counted here.
                         client_ip: Some(ip.to_string()),
                         route_id: record.route_id,
-                        fingerprint: format!("failed_auth_burst:ip:{ip}"),
-                        detail: json!({ "failures": counter.count, "window_secs": window.as_secs() }),
+                        fingerprint: format!("failed_auth_burst:ip:{subnet}"),
+                        detail: json!({
+                            "failures": counter.count,
+                            "window_secs": window.as_secs(),
+                            "network": subnet.to_string(),
+                        }),
                     });
                 }
             }
@@ -384,9 +393,21 @@ impl Detectors {
 
 /// The network a client address belongs to for "new network" purposes.
 pub fn network_of(ip: IpAddr) -> IpNet {
+    prefix_of(ip, 24, 48)
+}
+
+/// What one client controls: an IPv4 address, or the /64 an IPv6 address is in (one
+/// subscriber's network, inside which addresses rotate freely). Failed-authentication bursts
+/// are counted, and remediation blocks addresses, per subnet, so that rotating through a /64
+/// evades neither.
+pub fn client_subnet(ip: IpAddr) -> IpNet {
+    prefix_of(ip, 32, 64)
+}
+
+fn prefix_of(ip: IpAddr, v4: u8, v6: u8) -> IpNet {
     let prefix = match ip {
-        IpAddr::V4(_) => 24,
-        IpAddr::V6(_) => 48,
+        IpAddr::V4(_) => v4,
+        IpAddr::V6(_) => v6,
     };
     IpNet::new(ip, prefix)
         .map(|n| n.trunc())
@@ -573,6 +594,40 @@ mod tests {
         assert!(!known.0.contains_key(&key));
         known.sweep(start + NETWORK_MEMORY + Duration::from_secs(21));
         assert!(known.0.is_empty());
+    }
+
+    #[test]
+    fn failed_logins_rotating_through_an_ipv6_slash_64_are_one_burst() {
+        let (jobs, mut rx) = mpsc::channel(16);
+        let detectors = Detectors {
+            config: DetectorConfig::default(),
+            state: Mutex::default(),
+            jobs,
+        };
+        let threshold = detectors.config.failed_auth_per_ip;
+        for i in 0..threshold {
+            let mut record = AuditRecord::new(
+                entity::audit_event::AuditEventKind::ProxyRequest,
+                "missing_credential",
+            );
+            record.status = Some(401);
+            record.client_ip = Some(format!("2001:db8:1:2:{i:x}::1"));
+            detectors.observe(&record);
+        }
+        let Ok(Job::Store(burst)) = rx.try_recv() else {
+            panic!("no burst for {threshold} failures from one /64");
+        };
+        assert_eq!(burst.kind, "failed_auth_burst");
+        assert_eq!(burst.detail["network"], "2001:db8:1:2::/64");
+        assert!(rx.try_recv().is_err(), "one event per window");
+    }
+
+    #[test]
+    fn client_subnets_are_the_ipv4_address_or_the_ipv6_slash_64() {
+        let v4: IpAddr = [10, 1, 2, 3].into();
+        assert_eq!(client_subnet(v4).to_string(), "10.1.2.3/32");
+        let v6: IpAddr = "2001:db8:1:2:3:4:5:6".parse().unwrap_or(v4);
+        assert_eq!(client_subnet(v6).to_string(), "2001:db8:1:2::/64");
     }
 
     #[test]

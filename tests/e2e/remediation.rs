@@ -109,6 +109,34 @@ async fn a_security_event_processed_twice_starts_one_run_that_blocks_the_ip() {
 }
 
 #[tokio::test]
+async fn an_ipv6_attacker_is_blocked_by_its_slash_64_not_one_address() {
+    let fixture = Fixture::new(migration::testing::TestDatabase::sqlite().await).await;
+    let engine = fixture.engine(fast_config()).await;
+    remediation::seed_builtin_playbooks(&fixture.db)
+        .await
+        .unwrap();
+    insert_event(
+        &fixture.db,
+        "failed_auth_burst",
+        Severity::High,
+        None,
+        None,
+        Some("2001:db8:1:2:aaaa:bbbb:cccc:9"),
+    )
+    .await;
+    assert_eq!(triggers::process_security_events(&engine).await.unwrap(), 1);
+    worker::work_until_idle(&engine, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let rules = ip_rule::Entity::find().all(&fixture.db).await.unwrap();
+    assert_eq!(rules.len(), 1);
+    // Addresses inside a /64 are the attacker's to rotate; the whole subnet is denied.
+    assert_eq!(rules[0].cidr, "2001:db8:1:2::/64");
+    assert_eq!(rules[0].action, ip_rule::IpRuleAction::Deny);
+    fixture.drop().await;
+}
+
+#[tokio::test]
 async fn diagnosis_suppresses_allow_listed_ips_and_incident_grant_holders() {
     let fixture = Fixture::new(migration::testing::TestDatabase::sqlite().await).await;
     let engine = fixture.engine(fast_config()).await;

@@ -81,7 +81,8 @@ impl Default for Diagnose {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ActionTemplate {
-    /// Deny the event's client IP (a /32 or /128) for `duration_secs`.
+    /// Deny the event's client for `duration_secs`: its IPv4 address, or the /64 of its IPv6
+    /// address (`proxy::detect::client_subnet`).
     BlockIp {
         /// How long the block lasts.
         duration_secs: i64,

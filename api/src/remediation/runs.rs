@@ -103,7 +103,7 @@ pub async fn plan_steps<C: ConnectionTrait>(
                 .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
             {
                 Some(ip) => steps.push(StepAction::BlockIp {
-                    cidr: ipnet::IpNet::from(ip).to_string(),
+                    cidr: proxy::detect::client_subnet(ip).to_string(),
                     duration_secs: *duration_secs,
                     reason: reason.clone(),
                 }),
