@@ -39,11 +39,7 @@ async fn runs(db: &DatabaseConnection) -> Vec<remediation_run::Model> {
 #[tokio::test]
 async fn a_security_event_processed_twice_starts_one_run_that_blocks_the_ip() {
     for_each_backend(|db| async move {
-        let fixture = Fixture::new(db).await;
-        let engine = fixture.engine(fast_config()).await;
-        remediation::seed_builtin_playbooks(&fixture.db)
-            .await
-            .unwrap();
+        let (fixture, engine) = Fixture::with_builtin_playbooks(db).await;
         assert_eq!(
             remediation::seed_builtin_playbooks(&fixture.db)
                 .await
@@ -110,11 +106,8 @@ async fn a_security_event_processed_twice_starts_one_run_that_blocks_the_ip() {
 
 #[tokio::test]
 async fn an_ipv6_attacker_is_blocked_by_its_slash_64_not_one_address() {
-    let fixture = Fixture::new(migration::testing::TestDatabase::sqlite().await).await;
-    let engine = fixture.engine(fast_config()).await;
-    remediation::seed_builtin_playbooks(&fixture.db)
-        .await
-        .unwrap();
+    let (fixture, engine) =
+        Fixture::with_builtin_playbooks(migration::testing::TestDatabase::sqlite().await).await;
     insert_event(
         &fixture.db,
         "failed_auth_burst",
@@ -138,11 +131,8 @@ async fn an_ipv6_attacker_is_blocked_by_its_slash_64_not_one_address() {
 
 #[tokio::test]
 async fn diagnosis_suppresses_allow_listed_ips_and_incident_grant_holders() {
-    let fixture = Fixture::new(migration::testing::TestDatabase::sqlite().await).await;
-    let engine = fixture.engine(fast_config()).await;
-    remediation::seed_builtin_playbooks(&fixture.db)
-        .await
-        .unwrap();
+    let (fixture, engine) =
+        Fixture::with_builtin_playbooks(migration::testing::TestDatabase::sqlite().await).await;
     ip_rule::ActiveModel {
         id: Set(Uuid::now_v7()),
         route_id: Set(None),
@@ -224,11 +214,8 @@ async fn diagnosis_suppresses_allow_listed_ips_and_incident_grant_holders() {
 
 #[tokio::test]
 async fn dry_run_playbooks_record_what_they_would_do_and_bad_playbooks_are_skipped() {
-    let fixture = Fixture::new(migration::testing::TestDatabase::sqlite().await).await;
-    let engine = fixture.engine(fast_config()).await;
-    remediation::seed_builtin_playbooks(&fixture.db)
-        .await
-        .unwrap();
+    let (fixture, engine) =
+        Fixture::with_builtin_playbooks(migration::testing::TestDatabase::sqlite().await).await;
     let spike = remediation_playbook::Entity::find()
         .filter(remediation_playbook::Column::Name.eq("traffic-spike"))
         .one(&fixture.db)
@@ -295,11 +282,7 @@ async fn dry_run_playbooks_record_what_they_would_do_and_bad_playbooks_are_skipp
 #[tokio::test]
 async fn traffic_spikes_halve_the_limit_and_new_networks_suspend_the_key() {
     for_each_backend(|db| async move {
-        let fixture = Fixture::new(db).await;
-        let engine = fixture.engine(fast_config()).await;
-        remediation::seed_builtin_playbooks(&fixture.db)
-            .await
-            .unwrap();
+        let (fixture, engine) = Fixture::with_builtin_playbooks(db).await;
         let principal = fixture.principal().await;
         let (key_id, _) = fixture.key(principal).await;
         insert_event(
@@ -474,11 +457,7 @@ async fn report_leaked_key_kills_the_key_at_once_and_rotates_a_new_one_into_the_
 #[tokio::test]
 async fn a_key_leaked_event_from_the_webhook_revokes_and_rotates_the_key() {
     for_each_backend(|db| async move {
-        let fixture = Fixture::new(db).await;
-        let engine = fixture.engine(fast_config()).await;
-        remediation::seed_builtin_playbooks(&fixture.db)
-            .await
-            .unwrap();
+        let (fixture, engine) = Fixture::with_builtin_playbooks(db).await;
         let principal = fixture.principal().await;
         let (key_id, key) = fixture.key(principal).await;
         fixture.managed_secret("consumer/leaky", key_id, &key).await;

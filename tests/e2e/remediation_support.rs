@@ -120,6 +120,17 @@ impl Fixture {
         }
     }
 
+    /// A fixture with the built-in playbooks seeded, and an engine with fast retries: what
+    /// most playbook tests start from.
+    pub async fn with_builtin_playbooks(database: TestDatabase) -> (Self, Engine) {
+        let fixture = Self::new(database).await;
+        let engine = fixture.engine(fast_config()).await;
+        api::remediation::seed_builtin_playbooks(&fixture.db)
+            .await
+            .unwrap();
+        (fixture, engine)
+    }
+
     /// An engine over the real SDK pointed at the mocks.
     pub async fn engine(&self, config: RemediationConfig) -> Engine {
         let clients =
