@@ -33,6 +33,13 @@ trap cleanup EXIT
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 command -v oha >/dev/null || { echo "needs oha: cargo install oha" >&2; exit 1; }
 command -v nginx >/dev/null || { echo "needs nginx: apt-get install nginx" >&2; exit 1; }
+# A process left on one of these ports (an earlier run, a by-hand experiment) would answer in
+# place of the one this script starts, and be measured without anyone noticing.
+for addr in "$UPSTREAM" "$NGINX" "$BARE" "$PROXY" 127.0.0.1:19090 127.0.0.1:19091 127.0.0.1:19092; do
+  if (exec 3<>"/dev/tcp/${addr%:*}/${addr#*:}") 2>/dev/null; then
+    echo "port ${addr#*:} is already in use; stop whatever listens there first" >&2; exit 1
+  fi
+done
 
 # --- upstream and plain reverse proxy (nginx, one worker each) ---------------------------
 BODY=$(head -c 1024 /dev/zero | tr '\0' 'x')
