@@ -644,10 +644,11 @@ fn build_insert_sql(backend: DatabaseBackend, rows: usize) -> String {
 }
 
 /// The most rows of one key-touch or usage-counter statement. A batch's n entries go out in
-/// statements of 64, 32, …, 1 rows (n's binary digits, 64 at most each), so each kind has
-/// seven statement texts per backend whatever the batch holds. One statement per entry, as
-/// before, cost one driver round trip each: ≈ 400 per batch from 200 distinct keys.
-const SET_ROWS_MAX: usize = 64;
+/// statements of 32, 16, …, 1 rows (n's binary digits, 32 at most each), so each kind has
+/// six statement texts per backend whatever the batch holds. One statement per entry, as
+/// before, cost one driver round trip each: ≈ 400 per batch from 200 distinct keys. 32 usage
+/// rows bind ≈ 7 KiB, inside PostgreSQL's [`PG_INSERT_BYTES`] budget (64 would not be).
+const SET_ROWS_MAX: usize = 32;
 
 /// Consecutive runs of `items` whose lengths are powers of two, at most [`SET_ROWS_MAX`].
 fn set_chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
@@ -989,12 +990,17 @@ mod tests {
         assert_eq!(lengths(0), Vec::<usize>::new());
         assert_eq!(lengths(1), [1]);
         assert_eq!(lengths(7), [4, 2, 1]);
-        assert_eq!(lengths(64), [64]);
-        assert_eq!(lengths(200), [64, 64, 64, 8]);
+        assert_eq!(lengths(32), [32]);
+        // A usage row binds at most 9 length words, five UUIDs, an 88-character scope key
+        // (`principal:<uuid>|perm:<uuid>`), a count and two timestamps: a full statement
+        // stays inside PostgreSQL's per-statement budget (see `PG_INSERT_BYTES`).
+        let usage_row_bytes = 9 * 4 + 5 * 16 + 88 + 3 * 8;
+        assert!(SET_ROWS_MAX * usage_row_bytes < PG_INSERT_BYTES);
+        assert_eq!(lengths(200), [32, 32, 32, 32, 32, 32, 8]);
 
         // The cached text for each size class has exactly that many rows of parameters.
         assert!(touch_keys_sql(DatabaseBackend::Sqlite, 1).contains(r#"WHERE "id" = $1"#));
-        for rows in [2, 4, 8, 16, 32, 64] {
+        for rows in [2, 4, 8, 16, 32] {
             let sqlite = touch_keys_sql(DatabaseBackend::Sqlite, rows);
             assert_eq!(sqlite.matches('?').count(), 3 * rows, "{sqlite}");
             let postgres = count_usage_sql(DatabaseBackend::Postgres, rows);

@@ -144,7 +144,7 @@ async fn ten_thousand_requests_faster_than_the_writer_lose_no_audit_event() {
 
 /// A batch over many keys: every key's last use is the batch's latest for it, and every
 /// (key, permission) counter adds exactly its uses, across batches. The writer sends these
-/// as a few multi-row statements per batch (64 rows at most each), not one per key.
+/// as a few multi-row statements per batch (32 rows at most each), not one per key.
 #[tokio::test]
 async fn a_batch_over_many_keys_touches_every_key_and_counts_every_permission() {
     use std::collections::HashMap;
