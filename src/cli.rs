@@ -72,7 +72,7 @@ pub enum MigrateAction {
 
 /// Runs a parsed command line; configuration errors exit with status 2 and one line.
 pub fn run(cli: Cli) -> ExitCode {
-    crate::tls::install_crypto_provider();
+    proxy::install_crypto_provider();
     match cli.command {
         Command::Schema => {
             print!("{}", api::graphql::sdl());

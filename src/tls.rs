@@ -17,18 +17,12 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 /// A client has this long to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Installs the process-wide rustls crypto provider (aws-lc-rs). Both aws-lc-rs and ring are
-/// compiled into the binary (through different dependencies), so rustls cannot pick one itself.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
 /// Loads a certificate chain and private key (PEM) into a server configuration (HTTP/1.1 and h2).
 pub fn server_config(
     cert_path: &Path,
     key_path: &Path,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    install_crypto_provider();
+    proxy::install_crypto_provider();
     let certs = CertificateDer::pem_file_iter(cert_path)
         .with_context(|| format!("cannot read the TLS certificate {}", cert_path.display()))?
         .collect::<Result<Vec<_>, _>>()

@@ -32,6 +32,13 @@ use hyper::body::Incoming;
 
 pub use crate::{config::ProxyConfig, state::ProxyState};
 
+/// Installs the process-wide rustls crypto provider (aws-lc-rs). Both aws-lc-rs and ring are
+/// compiled into the binary (through different dependencies), so rustls cannot pick one
+/// itself. Idempotent; whatever builds a rustls configuration calls it first.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 /// The proxy as an axum router: every path, every method goes through [`pipeline::handle`].
 /// For hosts that take a router (`lambda_http`); listeners serve [`service`] instead.
 ///

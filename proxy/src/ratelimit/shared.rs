@@ -88,8 +88,7 @@ impl RedisLimiter {
                 ));
             }
             (ConnectionAddr::TcpTls { .. }, ca) => {
-                // rustls cannot choose between the two providers compiled into the binary.
-                let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+                crate::install_crypto_provider();
                 match ca {
                     Some(pem) => {
                         let certificates = CertificateDer::pem_slice_iter(pem)
