@@ -174,21 +174,27 @@ impl Config {
                     problem: "must start with redis:// or rediss:// (TLS)".into(),
                 });
             }
-            Some(redis) if redis.contains("#insecure") => {
-                return Err(ConfigError::Invalid {
-                    var: "REDIS_URL",
-                    problem: "#insecure would skip TLS certificate verification; \
-                              trust a private CA with PORTCULLIS_PROXY__REDIS_CA_CERT_PATH instead"
-                        .into(),
-                });
-            }
-            Some(redis)
-                if !redis.starts_with("rediss://") && self.proxy.redis_ca_cert_path.is_some() =>
-            {
-                return Err(ConfigError::Invalid {
-                    var: "PORTCULLIS_PROXY__REDIS_CA_CERT_PATH",
-                    problem: "a CA certificate needs REDIS_URL=rediss://… (TLS)".into(),
-                });
+            Some(redis) => {
+                // The same check the proxy's limiter makes when it starts, made now.
+                use proxy::ratelimit::{RedisLimiter, SharedLimitError};
+                let with_ca = self.proxy.redis_ca_cert_path.is_some();
+                if let Err(error) = RedisLimiter::check_settings(redis, with_ca) {
+                    return Err(match error {
+                        SharedLimitError::CaWithoutTls => ConfigError::Invalid {
+                            var: "PORTCULLIS_PROXY__REDIS_CA_CERT_PATH",
+                            problem: error.to_string(),
+                        },
+                        // The URL may hold a password: never echo the parser's details.
+                        SharedLimitError::Redis(_) => ConfigError::Invalid {
+                            var: "REDIS_URL",
+                            problem: "is not a valid Redis URL".into(),
+                        },
+                        other => ConfigError::Invalid {
+                            var: "REDIS_URL",
+                            problem: other.to_string(),
+                        },
+                    });
+                }
             }
             None if self.proxy.redis_ca_cert_path.is_some() => {
                 return Err(ConfigError::Invalid {

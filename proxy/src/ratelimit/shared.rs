@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use redis::{
-    ConnectionAddr, IntoConnectionInfo, Script, TlsCertificates,
+    ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Script, TlsCertificates,
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
 use rustls::pki_types::{CertificateDer, pem::PemObject};
@@ -45,9 +45,21 @@ return {1, remaining, new_tat - now, 0}
 /// from [`RedisLimiter::new`], why the Redis settings are refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SharedLimitError {
-    /// The URL or the TLS settings are not acceptable (found at start-up, never per request).
-    #[error("{0}")]
-    Settings(&'static str),
+    /// `rediss://…#insecure`: certificate verification turned off.
+    #[error(
+        "rediss:// with #insecure would skip certificate verification; trust a private CA \
+         with PORTCULLIS_PROXY__REDIS_CA_CERT_PATH instead"
+    )]
+    Unverified,
+    /// A CA certificate for a plain-text `redis://` URL.
+    #[error("a Redis CA certificate needs a rediss:// (TLS) URL")]
+    CaWithoutTls,
+    /// The CA file is not PEM.
+    #[error("the Redis CA file is not valid PEM")]
+    CaNotPem,
+    /// The CA file is PEM without a certificate in it.
+    #[error("the Redis CA file holds no certificate")]
+    NoCaCertificate,
     /// Redis answered with an error or the connection failed.
     #[error("redis error")]
     Redis(#[from] redis::RedisError),
@@ -80,42 +92,25 @@ impl RedisLimiter {
         ca_pem: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<Self, SharedLimitError> {
-        let info = url.into_connection_info()?;
-        let client = match (info.addr(), ca_pem) {
-            (ConnectionAddr::TcpTls { insecure: true, .. }, _) => {
-                return Err(SharedLimitError::Settings(
-                    "rediss:// with #insecure would skip certificate verification; refused",
-                ));
-            }
-            (ConnectionAddr::TcpTls { .. }, ca) => {
-                crate::install_crypto_provider();
-                match ca {
-                    Some(pem) => {
-                        let certificates = CertificateDer::pem_slice_iter(pem)
-                            .collect::<Result<Vec<_>, _>>()
-                            .map_err(|_| {
-                                SharedLimitError::Settings("the Redis CA file is not valid PEM")
-                            })?;
-                        if certificates.is_empty() {
-                            return Err(SharedLimitError::Settings(
-                                "the Redis CA file holds no certificate",
-                            ));
-                        }
-                        let roots = TlsCertificates {
-                            client_tls: None,
-                            root_cert: Some(pem.to_vec()),
-                        };
-                        redis::Client::build_with_tls(info, roots)?
-                    }
-                    None => redis::Client::open(info)?,
+        let (info, tls) = Self::parse(url, ca_pem.is_some())?;
+        if tls {
+            crate::install_crypto_provider();
+        }
+        let client = match ca_pem {
+            Some(pem) => {
+                let certificates = CertificateDer::pem_slice_iter(pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| SharedLimitError::CaNotPem)?;
+                if certificates.is_empty() {
+                    return Err(SharedLimitError::NoCaCertificate);
                 }
+                let roots = TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.to_vec()),
+                };
+                redis::Client::build_with_tls(info, roots)?
             }
-            (_, Some(_)) => {
-                return Err(SharedLimitError::Settings(
-                    "a Redis CA certificate needs a rediss:// (TLS) URL",
-                ));
-            }
-            (_, None) => redis::Client::open(info)?,
+            None => redis::Client::open(info)?,
         };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -129,6 +124,29 @@ impl RedisLimiter {
             script: Script::new(GCRA_LUA),
             timeout,
         })
+    }
+
+    /// What [`Self::new`] refuses in `url` (with a CA file or without), checked without
+    /// connecting: for configuration checks when the process loads its settings.
+    pub fn check_settings(url: &str, with_ca: bool) -> Result<(), SharedLimitError> {
+        Self::parse(url, with_ca).map(|_| ())
+    }
+
+    /// The parsed URL and whether it is TLS; refuses verification turned off and a CA for
+    /// plain text.
+    fn parse(url: &str, with_ca: bool) -> Result<(ConnectionInfo, bool), SharedLimitError> {
+        let info = url.into_connection_info()?;
+        let tls = match info.addr() {
+            ConnectionAddr::TcpTls { insecure: true, .. } => {
+                return Err(SharedLimitError::Unverified);
+            }
+            ConnectionAddr::TcpTls { .. } => true,
+            _ => false,
+        };
+        if with_ca && !tls {
+            return Err(SharedLimitError::CaWithoutTls);
+        }
+        Ok((info, tls))
     }
 
     /// Runs the script for bucket `key` (EVALSHA; on `NOSCRIPT`, SCRIPT LOAD and again), bounded
