@@ -10,6 +10,7 @@
 //! the `prev_hash` links instead, so deleting a row breaks the chain as surely as editing one.
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     sync::{Arc, OnceLock},
     time::Duration,
@@ -346,6 +347,7 @@ pub async fn append(db: &DatabaseConnection, records: &[AuditRecord]) -> Result<
     if records.is_empty() {
         return Ok(());
     }
+    let records = &*storable(records);
     let _tail = CHAIN_TAIL.lock().await;
     let stored = match &db.inner {
         DatabaseConnectionType::SqlxSqlitePoolConnection(_) => {
@@ -361,6 +363,79 @@ pub async fn append(db: &DatabaseConnection, records: &[AuditRecord]) -> Result<
         }
     };
     stored.map_err(|error| DbErr::Exec(RuntimeErr::SqlxError(std::sync::Arc::new(error))))
+}
+
+/// `records` as both databases can store them. PostgreSQL refuses U+0000 in text and in
+/// `jsonb`, so a record holding one (a NUL in a GraphQL argument the API audits, say) would
+/// fail its batch on every retry and stall the writer, and with it every request waiting to
+/// be audited. Such characters become U+FFFD before the row is hashed, so the stored row and
+/// its hash agree, on SQLite too. Records without one (all but never) are not copied.
+fn storable(records: &[AuditRecord]) -> Cow<'_, [AuditRecord]> {
+    const NUL: char = '\0';
+    fn clean(text: &mut String) {
+        if text.contains(NUL) {
+            *text = text.replace(NUL, "\u{fffd}");
+        }
+    }
+    fn value_has_nul(value: &Value) -> bool {
+        match value {
+            Value::String(text) => text.contains(NUL),
+            Value::Array(items) => items.iter().any(value_has_nul),
+            Value::Object(map) => map
+                .iter()
+                .any(|(key, item)| key.contains(NUL) || value_has_nul(item)),
+            _ => false,
+        }
+    }
+    fn clean_value(value: &mut Value) {
+        match value {
+            Value::String(text) => clean(text),
+            Value::Array(items) => items.iter_mut().for_each(clean_value),
+            Value::Object(map) => {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(mut key, mut item)| {
+                        clean(&mut key);
+                        clean_value(&mut item);
+                        (key, item)
+                    })
+                    .collect();
+            }
+            _ => {}
+        }
+    }
+    let texts = |r: &AuditRecord| {
+        [&r.request_id, &r.client_ip, &r.method, &r.path]
+            .into_iter()
+            .flatten()
+            .chain([&r.reason])
+            .any(|text| text.contains(NUL))
+    };
+    if !records.iter().any(|r| texts(r) || value_has_nul(&r.detail)) {
+        return Cow::Borrowed(records);
+    }
+    Cow::Owned(
+        records
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                for text in [
+                    &mut r.request_id,
+                    &mut r.client_ip,
+                    &mut r.method,
+                    &mut r.path,
+                ]
+                .into_iter()
+                .flatten()
+                .chain([&mut r.reason])
+                {
+                    clean(text);
+                }
+                clean_value(&mut r.detail);
+                r
+            })
+            .collect(),
+    )
 }
 
 /// The chain tail's hash, with a literal `LIMIT 1`: SQLite re-prepares a statement whose

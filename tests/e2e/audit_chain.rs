@@ -246,3 +246,92 @@ async fn a_batch_over_many_keys_touches_every_key_and_counts_every_permission() 
     })
     .await;
 }
+
+/// Whatever a record holds (quotes, escapes, control characters, non-ASCII text, absent ids,
+/// extreme numbers, nested details, a whole-second timestamp) comes back exactly, chained,
+/// across two batches, except U+0000, which PostgreSQL cannot store and both backends keep
+/// as U+FFFD (a record that could not be stored would stall the writer); on SQLite ids and timestamps are stored as sqlx stores them for
+/// SeaORM's own writes (16-byte blobs, RFC 3339 with `+00:00`), so the column sorts alike.
+#[tokio::test]
+async fn awkward_values_are_stored_exactly_and_chain_across_batches() {
+    use chrono::{TimeZone, Utc};
+    use entity::audit_event::{AuditDecision, AuditEventKind};
+    use proxy::audit::{AuditRecord, append};
+    use sea_orm::{ConnectionTrait, Statement};
+    use uuid::Uuid;
+
+    for_each_backend(|db| async move {
+        let db = db.migrated().await;
+        let mut awkward = AuditRecord::new(
+            AuditEventKind::Management,
+            "quote \" backslash \\ tab\t newline\n é 漢 🦀 unit-separator \u{1f} nul \u{0}",
+        );
+        awkward.occurred_at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        awkward.request_id = Some("req-\"1\"".into());
+        awkward.principal_id = Some(Uuid::now_v7());
+        awkward.api_key_id = Some(Uuid::now_v7());
+        awkward.grant_id = Some(Uuid::now_v7());
+        awkward.route_id = Some(Uuid::now_v7());
+        awkward.client_ip = Some("2001:db8::1".into());
+        awkward.method = Some("mutation".into());
+        awkward.path = Some("/a b/ü/[0]/$.x".into());
+        awkward.decision = Some(AuditDecision::Deny);
+        awkward.status = Some(403);
+        awkward.latency_us = Some(i64::MAX);
+        awkward.detail = serde_json::json!({
+            "nested": {"list": [1, -2.5, 1e300, true, null, "x\"y\\z\u{0}\u{7f}"], "empty": {}},
+            "unicode": "é🦀",
+            "big": u64::MAX,
+            "small": i64::MIN,
+            "": [],
+            "key\u{0}": "nul"
+        });
+        let empty = AuditRecord::new(AuditEventKind::ProxyRequest, "");
+        let mut later = AuditRecord::new(AuditEventKind::Webhook, "second batch");
+        later.latency_us = Some(0);
+        later.status = Some(-1);
+        append(&db.conn, &[awkward.clone(), empty.clone()])
+            .await
+            .unwrap();
+        append(&db.conn, std::slice::from_ref(&later))
+            .await
+            .unwrap();
+
+        let rows = audit_event::Entity::find()
+            .order_by_asc(audit_event::Column::Id)
+            .all(&db.conn)
+            .await
+            .unwrap();
+        assert_eq!(verify_rows(GENESIS, &rows), Ok(3));
+        let stored: Vec<AuditRecord> = rows.iter().map(AuditRecord::from_model).collect();
+        let mut expected = awkward.clone();
+        expected.reason = expected.reason.replace('\0', "\u{fffd}");
+        expected.detail =
+            serde_json::from_str(&expected.detail.to_string().replace("\\u0000", "\u{fffd}"))
+                .unwrap();
+        assert!(expected.reason.ends_with("nul \u{fffd}"));
+        assert_eq!(stored, [expected, empty, later]);
+
+        if db.backend == migration::testing::Backend::Sqlite {
+            let row = db
+                .conn
+                .query_one_raw(Statement::from_string(
+                    db.conn.get_database_backend(),
+                    "SELECT occurred_at, typeof(principal_id), length(principal_id), \
+                     typeof(grant_id), typeof(status), typeof(detail) \
+                     FROM audit_event ORDER BY id LIMIT 1",
+                ))
+                .await
+                .unwrap()
+                .unwrap();
+            let text = |i: usize| row.try_get_by_index::<String>(i).unwrap();
+            assert_eq!(text(0), "2026-01-02T03:04:05+00:00");
+            assert_eq!(text(1), "blob");
+            assert_eq!(row.try_get_by_index::<i64>(2).unwrap(), 16);
+            assert_eq!(text(3), "blob");
+            assert_eq!(text(4), "integer");
+            assert_eq!(text(5), "text");
+        }
+    })
+    .await;
+}
