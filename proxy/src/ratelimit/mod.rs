@@ -65,6 +65,8 @@ use chrono::{DateTime, Utc};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use uuid::Uuid;
 
+use crate::detect::client_subnet;
+
 pub use self::{
     local::LocalLimiter,
     shared::{RedisLimiter, SharedLimitError},
@@ -236,9 +238,10 @@ impl Subject {
         let (tag, id): (u8, u128) = match (self.key_id, self.principal_id) {
             (Some(key), _) => (b'k', key.as_u128()),
             (None, Some(principal)) => (b'p', principal.as_u128()),
-            (None, None) => match self.client_ip {
+            // Per client subnet, as `bucket_key` counts it.
+            (None, None) => match client_subnet(self.client_ip).addr() {
                 IpAddr::V4(v4) => (b'4', u128::from(u32::from(v4))),
-                IpAddr::V6(v6) => (b'6', u128::from(v6) & !((1u128 << 64) - 1)),
+                IpAddr::V6(block) => (b'6', u128::from(block)),
             },
         };
         let mut key = [0_u8; 33];
@@ -262,8 +265,9 @@ impl AsRef<[u8]> for LocalKey {
 }
 
 /// The bucket a request is counted in: per API key (or principal without a key, or client IP
-/// without either) and route. Anonymous IPv6 clients are counted per /64, the smallest block
-/// a single subscriber is usually given, so rotating addresses within it does not escape the limit.
+/// without either) and route. Anonymous IPv6 clients are counted per /64
+/// ([`client_subnet`], the same subnet the detectors count and remediation blocks), so
+/// rotating addresses within it does not escape the limit.
 pub fn bucket_key(
     route_id: Uuid,
     principal_id: Option<Uuid>,
@@ -275,10 +279,7 @@ pub fn bucket_key(
         (None, Some(principal)) => format!("{route_id}:p:{principal}"),
         (None, None) => match client_ip {
             IpAddr::V4(v4) => format!("{route_id}:ip:{v4}"),
-            IpAddr::V6(v6) => {
-                let block = u128::from(v6) & !((1u128 << 64) - 1);
-                format!("{route_id}:ip:{}/64", std::net::Ipv6Addr::from(block))
-            }
+            IpAddr::V6(_) => format!("{route_id}:ip:{}", client_subnet(client_ip)),
         },
     }
 }
