@@ -27,7 +27,13 @@ BARE_BIN=${BARE_BIN:-target/release/examples/bare_proxy}
 # The system under test runs on core 1; the upstream and the load generator on core 0.
 SUT_CPU=1 LOAD_CPU=0
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; [ -n "${KEEP:-}" ] && cp -r "$WORK" "$KEEP"; rm -rf "$WORK"; }
+# Waits for the processes to exit before KEEP copies the work directory: a copy of a database
+# still open (its -wal file half-written) would not open as the same database.
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  [ -n "${KEEP:-}" ] && cp -r "$WORK" "$KEEP"; rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }

@@ -12,7 +12,7 @@
 use std::{
     borrow::Cow,
     collections::HashMap,
-    sync::{Arc, OnceLock},
+    sync::{Arc, LazyLock, OnceLock},
     time::Duration,
 };
 
@@ -302,6 +302,35 @@ fn decision_str(decision: &AuditDecision) -> &'static str {
     }
 }
 
+/// A row's value of a column that holds one of a few constants (kind, decision, method), for
+/// binding. sqlx's SQLite driver copies a bound `&str` into a new `Arc<String>` (two
+/// allocations per value per row) but binds an `Arc<str>` by moving the pointer, so the
+/// constants are shared; anything else (a non-standard method) is copied once.
+fn shared_text(text: &str) -> Arc<str> {
+    static CONSTANTS: LazyLock<Vec<Arc<str>>> = LazyLock::new(|| {
+        let kinds = [
+            AuditEventKind::ProxyRequest,
+            AuditEventKind::Management,
+            AuditEventKind::Webhook,
+        ];
+        let decisions = [AuditDecision::Allow, AuditDecision::Deny];
+        let methods = [
+            "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+        ];
+        kinds
+            .iter()
+            .map(audit_kind_str)
+            .chain(decisions.iter().map(decision_str))
+            .chain(methods)
+            .map(Arc::from)
+            .collect()
+    });
+    CONSTANTS
+        .iter()
+        .find(|constant| ***constant == *text)
+        .map_or_else(|| Arc::from(text), Arc::clone)
+}
+
 /// The first place where the stored chain does not verify.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokenLink {
@@ -404,14 +433,20 @@ fn storable(records: &[AuditRecord]) -> Cow<'_, [AuditRecord]> {
             _ => {}
         }
     }
-    let texts = |r: &AuditRecord| {
-        [&r.request_id, &r.client_ip, &r.method, &r.path]
-            .into_iter()
-            .flatten()
-            .chain([&r.reason])
-            .any(|text| text.contains(NUL))
-    };
-    if !records.iter().any(|r| texts(r) || value_has_nul(&r.detail)) {
+    // The record's text fields, named once for both the check and the rewrite.
+    macro_rules! texts {
+        ($($borrow:tt)+) => {
+            [$($borrow)+.request_id, $($borrow)+.client_ip, $($borrow)+.method, $($borrow)+.path]
+                .into_iter()
+                .flatten()
+                .chain([$($borrow)+.reason])
+        };
+    }
+    let has_nul = |r: &AuditRecord| texts!(&r).any(|text| text.contains(NUL));
+    if !records
+        .iter()
+        .any(|r| has_nul(r) || value_has_nul(&r.detail))
+    {
         return Cow::Borrowed(records);
     }
     Cow::Owned(
@@ -419,18 +454,7 @@ fn storable(records: &[AuditRecord]) -> Cow<'_, [AuditRecord]> {
             .iter()
             .cloned()
             .map(|mut r| {
-                for text in [
-                    &mut r.request_id,
-                    &mut r.client_ip,
-                    &mut r.method,
-                    &mut r.path,
-                ]
-                .into_iter()
-                .flatten()
-                .chain([&mut r.reason])
-                {
-                    clean(text);
-                }
+                texts!(&mut r).for_each(clean);
                 clean_value(&mut r.detail);
                 r
             })
@@ -468,16 +492,21 @@ macro_rules! append_with {
                     let prev_hash = std::mem::replace(&mut prev, hash);
                     query = query
                         .bind(record.occurred_at)
-                        .bind(audit_kind_str(&record.kind))
+                        .bind(shared_text(audit_kind_str(&record.kind)))
                         .bind(record.request_id.as_deref())
                         .bind(record.principal_id)
                         .bind(record.api_key_id)
                         .bind(record.grant_id)
                         .bind(record.client_ip.as_deref())
-                        .bind(record.method.as_deref())
+                        .bind(record.method.as_deref().map(shared_text))
                         .bind(record.path.as_deref())
                         .bind(record.route_id)
-                        .bind(record.decision.as_ref().map(decision_str))
+                        .bind(
+                            record
+                                .decision
+                                .as_ref()
+                                .map(|d| shared_text(decision_str(d))),
+                        )
                         .bind(record.reason.as_str())
                         .bind(record.status)
                         .bind(record.latency_us)
@@ -677,45 +706,41 @@ impl<const N: usize> StatementTexts<N> {
 }
 
 fn build_insert_sql(backend: DatabaseBackend, rows: usize) -> String {
-    use std::fmt::Write as _;
-    let mut sql = String::with_capacity(256 + rows * INSERT_COLUMNS.len() * 7);
-    sql.push_str(if backend == DatabaseBackend::Sqlite {
+    let mut head = String::from(if backend == DatabaseBackend::Sqlite {
         "INSERT OR FAIL INTO \"audit_event\" ("
     } else {
         "INSERT INTO \"audit_event\" ("
     });
     for (i, column) in INSERT_COLUMNS.iter().enumerate() {
         if i > 0 {
-            sql.push_str(", ");
+            head.push_str(", ");
         }
-        let _ = write!(sql, "\"{column}\"");
+        head.push('"');
+        head.push_str(column);
+        head.push('"');
     }
-    sql.push_str(") VALUES ");
-    let prev_hash_column = INSERT_COLUMNS.len() - 2;
-    let mut n = 0;
-    let mut previous_hash = 0;
-    for row in 0..rows {
-        sql.push_str(if row == 0 { "(" } else { ", (" });
-        for column in 0..INSERT_COLUMNS.len() {
-            if column > 0 {
-                sql.push_str(", ");
+    head.push_str(") VALUES ");
+    // Parameters are numbered in binding order, except that a later row's `prev_hash` names
+    // the previous row's `hash` parameter instead of taking a number of its own.
+    let (prev_hash_column, hash_column) = (INSERT_COLUMNS.len() - 2, INSERT_COLUMNS.len() - 1);
+    let (mut last, mut previous_hash) = (0, 0);
+    values_sql_numbered(
+        backend,
+        &head,
+        INSERT_COLUMNS.len(),
+        rows,
+        "",
+        |row, column| {
+            if row > 0 && column == prev_hash_column {
+                return previous_hash;
             }
-            if backend != DatabaseBackend::Postgres {
-                sql.push('?');
-                continue;
+            last += 1;
+            if column == hash_column {
+                previous_hash = last;
             }
-            let parameter = if row > 0 && column == prev_hash_column {
-                previous_hash
-            } else {
-                n += 1;
-                n
-            };
-            let _ = write!(sql, "${parameter}");
-        }
-        previous_hash = n;
-        sql.push(')');
-    }
-    sql
+            last
+        },
+    )
 }
 
 /// The most rows of one key-touch or usage-counter statement. A batch's n entries go out in
@@ -748,6 +773,21 @@ fn values_sql(
     rows: usize,
     tail: &str,
 ) -> String {
+    values_sql_numbered(backend, head, columns, rows, tail, |row, column| {
+        row * columns + column + 1
+    })
+}
+
+/// [`values_sql`] with PostgreSQL's parameter numbers chosen by `number(row, column)`, called
+/// once per parameter in order; SQLite's `?`s are always bound in order.
+fn values_sql_numbered(
+    backend: DatabaseBackend,
+    head: &str,
+    columns: usize,
+    rows: usize,
+    tail: &str,
+    mut number: impl FnMut(usize, usize) -> usize,
+) -> String {
     use std::fmt::Write as _;
     let mut sql = String::with_capacity(head.len() + tail.len() + rows * columns * 6);
     sql.push_str(head);
@@ -758,7 +798,7 @@ fn values_sql(
                 sql.push_str(", ");
             }
             if backend == DatabaseBackend::Postgres {
-                let _ = write!(sql, "${}", row * columns + column + 1);
+                let _ = write!(sql, "${}", number(row, column));
             } else {
                 sql.push('?');
             }
@@ -1100,6 +1140,27 @@ mod tests {
                 .count(),
             12
         );
+    }
+
+    #[test]
+    fn constant_values_are_shared_and_other_values_copied() {
+        for constant in [
+            "proxy_request",
+            "management",
+            "webhook",
+            "allow",
+            "deny",
+            "GET",
+        ] {
+            let (first, second) = (shared_text(constant), shared_text(constant));
+            assert_eq!(&*first, constant);
+            assert!(Arc::ptr_eq(&first, &second), "{constant} is not shared");
+        }
+        let custom = shared_text("PROPFIND");
+        assert_eq!(&*custom, "PROPFIND");
+        assert!(!Arc::ptr_eq(&custom, &shared_text("PROPFIND")));
+        // Methods are case-sensitive (RFC 9110 §9.1): `get` is not `GET`.
+        assert_eq!(&*shared_text("get"), "get");
     }
 
     #[test]
