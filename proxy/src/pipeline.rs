@@ -116,7 +116,7 @@ async fn run(
         request.headers_mut().remove(forward::X_FORWARDED_PROTO);
     }
     // Formatted once: the audit row and `X-Forwarded-For` both carry it.
-    let client_addr = client_ip.to_string();
+    let client_addr = address_text(client_ip);
     audit.client_ip = Some(client_addr.clone());
     state.cache.check_fresh()?;
 
@@ -460,6 +460,28 @@ fn strip_port(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
+/// `ip` as its `Display` writes it. IPv4 addresses (nearly every request) are written digit by
+/// digit: going through `core::fmt` cost ≈ 1.3k instructions per request (callgrind).
+fn address_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
+}
+
 /// The client address: the socket peer, unless the peer is a trusted proxy, in which case the
 /// right-most `X-Forwarded-For` entry that is not itself a trusted proxy. Entries further left
 /// are client-controlled and never believed.
@@ -501,6 +523,26 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+
+    #[test]
+    fn address_text_writes_what_display_writes() {
+        // Every octet value in every position, then IPv6 (which takes `Display` itself).
+        for octet in 0..=255u8 {
+            for v4 in [
+                [octet, 0, 0, 0],
+                [0, octet, 0, 0],
+                [0, 0, octet, 0],
+                [1, 2, 3, octet],
+                [octet, octet, octet, octet],
+            ] {
+                let ip = IpAddr::from(v4);
+                assert_eq!(address_text(ip), ip.to_string());
+            }
+        }
+        for v6 in ["::1", "2001:db8::7", "::ffff:192.0.2.1"] {
+            assert_eq!(address_text(ip(v6)), v6);
+        }
     }
 
     #[test]
