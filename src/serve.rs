@@ -115,9 +115,10 @@ where
         server::{conn::auto, graceful::GracefulShutdown},
     };
     let connections = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // As axum::serve does: WebSockets over HTTP/2 (extended CONNECT, RFC 8441) stay possible.
-    builder.http2().enable_connect_protocol();
+    // HTTP/2's extended CONNECT (RFC 8441) is not advertised: the pipeline refuses CONNECT
+    // (the upstream client would open a tunnel without the path that was authorised), so
+    // HTTP/2 clients open WebSockets over HTTP/1.1, whose upgrade is passed through.
+    let builder = auto::Builder::new(TokioExecutor::new());
     let stop = shutdown.wait();
     tokio::pin!(stop);
     loop {

@@ -666,22 +666,34 @@ fn key_entry(row: &api_key::Model) -> Option<KeyEntry> {
     })
 }
 
-fn json_strings(value: &serde_json::Value) -> Vec<String> {
-    value
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+/// The strings of a JSON array (`null` reads as none). `None` when `value` holds anything
+/// else: in these lists an empty one means "no restriction", so dropping what cannot be read
+/// would widen a method or CIDR condition to everything. Callers ignore the row instead.
+fn json_strings(value: &serde_json::Value) -> Option<Vec<&str>> {
+    match value {
+        serde_json::Value::Null => Some(Vec::new()),
+        serde_json::Value::Array(items) => items.iter().map(serde_json::Value::as_str).collect(),
+        _ => None,
+    }
 }
 
-fn methods(value: &serde_json::Value) -> Vec<http::Method> {
-    json_strings(value)
+/// A stored method list; `None` if any entry is not a method (see [`json_strings`]).
+fn methods(value: &serde_json::Value) -> Option<Vec<http::Method>> {
+    json_strings(value)?
         .iter()
-        .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+        .map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+        .collect()
+}
+
+/// A binding's CIDR condition (`conditions.cidrs`; none: any address); `None` if it cannot
+/// be read in full, and then the binding grants nothing (see [`json_strings`]).
+fn binding_cidrs(conditions: &serde_json::Value) -> Option<Vec<ipnet::IpNet>> {
+    let Some(cidrs) = conditions.get("cidrs") else {
+        return Some(Vec::new());
+    };
+    json_strings(cidrs)?
+        .iter()
+        .map(|cidr| cidr.parse().ok())
         .collect()
 }
 
@@ -694,10 +706,14 @@ fn compile_permission(row: &permission::Model) -> Option<Permission> {
             return None;
         }
     };
+    let Some(methods) = methods(&row.methods) else {
+        tracing::error!(permission_id = %row.id, "invalid method list; permission ignored");
+        return None;
+    };
     Some(Permission {
         id: row.id,
         name: row.name.clone(),
-        methods: MethodSet::from_methods(methods(&row.methods)),
+        methods: MethodSet::from_methods(methods),
         path,
         route_id: row.route_id,
     })
@@ -763,10 +779,16 @@ pub async fn load_snapshot(db: &DatabaseConnection) -> Result<Snapshot, DbErr> {
                 continue;
             }
         };
+        // An unknown method is simply not accepted (an empty list accepts nothing).
         let auth_methods = json_strings(&row.auth_methods)
+            .unwrap_or_default()
             .iter()
             .filter_map(|m| AuthMethod::parse(m))
             .collect();
+        let Some(methods) = methods(&row.methods) else {
+            tracing::error!(route = %row.name, "invalid method list; route disabled");
+            continue;
+        };
         let upstream_credential = match (
             &row.upstream_credential_secret_id,
             &row.upstream_credential_header,
@@ -793,7 +815,7 @@ pub async fn load_snapshot(db: &DatabaseConnection) -> Result<Snapshot, DbErr> {
             name: row.name.clone(),
             host: row.host.as_ref().map(|h| h.to_ascii_lowercase()),
             path_prefix: row.path_prefix.trim_end_matches('/').to_owned(),
-            methods: methods(&row.methods),
+            methods,
             upstream,
             strip_prefix: row.strip_prefix,
             auth_methods,
@@ -846,19 +868,18 @@ pub async fn load_principal(
         .all(db)
         .await?
         .into_iter()
-        .map(|b| Binding {
-            id: BindingId(b.id),
-            role_id: RoleId(b.role_id),
-            principal_id: PrincipalId(b.principal_id),
-            expires_at: b.expires_at,
-            cidrs: b
-                .conditions
-                .get("cidrs")
-                .map(json_strings)
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|c| c.parse().ok())
-                .collect(),
+        .filter_map(|b| {
+            let Some(cidrs) = binding_cidrs(&b.conditions) else {
+                tracing::error!(binding_id = %b.id, "invalid CIDR condition; binding ignored");
+                return None;
+            };
+            Some(Binding {
+                id: BindingId(b.id),
+                role_id: RoleId(b.role_id),
+                principal_id: PrincipalId(b.principal_id),
+                expires_at: b.expires_at,
+                cidrs,
+            })
         })
         .collect();
     let grants = incident_grant::Entity::find()
@@ -901,9 +922,11 @@ fn grant_permissions(value: &serde_json::Value) -> Vec<Permission> {
                     Some(Permission {
                         id: Uuid::nil(),
                         name: item.get("name")?.as_str()?.to_owned(),
-                        methods: MethodSet::from_methods(
-                            item.get("methods").map(methods).unwrap_or_default(),
-                        ),
+                        // Absent: any method; unreadable: the permission is dropped.
+                        methods: MethodSet::from_methods(match item.get("methods") {
+                            Some(listed) => methods(listed)?,
+                            None => Vec::new(),
+                        }),
                         path,
                         route_id: None,
                     })
@@ -911,4 +934,54 @@ fn grant_permissions(value: &serde_json::Value) -> Vec<Permission> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn unreadable_method_lists_are_refused_instead_of_widened_to_any() {
+        assert_eq!(
+            methods(&json!(["GET", "HEAD"])),
+            Some(vec![http::Method::GET, http::Method::HEAD])
+        );
+        assert_eq!(methods(&json!([])), Some(vec![]), "empty: any method");
+        assert_eq!(methods(&serde_json::Value::Null), Some(vec![]));
+        // Each of these used to lose its bad entry and, with it, every restriction.
+        assert_eq!(methods(&json!(["DELETE "])), None);
+        assert_eq!(methods(&json!(["GET", 7])), None);
+        assert_eq!(methods(&json!("GET")), None);
+    }
+
+    #[test]
+    fn unreadable_cidr_conditions_are_refused_instead_of_widened_to_any() {
+        let net = |s: &str| s.parse::<ipnet::IpNet>().ok();
+        assert_eq!(binding_cidrs(&json!({})), Some(vec![]), "no condition");
+        assert_eq!(
+            binding_cidrs(&json!({"cidrs": ["10.0.0.0/8", "2001:db8::/32"]})),
+            [net("10.0.0.0/8"), net("2001:db8::/32")]
+                .into_iter()
+                .collect::<Option<Vec<_>>>()
+        );
+        assert_eq!(binding_cidrs(&json!({"cidrs": ["10.0.0.0/33"]})), None);
+        assert_eq!(
+            binding_cidrs(&json!({"cidrs": ["10.0.0.0/8", "lan"]})),
+            None
+        );
+        assert_eq!(binding_cidrs(&json!({"cidrs": "10.0.0.0/8"})), None);
+    }
+
+    #[test]
+    fn grant_permissions_with_unreadable_methods_are_dropped() {
+        let permissions = grant_permissions(&json!([
+            {"name": "read", "methods": ["GET"], "path_glob": "/a/**"},
+            {"name": "any", "path_glob": "/b/**"},
+            {"name": "broken", "methods": ["GET", "NOT A METHOD"], "path_glob": "/**"},
+        ]));
+        let names: Vec<&str> = permissions.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["read", "any"]);
+    }
 }

@@ -20,6 +20,10 @@ pub enum ProxyError {
     /// Headers that make the request ambiguous (duplicate `Host`, conflicting credentials).
     #[error("ambiguous request: {0}")]
     AmbiguousRequest(&'static str),
+    /// A method the proxy does not forward: `CONNECT` (a tunnel, including HTTP/2's extended
+    /// CONNECT) has no path the upstream would see as the proxy does.
+    #[error("CONNECT is not proxied; WebSocket clients use the HTTP/1.1 upgrade")]
+    MethodNotSupported,
     /// No route matches host, path and method.
     #[error("no route matches this request")]
     NoRoute,
@@ -71,6 +75,7 @@ impl ProxyError {
         match self {
             Self::BadTarget(_) => "bad_request_target",
             Self::AmbiguousRequest(_) => "ambiguous_request",
+            Self::MethodNotSupported => "method_not_supported",
             Self::NoRoute => "no_route",
             Self::IpBlocked => "ip_blocked",
             Self::Unauthenticated(_) => "unauthenticated",
@@ -90,6 +95,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadTarget(_) | Self::AmbiguousRequest(_) => StatusCode::BAD_REQUEST,
+            Self::MethodNotSupported => StatusCode::NOT_IMPLEMENTED,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::IpBlocked | Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,

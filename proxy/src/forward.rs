@@ -27,9 +27,10 @@ pub fn client(connect_timeout: Duration) -> UpstreamClient {
 }
 
 /// Headers that describe one hop (RFC 9110 §7.6.1) and never travel further.
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
@@ -39,15 +40,20 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Headers a client must never be able to set on the upstream request: credentials we
-/// consumed, identity and forwarding headers we own, and rewrites some frameworks obey.
-const STRIPPED_FROM_CLIENT: [HeaderName; 12] = [
+/// consumed, client-address headers frameworks believe instead of ours, and rewrites some
+/// frameworks obey. The `OWNED_PREFIXES` families go too.
+const STRIPPED_FROM_CLIENT: [HeaderName; 16] = [
     header::AUTHORIZATION,
     X_API_KEY,
     header::FORWARDED,
-    X_FORWARDED_FOR,
-    X_FORWARDED_PROTO,
-    X_FORWARDED_HOST,
+    HeaderName::from_static("x-forwarded"),
+    HeaderName::from_static("forwarded-for"),
     HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("fastly-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
     HeaderName::from_static("x-original-url"),
     HeaderName::from_static("x-rewrite-url"),
     HeaderName::from_static("x-http-method-override"),
@@ -57,6 +63,32 @@ const STRIPPED_FROM_CLIENT: [HeaderName; 12] = [
 
 /// Prefix of the identity headers the proxy adds; client copies are removed.
 pub const IDENTITY_PREFIX: &str = "x-portcullis-";
+
+/// Header families the proxy owns: its identity headers, and every `X-Forwarded-*` (it sets
+/// For, Proto and Host itself; Ssl, Scheme, Port and Prefix are believed by some frameworks
+/// for the scheme or the base path).
+const OWNED_PREFIXES: [&str; 2] = [IDENTITY_PREFIX, "x-forwarded-"];
+
+/// Whether a client's header must not reach the upstream (hop-by-hop headers aside). A name
+/// with `_` is judged as if it had `-`: CGI-style servers (WSGI, Rack, PHP) map both
+/// spellings to one `HTTP_*` variable, where the client's `X_Portcullis_Principal` could
+/// take the place of ours.
+fn stripped_from_client(name: &HeaderName) -> bool {
+    let owned = |name: &str| OWNED_PREFIXES.iter().any(|prefix| name.starts_with(prefix));
+    if STRIPPED_FROM_CLIENT.contains(name) || owned(name.as_str()) {
+        return true;
+    }
+    if !name.as_str().contains('_') {
+        return false;
+    }
+    let dashed = name.as_str().replace('_', "-");
+    owned(&dashed)
+        || STRIPPED_FROM_CLIENT
+            .iter()
+            .chain(&HOP_BY_HOP)
+            .chain([&header::HOST])
+            .any(|known| known.as_str() == dashed)
+}
 
 // Header names the proxy reads or sets, as constants: `HeaderName::from_static` outside a
 // const context parses the name again on every call.
@@ -113,8 +145,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Rewrites the client's headers into the upstream request's headers: one pass keeps what
-/// may travel on (no hop-by-hop header, none of `STRIPPED_FROM_CLIENT`, no identity header,
-/// no `Host`: the upstream gets its own from the URI), then the proxy adds its own.
+/// may travel on (no hop-by-hop header, nothing [`stripped_from_client`], no `Host`: the
+/// upstream gets its own from the URI), then the proxy adds its own.
 pub fn upstream_headers(
     headers: HeaderMap,
     client_ip: &str,
@@ -125,10 +157,7 @@ pub fn upstream_headers(
 ) -> HeaderMap {
     let named = connection_named(&headers);
     let dropped = |name: &HeaderName| {
-        name == header::HOST
-            || is_hop_by_hop(name, &named)
-            || STRIPPED_FROM_CLIENT.contains(name)
-            || name.as_str().starts_with(IDENTITY_PREFIX)
+        name == header::HOST || is_hop_by_hop(name, &named) || stripped_from_client(name)
     };
     let mut out = HeaderMap::with_capacity(headers.len() + 7);
     // `into_iter` names a header once, then yields its further values with `None`.
@@ -323,6 +352,56 @@ mod tests {
         let accept: Vec<_> = out.get_all("accept").iter().collect();
         assert_eq!(accept, ["application/json", "text/html"]);
         assert!(out.get("host").is_none());
+    }
+
+    #[test]
+    fn underscore_spellings_scheme_hints_and_proxy_connection_are_stripped_too() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            // One `HTTP_*` variable each on CGI-style servers, like their dashed spelling.
+            (
+                "x_portcullis_principal",
+                "00000000-0000-0000-0000-000000000009",
+            ),
+            ("X_Forwarded_For", "1.1.1.1"),
+            ("x_original_url", "/admin"),
+            ("x_http_method_override", "DELETE"),
+            ("transfer_encoding", "chunked"),
+            ("x_api_key", "pk_live_x"),
+            // Scheme, port and base-path hints some frameworks believe.
+            ("x-forwarded-ssl", "on"),
+            ("x-forwarded-scheme", "https"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-real-ip", "1.1.1.1"),
+            ("true-client-ip", "1.1.1.1"),
+            ("proxy-connection", "keep-alive"),
+            // Kept: underscores in names nobody owns.
+            ("x_trace_tag", "blue"),
+        ] {
+            if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                headers.append(name, HeaderValue::from_static(value));
+            }
+        }
+        let out = upstream_headers(
+            headers,
+            "10.0.0.7",
+            None,
+            "http",
+            &Identity::default(),
+            "rid",
+        );
+        let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "x_trace_tag",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-request-id"
+            ],
+            "only the neutral header and the proxy's own may travel"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use axum::{
 };
 use chrono::Utc;
 use entity::audit_event::{AuditDecision, AuditEventKind};
-use http::{HeaderMap, header};
+use http::{HeaderMap, Method, header};
 use ipnet::IpNet;
 use tracing::Instrument;
 
@@ -105,12 +105,15 @@ async fn run(
     audit: &mut AuditRecord,
     rate: &mut Option<RateDecision>,
 ) -> Result<Response, ProxyError> {
-    let client_ip = client_ip(peer.ip(), request.headers(), &state.config.trusted_proxies)?;
+    // A dual-stack listener sees IPv4 clients as `::ffff:a.b.c.d`; every rule, bucket and
+    // detector compares plain IPv4, so the address is made canonical before anything uses it.
+    let peer_ip = peer.ip().to_canonical();
+    let client_ip = client_ip(peer_ip, request.headers(), &state.config.trusted_proxies)?;
     if !state
         .config
         .trusted_proxies
         .iter()
-        .any(|net| net.contains(&peer.ip()))
+        .any(|net| net.contains(&peer_ip))
     {
         // Only a trusted proxy may tell us the original scheme.
         request.headers_mut().remove(forward::X_FORWARDED_PROTO);
@@ -119,6 +122,9 @@ async fn run(
     let client_addr = address_text(client_ip);
     audit.client_ip = Some(client_addr.clone());
     state.cache.check_fresh()?;
+    if request.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotSupported);
+    }
 
     // 1. Normalise the target; the rest of the pipeline and the upstream see only this.
     let host = host(&request)?;
@@ -484,13 +490,14 @@ fn address_text(ip: IpAddr) -> String {
 
 /// The client address: the socket peer, unless the peer is a trusted proxy, in which case the
 /// right-most `X-Forwarded-For` entry that is not itself a trusted proxy. Entries further left
-/// are client-controlled and never believed.
+/// are client-controlled and never believed. IPv4-mapped IPv6 addresses come back as IPv4.
 pub fn client_ip(
     peer: IpAddr,
     headers: &HeaderMap,
     trusted: &[IpNet],
 ) -> Result<IpAddr, ProxyError> {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let peer = peer.to_canonical();
     if !is_trusted(&peer) {
         return Ok(peer);
     }
@@ -504,9 +511,11 @@ pub fn client_ip(
         })
         .collect::<Result<Vec<_>, _>>()?;
     for entry in entries.iter().flat_map(|v| v.split(',')).rev() {
-        let ip: IpAddr = entry.trim().parse().map_err(|_| {
-            ProxyError::AmbiguousRequest("X-Forwarded-For holds an invalid address")
-        })?;
+        let ip = entry
+            .trim()
+            .parse::<IpAddr>()
+            .map_err(|_| ProxyError::AmbiguousRequest("X-Forwarded-For holds an invalid address"))?
+            .to_canonical();
         client = ip;
         if !is_trusted(&ip) {
             break;
@@ -523,6 +532,11 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+
+    /// The trusted-proxy list of these tests.
+    fn ten_slash_eight() -> Vec<IpNet> {
+        vec![IpNet::new(ip("10.0.0.0"), 8).unwrap_or_else(|_| IpNet::from(ip("10.0.0.0")))]
     }
 
     #[test]
@@ -555,11 +569,7 @@ mod tests {
 
     #[test]
     fn the_rightmost_untrusted_hop_is_the_client() {
-        let trusted: Vec<IpNet> = vec![
-            "10.0.0.0/8"
-                .parse()
-                .unwrap_or_else(|_| IpNet::from(ip("10.0.0.0"))),
-        ];
+        let trusted = ten_slash_eight();
         let mut headers = HeaderMap::new();
         headers.insert(
             "x-forwarded-for",
@@ -574,12 +584,29 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_mapped_addresses_are_compared_as_ipv4() {
+        // A dual-stack listener reports IPv4 peers as `::ffff:a.b.c.d`.
+        let trusted = ten_slash_eight();
+        let none = HeaderMap::new();
+        assert_eq!(
+            client_ip(ip("::ffff:203.0.113.9"), &none, &[]).ok(),
+            Some(ip("203.0.113.9"))
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("::ffff:198.51.100.7, ::ffff:10.1.1.1"),
+        );
+        assert_eq!(
+            client_ip(ip("::ffff:10.0.0.2"), &headers, &trusted).ok(),
+            Some(ip("198.51.100.7")),
+            "the mapped peer is trusted by its IPv4 network, and mapped hops are skipped the same way"
+        );
+    }
+
+    #[test]
     fn garbage_in_x_forwarded_for_from_a_trusted_peer_is_refused() {
-        let trusted: Vec<IpNet> = vec![
-            "10.0.0.0/8"
-                .parse()
-                .unwrap_or_else(|_| IpNet::from(ip("10.0.0.0"))),
-        ];
+        let trusted = ten_slash_eight();
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("not-an-ip"));
         assert!(client_ip(ip("10.0.0.2"), &headers, &trusted).is_err());

@@ -153,7 +153,10 @@ async fn header_tricks_are_refused_or_neutralised() {
     let spoof = "X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Host: admin.internal\r\nX-Real-IP: 1.2.3.4\r\n\
                  Forwarded: for=1.2.3.4\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\n\
                  X-HTTP-Method-Override: DELETE\r\nX-Method-Override: DELETE\r\n\
-                 x-portcullis-principal: root\r\nx-portcullis-key-id: k\r\nx-portcullis-grant-id: g\r\n";
+                 x-portcullis-principal: root\r\nx-portcullis-key-id: k\r\nx-portcullis-grant-id: g\r\n\
+                 X-Forwarded-Prefix: /admin\r\nX-Forwarded-Ssl: on\r\nX-Forwarded-Port: 443\r\n\
+                 True-Client-IP: 1.2.3.4\r\nProxy-Connection: keep-alive\r\n\
+                 X_Portcullis_Principal: root\r\nX_Forwarded_For: 1.2.3.4\r\nX_Original_URL: /admin\r\n";
     let (status, body) = raw_http(addr, &request("/demo/a", spoof, &key)).await;
     assert_eq!(status, 200, "{body}");
     let echo = json_body(&body).unwrap();
@@ -173,6 +176,16 @@ async fn header_tricks_are_refused_or_neutralised() {
         "x-method-override",
         "x-portcullis-grant-id",
         "authorization",
+        // Frameworks believe these for the scheme, port or base path.
+        "x-forwarded-prefix",
+        "x-forwarded-ssl",
+        "x-forwarded-port",
+        "true-client-ip",
+        "proxy-connection",
+        // One `HTTP_*` variable with their dashed spellings on CGI-style servers.
+        "x_portcullis_principal",
+        "x_forwarded_for",
+        "x_original_url",
     ] {
         assert!(
             headers.get(gone).is_none(),
@@ -181,5 +194,13 @@ async fn header_tricks_are_refused_or_neutralised() {
     }
     assert_ne!(headers["x-portcullis-principal"], "root");
     assert_ne!(headers["x-portcullis-key-id"], "k");
+
+    // CONNECT opens a tunnel the upstream client would address without the authorised path.
+    let connect = format!(
+        "CONNECT localhost:80 HTTP/1.1\r\nHost: localhost:80\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    );
+    let (status, body) = raw_http(addr, &connect).await;
+    assert_eq!(status, 501, "{body}");
+    assert!(body.contains("method_not_supported"), "{body}");
     app.stop().await;
 }
