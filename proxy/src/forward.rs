@@ -145,7 +145,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Rewrites the client's headers into the upstream request's headers: one pass keeps what
-/// may travel on (no hop-by-hop header, nothing [`stripped_from_client`], no `Host`: the
+/// may travel on (no hop-by-hop header, nothing `stripped_from_client` removes, no `Host`: the
 /// upstream gets its own from the URI), then the proxy adds its own.
 pub fn upstream_headers(
     headers: HeaderMap,
