@@ -961,6 +961,38 @@ impl AuditSink {
 }
 
 impl AuditSink {
+    /// Waits for room for one event; `None` after shutdown. Holding the permit, the event can
+    /// then be queued without waiting, so a caller that may be cancelled keeps its event
+    /// until it is certainly queued (see [`AuditSink::record_detached`]).
+    pub async fn reserve(&self) -> Option<mpsc::Permit<'_, AuditRecord>> {
+        self.tx.reserve().await.ok()
+    }
+
+    /// Queues `record` without waiting, from code that cannot (a `Drop`): when the queue is
+    /// full, a task waits for room instead, so the event is still not lost.
+    pub fn record_detached(&self, record: AuditRecord) {
+        match self.tx.try_send(record) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(record)) => {
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => {
+                        let sink = self.clone();
+                        runtime.spawn(async move { sink.record(record).await });
+                    }
+                    Err(_) => {
+                        tracing::error!(
+                            ?record,
+                            "audit event outside the runtime could not be queued"
+                        );
+                    }
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(record)) => {
+                tracing::error!(?record, "audit event after shutdown could not be queued");
+            }
+        }
+    }
+
     /// A sink over a bare channel, for callers that consume events themselves (benchmarks,
     /// alternative writers). [`spawn`] is the production constructor.
     pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<AuditRecord>) {

@@ -300,8 +300,12 @@ impl PolicyCache {
             return Ok(None);
         };
         let entry = Arc::new(entry);
+        // The generation is checked under the lock `apply` evicts under: checked before it,
+        // an eviction could land between the check and the insert and be undone by this
+        // stale entry.
+        let mut principals = write(&self.principals);
         if self.generation.load(Ordering::Acquire) == generation {
-            write(&self.principals).insert(id, entry.clone());
+            principals.insert(id, entry.clone());
         }
         Ok(Some(entry))
     }
@@ -554,6 +558,8 @@ impl PolicyCache {
                     }
                 }
                 let groups = Arc::new(groups);
+                // Under the lock `forget_oidc_identities` clears under (see `principal`).
+                let _subjects = write(&self.oidc_subjects);
                 if self.generation.load(Ordering::Acquire) == generation {
                     self.oidc_groups.store(Some(groups.clone()));
                 }

@@ -122,7 +122,11 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|name| !HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(name)))
+        .filter(|name| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|h| h.as_str().eq_ignore_ascii_case(name))
+        })
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect()
 }

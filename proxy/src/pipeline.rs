@@ -51,11 +51,12 @@ pub async fn process(state: &ProxyState, peer: SocketAddr, mut request: Request)
     let request_id_header = request_id::assign(request.headers_mut());
     let request_id = request_id_header.to_str().unwrap_or("-").to_owned();
     let span = request_id::span("proxy", &request_id, request.method(), request.uri().path());
-    let mut audit = AuditRecord::new(AuditEventKind::ProxyRequest, "");
+    let mut pending = PendingAudit::new(state, started);
+    let audit = pending.record();
     audit.request_id = Some(request_id.clone());
     audit.method = Some(request.method().as_str().to_owned());
     let mut rate = None;
-    let outcome = run(state, peer, request, &mut audit, &mut rate)
+    let outcome = run(state, peer, request, audit, &mut rate)
         .instrument(span.clone())
         .await;
     let mut response = match outcome {
@@ -93,11 +94,77 @@ pub async fn process(state: &ProxyState, peer: SocketAddr, mut request: Request)
         "decision" => if audit.decision == Some(AuditDecision::Allow) { "allow" } else { "deny" },
     )
     .increment(1);
-    state.detectors.observe(&audit);
-    // Waits when the audit writer is behind: back-pressure instead of loss.
-    state.audit.record(audit).await;
+    state.detectors.observe(audit);
+    // Waits when the audit writer is behind: back-pressure instead of loss. If the client
+    // goes away meanwhile, `pending` still queues the event when it is dropped.
+    match state.audit.reserve().await {
+        Some(permit) => permit.send(pending.disarm()),
+        None => {
+            let record = pending.disarm();
+            tracing::error!(?record, "audit event after shutdown could not be queued");
+        }
+    }
     response
 }
+
+/// The request's audit event until it is queued. hyper drops a request's future when the
+/// client goes away (an HTTP/1 connection closed, an HTTP/2 stream reset), possibly after the
+/// upstream has acted on the request; the event is then queued on drop, with status 499
+/// ("client closed request", as nginx logs it) and `client_closed_request` in its reason.
+struct PendingAudit<'a> {
+    state: &'a ProxyState,
+    started: Instant,
+    record: AuditRecord,
+    armed: bool,
+}
+
+impl<'a> PendingAudit<'a> {
+    fn new(state: &'a ProxyState, started: Instant) -> Self {
+        Self {
+            state,
+            started,
+            record: AuditRecord::new(AuditEventKind::ProxyRequest, ""),
+            armed: true,
+        }
+    }
+
+    fn record(&mut self) -> &mut AuditRecord {
+        &mut self.record
+    }
+
+    /// The event, for the caller to queue; the drop no longer does.
+    fn disarm(mut self) -> AuditRecord {
+        self.armed = false;
+        std::mem::replace(
+            &mut self.record,
+            AuditRecord::new(AuditEventKind::ProxyRequest, ""),
+        )
+    }
+}
+
+impl Drop for PendingAudit<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let audit = &mut self.record;
+        // Whatever was decided stays (an allowed request may have reached the upstream).
+        audit.reason = if audit.reason.is_empty() {
+            CLIENT_CLOSED.to_owned()
+        } else {
+            format!("{}; {CLIENT_CLOSED}", audit.reason)
+        };
+        audit.decision.get_or_insert(AuditDecision::Deny);
+        audit.status = Some(499);
+        audit.latency_us = Some(self.started.elapsed().as_micros() as i64);
+        self.state.detectors.observe(audit);
+        let record = std::mem::replace(audit, AuditRecord::new(AuditEventKind::ProxyRequest, ""));
+        self.state.audit.record_detached(record);
+    }
+}
+
+/// The audit reason for a request whose client went away before its response.
+const CLIENT_CLOSED: &str = "client_closed_request";
 
 async fn run(
     state: &ProxyState,

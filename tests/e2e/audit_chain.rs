@@ -6,6 +6,15 @@ use sea_orm::{ActiveModelTrait, EntityTrait, ModelTrait, QueryOrder, Set};
 
 use crate::support::{TestApp, for_each_backend};
 
+/// Every audit row, in chain order.
+async fn rows_in_order(db: &sea_orm::DatabaseConnection) -> Vec<audit_event::Model> {
+    audit_event::Entity::find()
+        .order_by_asc(audit_event::Column::Id)
+        .all(db)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn every_request_is_audited_and_edits_or_deletions_break_the_chain() {
     for_each_backend(|db| async move {
@@ -20,11 +29,7 @@ async fn every_request_is_audited_and_edits_or_deletions_break_the_chain() {
         }
         // Shutdown must flush whatever is still queued.
         let db = app.stop().await;
-        let rows = audit_event::Entity::find()
-            .order_by_asc(audit_event::Column::Id)
-            .all(&db.conn)
-            .await
-            .unwrap();
+        let rows = rows_in_order(&db.conn).await;
         assert_eq!(rows.len(), 25);
         assert_eq!(verify_rows(GENESIS, &rows), Ok(25));
         assert_eq!(
@@ -334,4 +339,80 @@ async fn awkward_values_are_stored_exactly_and_chain_across_batches() {
         }
     })
     .await;
+}
+
+/// hyper drops a request's future when its client goes away; the event must still be written,
+/// since the upstream may already have acted on the request.
+#[tokio::test]
+async fn a_request_whose_client_goes_away_is_still_audited() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = TestApp::spawn(migration::testing::TestDatabase::sqlite().await).await;
+    // An upstream that reads the request and never answers.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    let (arrived_tx, arrived) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut conn, _) = upstream.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = conn.read(&mut buf).await;
+        let _ = arrived_tx.send(());
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        drop(conn);
+    });
+    crate::support::change_demo_route(&app, |route| {
+        route.upstream_url = Set(format!("http://{upstream_addr}"));
+        route.upstream_credential_secret_id = Set(None);
+    })
+    .await;
+    // The proxy picks the change up within its poll interval.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
+    let mut client = tokio::net::TcpStream::connect(app.dev.proxy_addr)
+        .await
+        .unwrap();
+    let request = format!(
+        "POST /demo/transfer HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\n\r\n",
+        app.admin_key()
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), arrived)
+        .await
+        .expect("the request reached the upstream")
+        .unwrap();
+    drop(client);
+
+    let db = app.db.clone();
+    let row = crate::support::eventually(std::time::Duration::from_secs(10), || {
+        let db = db.clone();
+        async move {
+            audit_event::Entity::find()
+                .all(&db)
+                .await
+                .unwrap()
+                .iter()
+                .any(|r| r.path.as_deref() == Some("/demo/transfer") && r.status == Some(499))
+        }
+    })
+    .await;
+    assert!(row.is_some(), "no audit event for the abandoned request");
+    let db = app.stop().await;
+    let rows = rows_in_order(&db.conn).await;
+    let abandoned: Vec<_> = rows
+        .iter()
+        .filter(|r| r.path.as_deref() == Some("/demo/transfer"))
+        .collect();
+    assert_eq!(abandoned.len(), 1, "exactly one event: {abandoned:?}");
+    let event = abandoned[0];
+    assert_eq!(
+        event.decision,
+        Some(audit_event::AuditDecision::Allow),
+        "it was allowed and forwarded"
+    );
+    assert!(
+        event.reason.ends_with("; client_closed_request"),
+        "{}",
+        event.reason
+    );
+    assert_eq!(verify_rows(GENESIS, &rows), Ok(rows.len()));
 }

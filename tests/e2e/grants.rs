@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use entity::{incident_grant, policy_change::PolicyChangeOp, principal, route};
+use entity::{incident_grant, policy_change::PolicyChangeOp, principal};
 use proxy::keys::{PlainToken, TokenEnv, TokenKind};
 use reqwest::StatusCode;
 use sea_orm::{ActiveModelTrait, EntityTrait, Set};
@@ -69,18 +69,10 @@ async fn approved_grant(app: &TestApp, requester: Uuid) -> (Uuid, String) {
 }
 
 async fn accept_grants_on_demo_route(app: &TestApp) {
-    let demo = route::Entity::find().one(&app.db).await.unwrap().unwrap();
-    let mut active: route::ActiveModel = demo.clone().into();
-    active.auth_methods = Set(json!(["api_key", "grant"]));
-    active.update(&app.db).await.unwrap();
-    api::service::feed::record(
-        &app.db,
-        proxy::cache::kind::ROUTE,
-        demo.id,
-        PolicyChangeOp::Upsert,
-    )
-    .await
-    .unwrap();
+    crate::support::change_demo_route(app, |route| {
+        route.auth_methods = Set(json!(["api_key", "grant"]));
+    })
+    .await;
 }
 
 #[tokio::test]

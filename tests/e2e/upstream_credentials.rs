@@ -33,20 +33,11 @@ pub async fn credential_seen_upstream(app: &TestApp) -> Option<String> {
 /// Makes the demo route inject secret `secret_id` as `x-upstream-token`, through the feed;
 /// returns the route's id.
 pub async fn inject_into_demo_route(app: &TestApp, secret_id: &str) -> uuid::Uuid {
-    let demo = route::Entity::find().one(&app.db).await.unwrap().unwrap();
-    let mut active: route::ActiveModel = demo.clone().into();
-    active.upstream_credential_secret_id = Set(Some(secret_id.into()));
-    active.upstream_credential_header = Set(Some("x-upstream-token".into()));
-    active.update(&app.db).await.unwrap();
-    api::service::feed::record(
-        &app.db,
-        proxy::cache::kind::ROUTE,
-        demo.id,
-        PolicyChangeOp::Upsert,
-    )
+    crate::support::change_demo_route(app, |route| {
+        route.upstream_credential_secret_id = Set(Some(secret_id.into()));
+        route.upstream_credential_header = Set(Some("x-upstream-token".into()));
+    })
     .await
-    .unwrap();
-    demo.id
 }
 
 #[tokio::test]

@@ -235,3 +235,29 @@ pub async fn raw_http(addr: SocketAddr, request: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// Changes the seeded demo route with `change` and records it in the policy change feed, as
+/// the API would; returns the route's id. A running proxy applies it within its poll interval.
+pub async fn change_demo_route(
+    app: &TestApp,
+    change: impl FnOnce(&mut entity::route::ActiveModel),
+) -> Uuid {
+    use sea_orm::EntityTrait;
+    let demo = entity::route::Entity::find()
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut active: entity::route::ActiveModel = demo.clone().into();
+    change(&mut active);
+    active.update(&app.db).await.unwrap();
+    api::service::feed::record(
+        &app.db,
+        proxy::cache::kind::ROUTE,
+        demo.id,
+        entity::policy_change::PolicyChangeOp::Upsert,
+    )
+    .await
+    .unwrap();
+    demo.id
+}
