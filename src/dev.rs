@@ -259,14 +259,18 @@ impl RunningDev {
         }
     }
 
-    /// Stops accepting connections, lets in-flight requests finish (up to 10 s), flushes audit.
+    /// Stops accepting connections, lets in-flight requests finish (up to the servers' drain
+    /// timeout, after which they are cancelled and audited as such), flushes audit.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.trigger.trigger();
+        // Longer than the drain, so that the writer below is shut down only after every
+        // request has finished or been cancelled and has queued its event.
+        let patience = crate::serve::DRAIN_TIMEOUT + Duration::from_secs(5);
         for server in self.servers {
-            match tokio::time::timeout(Duration::from_secs(10), server).await {
+            match tokio::time::timeout(patience, server).await {
                 Ok(joined) => joined.context("server task panicked")??,
                 Err(_) => {
-                    tracing::warn!("a server did not finish its in-flight requests within 10 s")
+                    tracing::warn!("a server did not stop within its drain timeout")
                 }
             }
         }

@@ -98,7 +98,7 @@ pub async fn serve_proxy(
 }
 
 /// How long a stopping proxy waits for requests in flight before it closes their connections.
-const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub(crate) const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Accepts connections until `shutdown`, each served by [`proxy::service`] on hyper (HTTP/1
 /// with upgrades for WebSockets, and HTTP/2), then lets the requests in flight finish.
@@ -121,17 +121,23 @@ where
     let builder = auto::Builder::new(TokioExecutor::new());
     let stop = shutdown.wait();
     tokio::pin!(stop);
+    // Connection tasks are kept so that those still running after the drain timeout can be
+    // cancelled while the audit writer still accepts events: a cancelled request records
+    // its event as it is dropped (`client_closed_request`), before the caller shuts the
+    // writer down.
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
         let (io, peer) = tokio::select! {
             // `Listener::accept` retries failed accepts itself.
             accepted = listener.accept() => accepted,
             () = &mut stop => break,
         };
+        while tasks.try_join_next().is_some() {}
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(io), proxy::service(state.clone(), peer))
             .into_owned();
         let connection = connections.watch(connection);
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, %peer, "proxy connection ended with an error");
             }
@@ -143,7 +149,9 @@ where
         .is_err()
     {
         tracing::warn!("proxy connections still open after the drain timeout; closing them");
+        tasks.abort_all();
     }
+    while tasks.join_next().await.is_some() {}
     Ok(())
 }
 

@@ -132,8 +132,15 @@ pub struct PrincipalEntry {
     loaded_at: Instant,
 }
 
-/// Entries are also reloaded after this long, as a backstop to the change feed.
+/// Entries are also reloaded after this long, as a backstop to the change feed (whose gap
+/// tracking gives up on an id after [`GAP_TIMEOUT`]).
 const ENTRY_MAX_AGE: Duration = Duration::from_secs(300);
+
+/// A key lookup's result and when it was loaded; `entry: None` = known not to exist.
+struct CachedKey {
+    entry: Option<Arc<KeyEntry>>,
+    loaded_at: Instant,
+}
 /// Unknown prefixes remembered (so random keys cannot make every request hit the database).
 const MAX_NEGATIVE_KEYS: usize = 10_000;
 /// How long an id skipped by a poll is re-checked before it is assumed rolled back.
@@ -143,8 +150,7 @@ const GAP_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct PolicyCache {
     db: DatabaseConnection,
     snapshot: ArcSwap<Snapshot>,
-    /// `None` = known not to exist.
-    keys: RwLock<HashMap<String, Option<Arc<KeyEntry>>>>,
+    keys: RwLock<HashMap<String, CachedKey>>,
     principals: RwLock<HashMap<Uuid, Arc<PrincipalEntry>>>,
     /// Incident-grant tokens by lookup prefix (`None` = known not to exist).
     grant_tokens: RwLock<HashMap<String, Option<Arc<GrantTokenEntry>>>>,
@@ -230,10 +236,12 @@ impl PolicyCache {
         Ok(())
     }
 
-    /// The key with this lookup prefix, loading it on a miss.
+    /// The key with this lookup prefix, loading it on a miss or after [`ENTRY_MAX_AGE`].
     pub async fn key(&self, prefix: &str) -> Result<Option<Arc<KeyEntry>>, CacheError> {
-        if let Some(entry) = read(&self.keys).get(prefix) {
-            return Ok(entry.clone());
+        if let Some(cached) = read(&self.keys).get(prefix)
+            && cached.loaded_at.elapsed() < ENTRY_MAX_AGE
+        {
+            return Ok(cached.entry.clone());
         }
         let generation = self.generation.load(Ordering::Acquire);
         let row = api_key::Entity::find()
@@ -244,9 +252,16 @@ impl PolicyCache {
         let mut keys = write(&self.keys);
         if self.generation.load(Ordering::Acquire) == generation {
             if entry.is_none() && keys.len() >= MAX_NEGATIVE_KEYS {
-                keys.retain(|_, e| e.is_some());
+                keys.retain(|_, cached| cached.entry.is_some());
             }
-            keys.insert(prefix.to_owned(), entry.clone());
+            let loaded_at = Instant::now();
+            keys.insert(
+                prefix.to_owned(),
+                CachedKey {
+                    entry: entry.clone(),
+                    loaded_at,
+                },
+            );
         }
         Ok(entry)
     }
@@ -327,7 +342,6 @@ impl PolicyCache {
                 .await?;
             changes.extend(late);
         }
-        self.record_gaps(cursor, &changes);
         let applied = changes.len();
         if applied > 0 {
             self.apply(&changes).await?;
@@ -335,6 +349,9 @@ impl PolicyCache {
                 self.cursor.fetch_max(max, Ordering::AcqRel);
             }
         }
+        // Only once applied: recorded before, a failed apply would have struck late entries
+        // (below the cursor, so never fetched again) off the gap list unapplied.
+        self.record_gaps(cursor, &changes);
         self.last_sync_ms
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
         Ok(applied)
@@ -387,8 +404,9 @@ impl PolicyCache {
             self.generation.fetch_add(1, Ordering::AcqRel);
             let mut keys = write(&self.keys);
             // Forget negative entries too: a changed key may be a new one.
-            keys.retain(|_, entry| {
-                entry
+            keys.retain(|_, cached| {
+                cached
+                    .entry
                     .as_ref()
                     .is_some_and(|e| !keys_changed.contains(&e.id))
             });

@@ -5,8 +5,9 @@
 //! Values are cached for [`TTL`] and refetched at once when the change feed reports that a
 //! route or an upstream credential changed (remediation records one after each rotation), so
 //! a rotated secret is picked up within the feed's delay. If a refetch fails, the last value
-//! keeps being used (the upstream usually still accepts it during rotation); with no value at
-//! all the request fails closed with 502 `upstream_credential_unavailable`.
+//! keeps being used (the upstream usually still accepts it during rotation) and the store is
+//! asked again after [`RETRY_AFTER`], not on every request; with no value at all the request
+//! fails closed with 502 `upstream_credential_unavailable`.
 
 use std::{
     collections::HashMap,
@@ -21,6 +22,10 @@ use crate::error::ProxyError;
 
 /// How long a fetched value is used without asking the store again.
 pub const TTL: Duration = Duration::from_secs(300);
+
+/// After a failed refresh, how long the previous value is used before the store is asked
+/// again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// A store of secret values. Implemented over Secrets Manager in `api::aws`.
 pub trait SecretSource: Send + Sync {
@@ -44,7 +49,9 @@ pub struct SecretSourceError {
 
 struct Entry {
     value: HeaderValue,
-    fetched_at: Instant,
+    /// Until when the value is used without asking the store: [`TTL`] after a fetch,
+    /// [`RETRY_AFTER`] after a failed refresh.
+    fresh_until: Instant,
     epoch: u64,
 }
 
@@ -56,6 +63,20 @@ pub struct UpstreamCredentials {
 }
 
 impl UpstreamCredentials {
+    fn store(&self, secret_id: &str, value: &HeaderValue, fresh_for: Duration, epoch: u64) {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                secret_id.to_owned(),
+                Entry {
+                    value: value.clone(),
+                    fresh_until: Instant::now() + fresh_for,
+                    epoch,
+                },
+            );
+    }
+
     /// Plugs in the store; only the first call takes effect.
     pub fn set_source(&self, source: Arc<dyn SecretSource>) -> bool {
         self.source.set(source).is_ok()
@@ -76,7 +97,7 @@ impl UpstreamCredentials {
             entries.get(secret_id).map(|e| {
                 (
                     e.value.clone(),
-                    e.fetched_at.elapsed() < TTL && e.epoch == epoch,
+                    Instant::now() < e.fresh_until && e.epoch == epoch,
                 )
             })
         };
@@ -97,18 +118,7 @@ impl UpstreamCredentials {
                     ProxyError::UpstreamCredentialUnavailable
                 })?;
                 value.set_sensitive(true);
-                let mut entries = self
-                    .entries
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                entries.insert(
-                    secret_id.to_owned(),
-                    Entry {
-                        value: value.clone(),
-                        fetched_at: Instant::now(),
-                        epoch,
-                    },
-                );
+                self.store(secret_id, &value, TTL, epoch);
                 Ok(value)
             }
             Err(error) => {
@@ -116,6 +126,9 @@ impl UpstreamCredentials {
                 match cached {
                     Some((stale, _)) => {
                         tracing::warn!(%error, "upstream credential refresh failed; using the previous value");
+                        // While the store is down, ask it again once per `RETRY_AFTER`, not
+                        // on every request (each of which would wait for its timeout).
+                        self.store(secret_id, &stale, RETRY_AFTER, epoch);
                         Ok(stale)
                     }
                     None => {
@@ -180,6 +193,15 @@ mod tests {
             Some(b"Bearer v0".to_vec())
         );
         assert_eq!(source.calls.load(Ordering::SeqCst), 2);
+        // The store is not asked again on every request while it is down.
+        for _ in 0..10 {
+            assert!(credentials.header_value("s", 1).await.is_ok());
+        }
+        assert_eq!(
+            source.calls.load(Ordering::SeqCst),
+            2,
+            "one refresh attempt per RETRY_AFTER"
+        );
         // Never fetched and the store fails: fail closed.
         assert!(matches!(
             credentials.header_value("other", 1).await,
