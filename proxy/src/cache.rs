@@ -176,6 +176,32 @@ pub struct PolicyCache {
 #[derive(Debug, Default)]
 struct Gaps(BTreeMap<i64, Instant>);
 
+/// How many feed ids below the cursor a starting cache checks for gaps.
+const START_LOOKBACK: i64 = 1_000;
+
+/// The gaps just below a starting cache's cursor: ids of transactions that were still open
+/// when the cursor was read (a later id can commit first). Without them such a change, once
+/// committed below the cursor, would never be fetched. They are watched like any other gap.
+async fn start_gaps(db: &DatabaseConnection, cursor: i64) -> Result<Gaps, DbErr> {
+    let first = (cursor - START_LOOKBACK + 1).max(1);
+    let present: std::collections::BTreeSet<i64> = policy_change::Entity::find()
+        .select_only()
+        .column(policy_change::Column::Id)
+        .filter(policy_change::Column::Id.between(first, cursor))
+        .into_tuple::<i64>()
+        .all(db)
+        .await?
+        .into_iter()
+        .collect();
+    let now = Instant::now();
+    Ok(Gaps(
+        (first..=cursor)
+            .filter(|id| !present.contains(id))
+            .map(|id| (id, now))
+            .collect(),
+    ))
+}
+
 /// A database failure while loading policy; the request fails closed.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -196,6 +222,7 @@ impl PolicyCache {
             .one(&db)
             .await?
             .map_or(0, |c| c.id);
+        let gaps = start_gaps(&db, cursor).await?;
         let snapshot = load_snapshot(&db).await?;
         Ok(Self {
             db,
@@ -207,7 +234,7 @@ impl PolicyCache {
             oidc_groups: arc_swap::ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
             cursor: AtomicI64::new(cursor),
-            gaps: std::sync::Mutex::default(),
+            gaps: std::sync::Mutex::new(gaps),
             started: Instant::now(),
             last_sync_ms: AtomicU64::new(0),
             max_staleness,
@@ -996,6 +1023,44 @@ mod tests {
             None
         );
         assert_eq!(binding_cidrs(&json!({"cidrs": "10.0.0.0/8"})), None);
+    }
+
+    /// A feed row with this id (the id given, as a transaction that took it earlier would).
+    async fn feed_row(db: &DatabaseConnection, id: i64) {
+        use sea_orm::{ActiveModelTrait, Set};
+        policy_change::ActiveModel {
+            id: Set(id),
+            entity_kind: Set(kind::API_KEY.to_owned()),
+            entity_id: Set(Uuid::now_v7().to_string()),
+            op: Set(entity::policy_change::PolicyChangeOp::Upsert),
+            created_at: Set(Utc::now()),
+        }
+        .insert(db)
+        .await
+        .unwrap_or_else(|error| panic!("feed row {id}: {error}"));
+    }
+
+    #[tokio::test]
+    async fn a_change_committed_below_the_start_cursor_is_still_applied() {
+        let db = migration::testing::TestDatabase::sqlite()
+            .await
+            .migrated()
+            .await;
+        // Ids 1, 2 and 4 are committed when the cache starts; 3 is still in flight.
+        for id in [1, 2, 4] {
+            feed_row(&db.conn, id).await;
+        }
+        let cache = PolicyCache::load(db.conn.clone(), Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|error| panic!("load: {error}"));
+        assert_eq!(cache.sync().await.ok(), Some(0), "nothing new yet");
+        feed_row(&db.conn, 3).await;
+        assert_eq!(
+            cache.sync().await.ok(),
+            Some(1),
+            "the late change below the cursor is fetched"
+        );
+        assert_eq!(cache.sync().await.ok(), Some(0), "and applied once");
     }
 
     #[test]
