@@ -243,8 +243,9 @@ impl Detectors {
             let auth_failure = record.status == Some(401);
             if auth_failure && let Some(ip) = ip {
                 let subnet = client_subnet(ip);
-                let counter = state.failures_by_ip.entry(subnet).or_default();
-                if counter.hit(now, window, self.config.failed_auth_per_ip) {
+                if let Some(counter) = ip_counter(&mut state, subnet)
+                    && counter.hit(now, window, self.config.failed_auth_per_ip)
+                {
                     detections.push(Detection {
                         kind: "failed_auth_burst",
                         severity: Severity::High,
@@ -412,6 +413,21 @@ fn prefix_of(ip: IpAddr, v4: u8, v6: u8) -> IpNet {
     IpNet::new(ip, prefix)
         .map(|n| n.trunc())
         .unwrap_or_else(|_| IpNet::from(ip))
+}
+
+/// The most subnets whose failed authentications are counted at once (≈ 100 bytes each).
+/// Beyond that (a spray from more networks than this within two windows) new subnets are not
+/// counted until old ones age out: memory stays bounded whatever the attack's rate.
+const MAX_IP_COUNTERS: usize = 100_000;
+
+/// The failure counter of `subnet`, or `None` when the table is full and it has none.
+fn ip_counter(state: &mut State, subnet: IpNet) -> Option<&mut Counter> {
+    let full = state.failures_by_ip.len() >= MAX_IP_COUNTERS;
+    if full && !state.failures_by_ip.contains_key(&subnet) {
+        metrics::counter!("portcullis_detector_ip_counters_full_total").increment(1);
+        return None;
+    }
+    Some(state.failures_by_ip.entry(subnet).or_default())
 }
 
 /// Forgets old counters so memory stays bounded by recent activity.
@@ -594,6 +610,24 @@ mod tests {
         assert!(!known.0.contains_key(&key));
         known.sweep(start + NETWORK_MEMORY + Duration::from_secs(21));
         assert!(known.0.is_empty());
+    }
+
+    #[test]
+    fn failure_counters_per_subnet_are_bounded_but_known_subnets_keep_counting() {
+        let mut state = State::default();
+        let subnet = |i: u32| client_subnet(IpAddr::from(std::net::Ipv4Addr::from(i)));
+        for i in 0..MAX_IP_COUNTERS as u32 {
+            assert!(ip_counter(&mut state, subnet(i)).is_some());
+        }
+        assert!(
+            ip_counter(&mut state, subnet(u32::MAX)).is_none(),
+            "a new subnet beyond the bound is not counted"
+        );
+        assert_eq!(state.failures_by_ip.len(), MAX_IP_COUNTERS);
+        assert!(
+            ip_counter(&mut state, subnet(7)).is_some(),
+            "one already counted still is"
+        );
     }
 
     #[test]
