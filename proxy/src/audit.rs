@@ -373,6 +373,53 @@ pub fn verify_rows<'a>(
 /// SeaORM's `execute_raw` clones every bound value and converts it again into sqlx arguments,
 /// which was the larger part of the writer's cost on the request core (BENCHMARKS.md).
 pub async fn append(db: &DatabaseConnection, records: &[AuditRecord]) -> Result<(), DbErr> {
+    append_noting(db, records, &mut None).await
+}
+
+/// Where an append attempt put its rows: after the row with id `after_id`, the last of them
+/// with hash `last_hash`. A retry first looks for that row: a commit can succeed while its
+/// acknowledgement is lost (the connection drops), and appending the batch again would store
+/// every event twice, validly chained, and count their usage twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    after_id: i64,
+    last_hash: String,
+}
+
+/// Whether the rows of `attempt` are stored (its commit succeeded after all).
+async fn already_stored(db: &DatabaseConnection, attempt: &Attempt) -> Result<bool, DbErr> {
+    use entity::audit_event;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    Ok(audit_event::Entity::find()
+        .filter(audit_event::Column::Id.gt(attempt.after_id))
+        .filter(audit_event::Column::Hash.eq(attempt.last_hash.as_str()))
+        .one(db)
+        .await?
+        .is_some())
+}
+
+/// Stores `batch` once, however many tries it takes: `attempt` carries the previous try's
+/// [`Attempt`] between calls (start with `None`).
+pub async fn store_once(
+    db: &DatabaseConnection,
+    batch: &[AuditRecord],
+    attempt: &mut Option<Attempt>,
+) -> Result<(), DbErr> {
+    if let Some(previous) = attempt.as_ref()
+        && already_stored(db, previous).await?
+    {
+        tracing::warn!("an audit batch reported as failed had been stored; not storing it again");
+        return Ok(());
+    }
+    append_noting(db, batch, attempt).await
+}
+
+/// [`append`], noting in `attempt` where the rows go before committing them.
+async fn append_noting(
+    db: &DatabaseConnection,
+    records: &[AuditRecord],
+    attempt: &mut Option<Attempt>,
+) -> Result<(), DbErr> {
     if records.is_empty() {
         return Ok(());
     }
@@ -380,10 +427,10 @@ pub async fn append(db: &DatabaseConnection, records: &[AuditRecord]) -> Result<
     let _tail = CHAIN_TAIL.lock().await;
     let stored = match &db.inner {
         DatabaseConnectionType::SqlxSqlitePoolConnection(_) => {
-            append_sqlite(db.get_sqlite_connection_pool(), records).await
+            append_sqlite(db.get_sqlite_connection_pool(), records, attempt).await
         }
         DatabaseConnectionType::SqlxPostgresPoolConnection(_) => {
-            append_postgres(db.get_postgres_connection_pool(), records).await
+            append_postgres(db.get_postgres_connection_pool(), records, attempt).await
         }
         _ => {
             return Err(DbErr::Custom(
@@ -462,16 +509,20 @@ fn storable(records: &[AuditRecord]) -> Cow<'_, [AuditRecord]> {
     )
 }
 
-/// The chain tail's hash, with a literal `LIMIT 1`: SQLite re-prepares a statement whose
-/// LIMIT is a bound parameter every time it is rebound (it plans with the value).
-const TAIL_SQL: &str = r#"SELECT "hash" FROM "audit_event" ORDER BY "id" DESC LIMIT 1"#;
+/// The chain tail's id and hash, with a literal `LIMIT 1`: SQLite re-prepares a statement
+/// whose LIMIT is a bound parameter every time it is rebound (it plans with the value).
+const TAIL_SQL: &str = r#"SELECT "id", "hash" FROM "audit_event" ORDER BY "id" DESC LIMIT 1"#;
 
 /// `append` on SQLite and on PostgreSQL: the same statements, bound through each backend's
 /// own sqlx types (a macro, because sqlx's generic bounds for "every column type encodes on
 /// this database" are longer than the body).
 macro_rules! append_with {
     ($name:ident, $db:ty, $backend:expr) => {
-        async fn $name(pool: &sqlx::Pool<$db>, records: &[AuditRecord]) -> Result<(), sqlx::Error> {
+        async fn $name(
+            pool: &sqlx::Pool<$db>,
+            records: &[AuditRecord],
+            attempt: &mut Option<Attempt>,
+        ) -> Result<(), sqlx::Error> {
             let backend = $backend;
             let mut txn = pool.begin().await?;
             if backend == DatabaseBackend::Postgres {
@@ -480,10 +531,10 @@ macro_rules! append_with {
                     .execute(&mut *txn)
                     .await?;
             }
-            let mut prev: String = sqlx::query_scalar(TAIL_SQL)
+            let (after_id, mut prev): (i64, String) = sqlx::query_as(TAIL_SQL)
                 .fetch_optional(&mut *txn)
                 .await?
-                .unwrap_or_else(|| GENESIS.to_owned());
+                .unwrap_or_else(|| (0, GENESIS.to_owned()));
             let mut scratch = Vec::with_capacity(1024);
             for chunk in insert_chunks(records, backend) {
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_sql(backend, chunk.len())));
@@ -520,6 +571,10 @@ macro_rules! append_with {
                 }
                 query.execute(&mut *txn).await?;
             }
+            *attempt = Some(Attempt {
+                after_id,
+                last_hash: prev.clone(),
+            });
             // Key touches and usage counters go out a few statements per batch, not one
             // round trip per key: see `SET_ROWS_MAX`.
             let touches: Vec<(Uuid, &AuditRecord)> =
@@ -1076,8 +1131,9 @@ async fn run(
 /// Retries until the batch is stored: while it waits, the queue fills and senders wait.
 async fn write_with_retry(db: &DatabaseConnection, batch: &[AuditRecord]) {
     let mut delay = Duration::from_millis(50);
+    let mut attempt = None;
     loop {
-        match append(db, batch).await {
+        match store_once(db, batch, &mut attempt).await {
             Ok(()) => return,
             Err(error) => {
                 tracing::error!(%error, events = batch.len(), "audit batch not stored yet; retrying");
@@ -1193,6 +1249,43 @@ mod tests {
         assert!(!Arc::ptr_eq(&custom, &shared_text("PROPFIND")));
         // Methods are case-sensitive (RFC 9110 §9.1): `get` is not `GET`.
         assert_eq!(&*shared_text("get"), "get");
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_a_commit_whose_acknowledgement_was_lost_stores_nothing_twice() {
+        use entity::audit_event;
+        use sea_orm::{EntityTrait, QueryOrder};
+        let db = migration::testing::TestDatabase::sqlite()
+            .await
+            .migrated()
+            .await;
+        let rows = || async {
+            audit_event::Entity::find()
+                .order_by_asc(audit_event::Column::Id)
+                .all(&db.conn)
+                .await
+                .unwrap_or_default()
+        };
+        let batch = [
+            AuditRecord::new(AuditEventKind::ProxyRequest, "first"),
+            AuditRecord::new(AuditEventKind::ProxyRequest, "second"),
+        ];
+        // The first try commits, but its caller saw an error (the connection dropped after
+        // COMMIT): the retry finds the rows and stores nothing.
+        let mut attempt = None;
+        assert!(append_noting(&db.conn, &batch, &mut attempt).await.is_ok());
+        assert!(attempt.is_some());
+        assert!(store_once(&db.conn, &batch, &mut attempt).await.is_ok());
+        assert_eq!(rows().await.len(), 2);
+        // A try that did not commit is retried in full.
+        let mut rolled_back = Some(Attempt {
+            after_id: 2,
+            last_hash: "f".repeat(64),
+        });
+        assert!(store_once(&db.conn, &batch, &mut rolled_back).await.is_ok());
+        let stored = rows().await;
+        assert_eq!(stored.len(), 4);
+        assert_eq!(verify_rows(GENESIS, &stored), Ok(4));
     }
 
     #[test]
