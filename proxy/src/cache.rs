@@ -263,7 +263,7 @@ impl PolicyCache {
         Ok(())
     }
 
-    /// The key with this lookup prefix, loading it on a miss or after [`ENTRY_MAX_AGE`].
+    /// The key with this lookup prefix, loading it on a miss or after `ENTRY_MAX_AGE`.
     pub async fn key(&self, prefix: &str) -> Result<Option<Arc<KeyEntry>>, CacheError> {
         if let Some(cached) = read(&self.keys).get(prefix)
             && cached.loaded_at.elapsed() < ENTRY_MAX_AGE
