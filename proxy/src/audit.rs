@@ -8,6 +8,9 @@
 //! Chain: `hash = SHA-256(prev_hash || canonical(record))`, hex-encoded; the first event links
 //! to [`GENESIS`]. The database id is not hashed (it is assigned on insert); order is carried by
 //! the `prev_hash` links instead, so deleting a row breaks the chain as surely as editing one.
+//! The chain alone cannot reveal the newest rows deleted, or a chain recomputed from an edited
+//! row on, by someone who can write the database: the writer therefore logs the tail (id and
+//! hash) every minute and at shutdown, for logs kept elsewhere to anchor it ([`checkpoint`]).
 
 use std::{
     borrow::Cow,
@@ -41,6 +44,9 @@ const LINGER_BELOW: usize = 256;
 /// event than 2 ms ones, because each commit rewrites the same tail pages of the table and
 /// its indexes.
 const LINGER: Duration = Duration::from_millis(5);
+
+/// How often the writer logs the chain's tail ([`checkpoint`]).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
 
 /// Serialises chain appends within this process (a chain has one tail). Across processes on
 /// PostgreSQL an advisory transaction lock does the same.
@@ -1086,6 +1092,44 @@ impl AuditWriter {
     }
 }
 
+/// The chain's tail, as the writer logs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The newest row's id.
+    pub id: i64,
+    /// Its hash: a later chain that no longer holds this row with this hash was truncated or
+    /// rewritten.
+    pub hash: String,
+}
+
+/// The newest row of the chain (`None` while it is empty).
+pub async fn checkpoint(db: &DatabaseConnection) -> Result<Option<Checkpoint>, DbErr> {
+    use entity::audit_event;
+    use sea_orm::{EntityTrait, QueryOrder};
+    Ok(audit_event::Entity::find()
+        .order_by_desc(audit_event::Column::Id)
+        .one(db)
+        .await?
+        .map(|row| Checkpoint {
+            id: row.id,
+            hash: row.hash,
+        }))
+}
+
+/// Logs the tail at `info` (target `portcullis::audit::checkpoint`); a failure only warns.
+async fn log_checkpoint(db: &DatabaseConnection) {
+    match checkpoint(db).await {
+        Ok(Some(tail)) => tracing::info!(
+            target: "portcullis::audit::checkpoint",
+            id = tail.id,
+            hash = %tail.hash,
+            "audit chain checkpoint"
+        ),
+        Ok(None) => {}
+        Err(error) => tracing::warn!(%error, "audit chain checkpoint not read"),
+    }
+}
+
 async fn run(
     db: DatabaseConnection,
     mut rx: mpsc::Receiver<AuditRecord>,
@@ -1093,6 +1137,7 @@ async fn run(
 ) {
     let mut batch = Vec::with_capacity(BATCH_SIZE);
     let mut stopping = false;
+    let mut checkpointed = tokio::time::Instant::now();
     loop {
         let received = if stopping {
             rx.recv_many(&mut batch, BATCH_SIZE).await
@@ -1108,6 +1153,7 @@ async fn run(
             }
         };
         if received == 0 {
+            log_checkpoint(&db).await;
             return;
         }
         if !stopping && batch.len() < LINGER_BELOW {
@@ -1125,6 +1171,10 @@ async fn run(
         write_with_retry(&db, &batch).await;
         metrics::counter!("portcullis_audit_events_written_total").increment(batch.len() as u64);
         batch.clear();
+        if checkpointed.elapsed() >= CHECKPOINT_EVERY {
+            checkpointed = tokio::time::Instant::now();
+            log_checkpoint(&db).await;
+        }
     }
 }
 
@@ -1286,6 +1336,19 @@ mod tests {
         let stored = rows().await;
         assert_eq!(stored.len(), 4);
         assert_eq!(verify_rows(GENESIS, &stored), Ok(4));
+        // The checkpoint names the newest row, as the chain computes it.
+        let mut expected = GENESIS.to_owned();
+        for record in batch.iter().chain(&batch) {
+            expected = chain_hash(&expected, record);
+        }
+        let tail = checkpoint(&db.conn).await.ok().flatten();
+        assert_eq!(
+            tail,
+            stored.last().map(|row| Checkpoint {
+                id: row.id,
+                hash: expected,
+            })
+        );
     }
 
     #[test]
