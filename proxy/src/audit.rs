@@ -387,7 +387,7 @@ pub async fn append(db: &DatabaseConnection, records: &[AuditRecord]) -> Result<
 /// acknowledgement is lost (the connection drops), and appending the batch again would store
 /// every event twice, validly chained, and count their usage twice.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attempt {
+struct Attempt {
     after_id: i64,
     last_hash: String,
 }
@@ -406,7 +406,7 @@ async fn already_stored(db: &DatabaseConnection, attempt: &Attempt) -> Result<bo
 
 /// Stores `batch` once, however many tries it takes: `attempt` carries the previous try's
 /// [`Attempt`] between calls (start with `None`).
-pub async fn store_once(
+async fn store_once(
     db: &DatabaseConnection,
     batch: &[AuditRecord],
     attempt: &mut Option<Attempt>,

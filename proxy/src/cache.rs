@@ -141,6 +141,7 @@ struct CachedKey {
     entry: Option<Arc<KeyEntry>>,
     loaded_at: Instant,
 }
+
 /// Unknown prefixes remembered (so random keys cannot make every request hit the database).
 const MAX_NEGATIVE_KEYS: usize = 10_000;
 /// How long an id skipped by a poll is re-checked before it is assumed rolled back.
@@ -281,12 +282,11 @@ impl PolicyCache {
             if entry.is_none() && keys.len() >= MAX_NEGATIVE_KEYS {
                 keys.retain(|_, cached| cached.entry.is_some());
             }
-            let loaded_at = Instant::now();
             keys.insert(
                 prefix.to_owned(),
                 CachedKey {
                     entry: entry.clone(),
-                    loaded_at,
+                    loaded_at: Instant::now(),
                 },
             );
         }

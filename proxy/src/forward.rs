@@ -298,10 +298,20 @@ fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
 mod tests {
     use super::*;
 
+    /// A header map with these entries, in order; names are lower-cased as clients' are.
+    fn headers(entries: &[(&str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in entries {
+            if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                headers.append(name, HeaderValue::from_static(value));
+            }
+        }
+        headers
+    }
+
     #[test]
     fn client_credentials_identity_and_rewrite_headers_never_reach_the_upstream() {
-        let mut headers = HeaderMap::new();
-        for (name, value) in [
+        let headers = headers(&[
             ("authorization", "Bearer pk_live_x"),
             ("x-api-key", "pk_live_x"),
             ("x-portcullis-principal", "spoofed"),
@@ -315,12 +325,7 @@ mod tests {
             ("accept", "text/html"),
             ("host", "spoofed.example"),
             ("x-portcullis-grant-id", "spoofed"),
-        ] {
-            headers.append(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
-        }
+        ]);
         let principal = Uuid::from_u128(1);
         let identity = Identity {
             principal: Some(principal),
@@ -363,8 +368,7 @@ mod tests {
 
     #[test]
     fn underscore_spellings_scheme_hints_and_proxy_connection_are_stripped_too() {
-        let mut headers = HeaderMap::new();
-        for (name, value) in [
+        let headers = headers(&[
             // One `HTTP_*` variable each on CGI-style servers, like their dashed spelling.
             (
                 "x_portcullis_principal",
@@ -385,11 +389,7 @@ mod tests {
             ("proxy-connection", "keep-alive"),
             // Kept: underscores in names nobody owns.
             ("x_trace_tag", "blue"),
-        ] {
-            if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
-                headers.append(name, HeaderValue::from_static(value));
-            }
-        }
+        ]);
         let out = upstream_headers(
             headers,
             "10.0.0.7",
@@ -413,19 +413,13 @@ mod tests {
 
     #[test]
     fn response_hop_by_hop_headers_go_including_those_connection_names() {
-        let mut headers = HeaderMap::new();
-        for (name, value) in [
+        let mut headers = headers(&[
             ("connection", "Keep-Alive, x-upstream-hop"),
             ("keep-alive", "timeout=5"),
             ("x-upstream-hop", "1"),
             ("transfer-encoding", "chunked"),
             ("content-type", "text/plain"),
-        ] {
-            headers.append(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
-        }
+        ]);
         assert_eq!(
             connection_named(&headers),
             [HeaderName::from_static("x-upstream-hop")],

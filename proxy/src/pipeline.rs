@@ -99,10 +99,8 @@ pub async fn process(state: &ProxyState, peer: SocketAddr, mut request: Request)
     // goes away meanwhile, `pending` still queues the event when it is dropped.
     match state.audit.reserve().await {
         Some(permit) => permit.send(pending.disarm()),
-        None => {
-            let record = pending.disarm();
-            tracing::error!(?record, "audit event after shutdown could not be queued");
-        }
+        // After shutdown: the sink logs the event rather than dropping it silently.
+        None => state.audit.record_detached(pending.disarm()),
     }
     response
 }
@@ -134,6 +132,10 @@ impl<'a> PendingAudit<'a> {
 
     /// The event, for the caller to queue; the drop no longer does.
     fn disarm(mut self) -> AuditRecord {
+        self.take()
+    }
+
+    fn take(&mut self) -> AuditRecord {
         self.armed = false;
         std::mem::replace(
             &mut self.record,
@@ -147,7 +149,7 @@ impl Drop for PendingAudit<'_> {
         if !self.armed {
             return;
         }
-        let audit = &mut self.record;
+        let mut audit = self.take();
         // Whatever was decided stays (an allowed request may have reached the upstream).
         audit.reason = if audit.reason.is_empty() {
             CLIENT_CLOSED.to_owned()
@@ -157,9 +159,8 @@ impl Drop for PendingAudit<'_> {
         audit.decision.get_or_insert(AuditDecision::Deny);
         audit.status = Some(499);
         audit.latency_us = Some(self.started.elapsed().as_micros() as i64);
-        self.state.detectors.observe(audit);
-        let record = std::mem::replace(audit, AuditRecord::new(AuditEventKind::ProxyRequest, ""));
-        self.state.audit.record_detached(record);
+        self.state.detectors.observe(&audit);
+        self.state.audit.record_detached(audit);
     }
 }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use entity::{api_key, policy_change::PolicyChangeOp, principal};
+use entity::{api_key, principal};
 use reqwest::StatusCode;
 use sea_orm::{ActiveModelTrait, EntityTrait, Set};
 use serde_json::Value;
@@ -278,22 +278,10 @@ async fn an_unreachable_upstream_is_a_502_with_a_request_id() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let route = entity::route::Entity::find()
-        .one(&app.db)
-        .await
-        .unwrap()
-        .unwrap();
-    let mut active: entity::route::ActiveModel = route.clone().into();
-    active.upstream_url = Set(format!("http://{closed}"));
-    active.update(&app.db).await.unwrap();
-    api::service::feed::record(
-        &app.db,
-        proxy::cache::kind::ROUTE,
-        route.id,
-        PolicyChangeOp::Upsert,
-    )
-    .await
-    .unwrap();
+    crate::support::change_demo_route(&app, |route| {
+        route.upstream_url = Set(format!("http://{closed}"));
+    })
+    .await;
     let took = eventually(Duration::from_secs(2), || async {
         app.proxy_get("/demo/x", Some(app.admin_key()))
             .await
