@@ -3,6 +3,7 @@
 
 #![expect(clippy::unwrap_used, reason = "tests fail loudly")]
 
+mod audit_anchors;
 mod audit_chain;
 mod bypass;
 mod cli;

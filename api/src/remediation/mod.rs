@@ -18,6 +18,7 @@
 //! mid-run loses its lease and another one resumes at the first unfinished step.
 
 pub mod actions;
+pub mod anchors;
 pub mod backoff;
 pub mod playbook;
 pub mod reviews;
@@ -87,6 +88,9 @@ pub struct RemediationConfig {
     pub default_rate_limit_per_minute: i32,
     /// The proxy's default burst.
     pub default_rate_limit_burst: i32,
+    /// How often the audit chain's tail is published to the notification topic as an anchor
+    /// (`event_type` `audit_checkpoint`), in seconds; 0 turns anchors off. See [`anchors`].
+    pub audit_anchor_every_secs: u64,
 }
 
 impl Default for RemediationConfig {
@@ -103,6 +107,7 @@ impl Default for RemediationConfig {
             outbox_max_attempts: 10,
             default_rate_limit_per_minute: 600,
             default_rate_limit_burst: 100,
+            audit_anchor_every_secs: 300,
         }
     }
 }
@@ -270,6 +275,7 @@ impl Engine {
             }
         };
         let scheduled = schedule::fire_due(self, &mut schedule::Planned::default()).await?;
+        let anchored = anchors::publish_due(self, &mut anchors::Published::default()).await?;
         let triggered = triggers::process_security_events(self).await?;
         let steps = worker::work_while_due(self, budget.saturating_sub(started.elapsed())).await?;
         let notifications = self.dispatcher().dispatch_once().await?;
@@ -277,6 +283,7 @@ impl Engine {
             scheduled_rotations: rotations,
             scheduled_runs: scheduled,
             runs_triggered: triggered,
+            audit_anchors: usize::from(anchored),
             steps_executed: steps,
             notifications_published: notifications,
         })
@@ -293,6 +300,7 @@ impl Engine {
             let mut last_sweep: Option<std::time::Instant> = None;
             let mut last_schedule_check: Option<std::time::Instant> = None;
             let mut planned = schedule::Planned::default();
+            let mut anchored = anchors::Published::default();
             loop {
                 if *rx.borrow() {
                     return;
@@ -307,6 +315,9 @@ impl Engine {
                     last_schedule_check = Some(std::time::Instant::now());
                     if let Err(error) = schedule::fire_due(&engine, &mut planned).await {
                         tracing::warn!(%error, "scheduled playbooks not planned");
+                    }
+                    if let Err(error) = anchors::publish_due(&engine, &mut anchored).await {
+                        tracing::warn!(%error, "audit chain anchor not queued");
                     }
                 }
                 if let Err(error) = triggers::process_security_events(&engine).await {
@@ -343,6 +354,8 @@ pub struct TickReport {
     pub scheduled_runs: usize,
     /// Runs started by security events.
     pub runs_triggered: usize,
+    /// Audit chain anchors queued for SNS (0 or 1).
+    pub audit_anchors: usize,
     /// Steps executed.
     pub steps_executed: usize,
     /// Notifications handed to SNS.

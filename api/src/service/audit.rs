@@ -144,32 +144,51 @@ pub async fn list_security_events(
     .await?)
 }
 
+/// Most anchors one `verifyAuditChain` call checks.
+pub const MAX_ANCHORS: usize = 100;
+
+/// A chain tail kept outside the database: an SNS anchor (`event_type` `audit_checkpoint`) or
+/// a `portcullis::audit::checkpoint` log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    /// The event's id.
+    pub id: i64,
+    /// Its hash when the anchor was taken (64 hex digits).
+    pub hash: String,
+}
+
 /// Result of [`verify_chain`].
 #[derive(Debug, Clone)]
 pub struct ChainVerification {
-    /// No broken link in the range.
+    /// No broken link in the range and every anchor matched.
     pub ok: bool,
     /// Rows verified before the first broken one (or all of them).
     pub checked: u64,
-    /// Id of the first row that fails.
+    /// Anchors whose event is stored with the anchored hash.
+    pub anchors_matched: u64,
+    /// Id of the first row that fails (a broken link or an anchor that does not match).
     pub first_broken_id: Option<i64>,
     /// What is wrong with it.
     pub problem: Option<String>,
 }
 
 /// Verifies the hash chain over ids `from_id..=to_id` (defaults: the whole table), linking
-/// the first row to its predecessor's hash (or [`GENESIS`]).
+/// the first row to its predecessor's hash (or [`GENESIS`]), and checks that each anchor's
+/// event is still stored with the anchored hash. The chain alone cannot reveal deleted newest
+/// rows or a chain rewritten and rehashed from some row on; an anchor can.
 #[tracing::instrument(skip_all)]
 pub async fn verify_chain(
     db: &DatabaseConnection,
     from_id: Option<i64>,
     to_id: Option<i64>,
+    anchors: &[Anchor],
 ) -> ApiResult<ChainVerification> {
     if let (Some(from), Some(to)) = (from_id, to_id)
         && from > to
     {
         return Err(ApiError::invalid("fromId", "must not be greater than toId"));
     }
+    check_anchors_input(anchors)?;
     let mut select = audit_event::Entity::find().order_by_asc(audit_event::Column::Id);
     let expected_prev = match from_id {
         Some(from) => {
@@ -187,20 +206,99 @@ pub async fn verify_chain(
         select = select.filter(audit_event::Column::Id.lte(to));
     }
     let rows = select.limit(MAX_VERIFY_ROWS).all(db).await?;
-    Ok(match chain::verify_rows(&expected_prev, &rows) {
-        Ok(checked) => ChainVerification {
+    let mut first_problem = chain::verify_rows(&expected_prev, &rows)
+        .err()
+        .map(|broken| (broken.id, broken.problem.to_owned()));
+    let (anchors_matched, anchor_problem) = check_anchors(db, anchors).await?;
+    if let Some((id, problem)) = anchor_problem
+        && first_problem.as_ref().is_none_or(|(first, _)| id < *first)
+    {
+        first_problem = Some((id, problem));
+    }
+    Ok(match first_problem {
+        None => ChainVerification {
             ok: true,
-            checked: checked as u64,
+            checked: rows.len() as u64,
+            anchors_matched,
             first_broken_id: None,
             problem: None,
         },
-        Err(broken) => ChainVerification {
+        Some((id, problem)) => ChainVerification {
             ok: false,
-            checked: rows.iter().take_while(|r| r.id < broken.id).count() as u64,
-            first_broken_id: Some(broken.id),
-            problem: Some(broken.problem.to_owned()),
+            checked: rows.iter().take_while(|r| r.id < id).count() as u64,
+            anchors_matched,
+            first_broken_id: Some(id),
+            problem: Some(problem),
         },
     })
+}
+
+fn check_anchors_input(anchors: &[Anchor]) -> ApiResult<()> {
+    if anchors.len() > MAX_ANCHORS {
+        return Err(ApiError::invalid(
+            "anchors",
+            format!("at most {MAX_ANCHORS} anchors per call"),
+        ));
+    }
+    for anchor in anchors {
+        let hex = anchor.hash.len() == 64
+            && anchor
+                .hash
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hex {
+            return Err(ApiError::invalid(
+                "anchors",
+                format!(
+                    "the hash of anchor {} is not 64 lowercase hex digits",
+                    anchor.id
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// How many anchors match, and the lowest-id anchor that does not (with what is wrong).
+async fn check_anchors(
+    db: &DatabaseConnection,
+    anchors: &[Anchor],
+) -> ApiResult<(u64, Option<(i64, String)>)> {
+    if anchors.is_empty() {
+        return Ok((0, None));
+    }
+    let stored: std::collections::HashMap<i64, String> = audit_event::Entity::find()
+        .select_only()
+        .column(audit_event::Column::Id)
+        .column(audit_event::Column::Hash)
+        .filter(audit_event::Column::Id.is_in(anchors.iter().map(|a| a.id)))
+        .into_tuple::<(i64, String)>()
+        .all(db)
+        .await?
+        .into_iter()
+        .collect();
+    let mut matched = 0;
+    let mut first: Option<(i64, String)> = None;
+    for anchor in anchors {
+        let problem = match stored.get(&anchor.id) {
+            Some(hash) if *hash == anchor.hash => {
+                matched += 1;
+                continue;
+            }
+            Some(hash) => format!(
+                "event {} has hash {hash}, not the anchored {} (the chain was rewritten)",
+                anchor.id, anchor.hash
+            ),
+            None => format!(
+                "anchored event {} is missing (the chain was truncated or events deleted)",
+                anchor.id
+            ),
+        };
+        if first.as_ref().is_none_or(|(id, _)| anchor.id < *id) {
+            first = Some((anchor.id, problem));
+        }
+    }
+    Ok((matched, first))
 }
 
 /// Appends the audit event of one management mutation (allowed or refused) to the chain.

@@ -3,7 +3,8 @@
 use async_graphql::{Context, Object};
 
 use super::types::{
-    AuditEventFilter, AuditEventOut, ChainVerificationOut, SecurityEventFilter, SecurityEventOut,
+    AuditAnchorInput, AuditEventFilter, AuditEventOut, ChainVerificationOut, SecurityEventFilter,
+    SecurityEventOut,
 };
 use crate::{
     graphql::{
@@ -60,16 +61,22 @@ impl AuditQuery {
     }
 
     /// Verifies the audit hash chain over events `fromId..=toId` (default: all), reporting
-    /// the first broken link.
+    /// the first broken link, and checks that each anchor's event is still stored with the
+    /// anchored hash: deleted newest events, or events rewritten and rehashed, pass the chain
+    /// check but not an anchor taken before (at most 100 anchors).
     #[graphql(guard = "RequirePermission(AUDIT_READ)")]
     async fn verify_audit_chain(
         &self,
         ctx: &Context<'_>,
         from_id: Option<i64>,
         to_id: Option<i64>,
+        #[graphql(default)] anchors: Vec<AuditAnchorInput>,
     ) -> ApiResult<ChainVerificationOut> {
-        Ok(audit::verify_chain(&services(ctx)?.db, from_id, to_id)
-            .await?
-            .into())
+        let anchors: Vec<audit::Anchor> = anchors.into_iter().map(Into::into).collect();
+        Ok(
+            audit::verify_chain(&services(ctx)?.db, from_id, to_id, &anchors)
+                .await?
+                .into(),
+        )
     }
 }

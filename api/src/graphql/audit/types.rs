@@ -9,7 +9,7 @@ use entity::{
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::service::audit::{AuditFilter, ChainVerification, SecurityFilter};
+use crate::service::audit::{Anchor, AuditFilter, ChainVerification, SecurityFilter};
 
 /// What produced an audit event.
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
@@ -291,15 +291,37 @@ impl From<SecurityEventFilter> for SecurityFilter {
     }
 }
 
+/// A chain tail kept outside the database, from an SNS anchor (`event_type`
+/// `audit_checkpoint`) or a `portcullis::audit::checkpoint` log line.
+#[derive(InputObject, Clone, Debug)]
+pub struct AuditAnchorInput {
+    /// The anchored event's id.
+    pub id: i64,
+    /// Its hash at the time (64 lowercase hex digits).
+    pub hash: String,
+}
+
+impl From<AuditAnchorInput> for Anchor {
+    fn from(a: AuditAnchorInput) -> Self {
+        Self {
+            id: a.id,
+            hash: a.hash,
+        }
+    }
+}
+
 /// Result of `verifyAuditChain`.
 #[derive(SimpleObject, Clone, Debug)]
 #[graphql(name = "AuditChainVerification")]
 pub struct ChainVerificationOut {
-    /// No broken link in the range.
+    /// No broken link in the range, and every anchor matched.
     pub ok: bool,
     /// Events verified (before the first broken one).
     pub checked: i64,
-    /// Id of the first event that fails.
+    /// Anchors whose event is stored with the anchored hash.
+    pub anchors_matched: i64,
+    /// Id of the first event that fails: a broken link, or an anchor whose event is missing
+    /// or carries another hash.
     pub first_broken_id: Option<i64>,
     /// What is wrong with it.
     pub problem: Option<String>,
@@ -310,6 +332,7 @@ impl From<ChainVerification> for ChainVerificationOut {
         Self {
             ok: v.ok,
             checked: v.checked as i64,
+            anchors_matched: v.anchors_matched as i64,
             first_broken_id: v.first_broken_id,
             problem: v.problem,
         }
