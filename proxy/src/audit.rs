@@ -392,35 +392,8 @@ struct Attempt {
     last_hash: String,
 }
 
-/// Whether the rows of `attempt` are stored (its commit succeeded after all).
-async fn already_stored(db: &DatabaseConnection, attempt: &Attempt) -> Result<bool, DbErr> {
-    use entity::audit_event;
-    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-    Ok(audit_event::Entity::find()
-        .filter(audit_event::Column::Id.gt(attempt.after_id))
-        .filter(audit_event::Column::Hash.eq(attempt.last_hash.as_str()))
-        .one(db)
-        .await?
-        .is_some())
-}
-
-/// Stores `batch` once, however many tries it takes: `attempt` carries the previous try's
-/// [`Attempt`] between calls (start with `None`).
-async fn store_once(
-    db: &DatabaseConnection,
-    batch: &[AuditRecord],
-    attempt: &mut Option<Attempt>,
-) -> Result<(), DbErr> {
-    if let Some(previous) = attempt.as_ref()
-        && already_stored(db, previous).await?
-    {
-        tracing::warn!("an audit batch reported as failed had been stored; not storing it again");
-        return Ok(());
-    }
-    append_noting(db, batch, attempt).await
-}
-
-/// [`append`], noting in `attempt` where the rows go before committing them.
+/// [`append`], once however many tries it takes: `attempt` carries where the previous try put
+/// its rows (start with `None`), and a retry that finds them stored stores nothing.
 async fn append_noting(
     db: &DatabaseConnection,
     records: &[AuditRecord],
@@ -519,6 +492,16 @@ fn storable(records: &[AuditRecord]) -> Cow<'_, [AuditRecord]> {
 /// whose LIMIT is a bound parameter every time it is rebound (it plans with the value).
 const TAIL_SQL: &str = r#"SELECT "id", "hash" FROM "audit_event" ORDER BY "id" DESC LIMIT 1"#;
 
+/// Whether an earlier attempt's rows are stored: a row after its tail with its last hash.
+fn stored_sql(backend: DatabaseBackend) -> &'static str {
+    match backend {
+        DatabaseBackend::Postgres => {
+            r#"SELECT "id" FROM "audit_event" WHERE "id" > $1 AND "hash" = $2 LIMIT 1"#
+        }
+        _ => r#"SELECT "id" FROM "audit_event" WHERE "id" > ? AND "hash" = ? LIMIT 1"#,
+    }
+}
+
 /// `append` on SQLite and on PostgreSQL: the same statements, bound through each backend's
 /// own sqlx types (a macro, because sqlx's generic bounds for "every column type encodes on
 /// this database" are longer than the body).
@@ -537,12 +520,28 @@ macro_rules! append_with {
                     .execute(&mut *txn)
                     .await?;
             }
+            // Checked under the chain lock: on PostgreSQL an earlier try whose commit the
+            // server is still processing holds that lock, so this waits for its outcome
+            // instead of missing rows that are about to appear.
+            if let Some(previous) = attempt.as_ref() {
+                let stored: Option<(i64,)> = sqlx::query_as(stored_sql(backend))
+                    .bind(previous.after_id)
+                    .bind(previous.last_hash.as_str())
+                    .fetch_optional(&mut *txn)
+                    .await?;
+                if stored.is_some() {
+                    tracing::warn!(
+                        "an audit batch reported as failed had been stored; not storing it again"
+                    );
+                    return txn.rollback().await;
+                }
+            }
             let (after_id, mut prev): (i64, String) = sqlx::query_as(TAIL_SQL)
                 .fetch_optional(&mut *txn)
                 .await?
                 .unwrap_or_else(|| (0, GENESIS.to_owned()));
             let mut scratch = Vec::with_capacity(1024);
-            for chunk in insert_chunks(records, backend) {
+            for chunk in records.chunks(INSERT_ROWS) {
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_sql(backend, chunk.len())));
                 for (row, record) in chunk.iter().enumerate() {
                     let hash = chain_hash_with(&mut scratch, &prev, record);
@@ -624,73 +623,6 @@ append_with!(append_postgres, sqlx::Postgres, DatabaseBackend::Postgres);
 
 /// Rows per INSERT statement: 50 rows stay under SQLite's historical limit of 999 parameters.
 const INSERT_ROWS: usize = 50;
-
-/// On PostgreSQL, the most bound bytes (estimated) per INSERT statement. sqlx 0.9.0 leaves
-/// Nagle's algorithm on (launchbadge/sqlx#4335): a message larger than the socket's free send
-/// buffer (16 KiB by default) goes out in two writes, and the second waits for the server's
-/// delayed ACK, 40 ms per statement. That capped the audit writer at ≈ 3,000 rows/s. Smaller
-/// statements go out in one write.
-const PG_INSERT_BYTES: usize = 12 * 1024;
-
-/// Consecutive runs of `records`, one INSERT statement each: at most [`INSERT_ROWS`] rows
-/// and, on PostgreSQL, at most [`PG_INSERT_BYTES`] (a single larger row is a run of its own).
-fn insert_chunks(
-    records: &[AuditRecord],
-    backend: DatabaseBackend,
-) -> impl Iterator<Item = &[AuditRecord]> {
-    // Only PostgreSQL needs the per-row size estimate (it serialises each row's detail).
-    let byte_budget = (backend == DatabaseBackend::Postgres).then_some(PG_INSERT_BYTES);
-    let mut rest = records;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let most = rest.len().min(INSERT_ROWS);
-        let rows = match byte_budget {
-            None => most,
-            Some(budget) => rows_within(&rest[..most], budget),
-        };
-        let (chunk, tail) = rest.split_at(rows);
-        rest = tail;
-        Some(chunk)
-    })
-}
-
-/// How many leading `records` fit in `budget` estimated bytes; at least one.
-fn rows_within(records: &[AuditRecord], budget: usize) -> usize {
-    let mut bytes = 0;
-    for (rows, record) in records.iter().enumerate() {
-        bytes += wire_size(record);
-        if rows > 0 && bytes > budget {
-            return rows;
-        }
-    }
-    records.len()
-}
-
-/// An upper estimate of one row's bound values on the wire: fixed-size columns, the two
-/// 64-character hashes and a 4-byte length per value, plus the variable text.
-fn wire_size(record: &AuditRecord) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut detail = Count(0);
-    let _ = serde_json::to_writer(&mut detail, &record.detail);
-    let text = |value: &Option<String>| value.as_ref().map_or(0, String::len);
-    400 + text(&record.request_id)
-        + text(&record.client_ip)
-        + text(&record.method)
-        + text(&record.path)
-        + record.reason.len()
-        + detail.0
-}
 
 /// The columns of `audit_event` the writer sets, in the order of the values it binds (on
 /// PostgreSQL `prev_hash`, second to last, is bound only for a statement's first row).
@@ -807,8 +739,7 @@ fn build_insert_sql(backend: DatabaseBackend, rows: usize) -> String {
 /// The most rows of one key-touch or usage-counter statement. A batch's n entries go out in
 /// statements of 32, 16, …, 1 rows (n's binary digits, 32 at most each), so each kind has
 /// six statement texts per backend whatever the batch holds. One statement per entry, as
-/// before, cost one driver round trip each: ≈ 400 per batch from 200 distinct keys. 32 usage
-/// rows bind ≈ 7 KiB, inside PostgreSQL's [`PG_INSERT_BYTES`] budget (64 would not be).
+/// before, cost one driver round trip each: ≈ 400 per batch from 200 distinct keys.
 const SET_ROWS_MAX: usize = 32;
 
 /// Consecutive runs of `items` whose lengths are powers of two, at most [`SET_ROWS_MAX`].
@@ -1183,7 +1114,7 @@ async fn write_with_retry(db: &DatabaseConnection, batch: &[AuditRecord]) {
     let mut delay = Duration::from_millis(50);
     let mut attempt = None;
     loop {
-        match store_once(db, batch, &mut attempt).await {
+        match append_noting(db, batch, &mut attempt).await {
             Ok(()) => return,
             Err(error) => {
                 tracing::error!(%error, events = batch.len(), "audit batch not stored yet; retrying");
@@ -1202,37 +1133,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn postgres_statements_stay_under_the_byte_budget_and_keep_every_row_in_order() {
-        let records: Vec<AuditRecord> = (0..120)
-            .map(|i| {
-                let mut record = AuditRecord::new(AuditEventKind::ProxyRequest, "allowed");
-                // Every seventh path is long enough to fill most of a statement on its own.
-                let len = if i % 7 == 0 { 9_000 } else { 40 };
-                record.path = Some(format!("/{i}/{}", "x".repeat(len)));
-                record
-            })
-            .collect();
-        let chunks: Vec<&[AuditRecord]> =
-            insert_chunks(&records, sea_orm::DatabaseBackend::Postgres).collect();
-        let flattened: Vec<&Option<String>> = chunks
-            .iter()
-            .flat_map(|c| c.iter().map(|r| &r.path))
-            .collect();
-        let original: Vec<&Option<String>> = records.iter().map(|r| &r.path).collect();
-        assert_eq!(flattened, original);
-        for chunk in &chunks {
-            assert!(chunk.len() <= INSERT_ROWS);
-            let bytes: usize = chunk.iter().map(wire_size).sum();
-            assert!(chunk.len() == 1 || bytes <= PG_INSERT_BYTES, "{bytes}");
-        }
-        // SQLite has no such limit: only the row count splits.
-        let sqlite: Vec<usize> = insert_chunks(&records, sea_orm::DatabaseBackend::Sqlite)
-            .map(<[AuditRecord]>::len)
-            .collect();
-        assert_eq!(sqlite, vec![50, 50, 20]);
-    }
-
-    #[test]
     fn key_touches_and_usage_counters_go_out_in_a_few_power_of_two_statements() {
         let lengths = |n: usize| {
             let items: Vec<usize> = (0..n).collect();
@@ -1245,11 +1145,6 @@ mod tests {
         assert_eq!(lengths(1), [1]);
         assert_eq!(lengths(7), [4, 2, 1]);
         assert_eq!(lengths(32), [32]);
-        // A usage row binds at most 9 length words, five UUIDs, an 88-character scope key
-        // (`principal:<uuid>|perm:<uuid>`), a count and two timestamps: a full statement
-        // stays inside PostgreSQL's per-statement budget (see `PG_INSERT_BYTES`).
-        let usage_row_bytes = 9 * 4 + 5 * 16 + 88 + 3 * 8;
-        assert!(SET_ROWS_MAX * usage_row_bytes < PG_INSERT_BYTES);
         assert_eq!(lengths(200), [32, 32, 32, 32, 32, 32, 8]);
 
         // The cached text for each size class has exactly that many rows of parameters.
@@ -1325,14 +1220,18 @@ mod tests {
         let mut attempt = None;
         assert!(append_noting(&db.conn, &batch, &mut attempt).await.is_ok());
         assert!(attempt.is_some());
-        assert!(store_once(&db.conn, &batch, &mut attempt).await.is_ok());
+        assert!(append_noting(&db.conn, &batch, &mut attempt).await.is_ok());
         assert_eq!(rows().await.len(), 2);
         // A try that did not commit is retried in full.
         let mut rolled_back = Some(Attempt {
             after_id: 2,
             last_hash: "f".repeat(64),
         });
-        assert!(store_once(&db.conn, &batch, &mut rolled_back).await.is_ok());
+        assert!(
+            append_noting(&db.conn, &batch, &mut rolled_back)
+                .await
+                .is_ok()
+        );
         let stored = rows().await;
         assert_eq!(stored.len(), 4);
         assert_eq!(verify_rows(GENESIS, &stored), Ok(4));
@@ -1349,6 +1248,63 @@ mod tests {
                 hash: expected,
             })
         );
+    }
+
+    /// Needs PostgreSQL (`TEST_DATABASE_URL`); skipped without it.
+    #[tokio::test]
+    async fn a_retry_waits_for_a_commit_still_in_flight_and_does_not_store_twice() {
+        use entity::audit_event;
+        use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, Set, TransactionTrait};
+        let Some(db) = migration::testing::TestDatabase::postgres().await else {
+            return;
+        };
+        let db = db.migrated().await;
+        let batch = [
+            AuditRecord::new(AuditEventKind::ProxyRequest, "first"),
+            AuditRecord::new(AuditEventKind::ProxyRequest, "second"),
+        ];
+        // The first try, as the server still holds it: chain lock taken, rows inserted, COMMIT
+        // not yet done. Its caller already saw the connection drop.
+        let in_flight = db.conn.begin().await.expect("begin");
+        in_flight
+            .execute_unprepared(&format!("SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY})"))
+            .await
+            .expect("chain lock");
+        let mut prev = GENESIS.to_owned();
+        for record in &batch {
+            let hash = chain_hash(&prev, record);
+            audit_event::ActiveModel {
+                occurred_at: Set(record.occurred_at),
+                kind: Set(record.kind),
+                reason: Set(record.reason.clone()),
+                detail: Set(record.detail.clone()),
+                prev_hash: Set(std::mem::replace(&mut prev, hash.clone())),
+                hash: Set(hash),
+                ..Default::default()
+            }
+            .insert(&in_flight)
+            .await
+            .expect("insert");
+        }
+        let mut attempt = Some(Attempt {
+            after_id: 0,
+            last_hash: prev,
+        });
+        let conn = db.conn.clone();
+        let retry = tokio::spawn(async move {
+            let stored = append_noting(&conn, &batch, &mut attempt).await;
+            stored.map_err(|error| error.to_string())
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!retry.is_finished(), "the retry waits for the chain lock");
+        in_flight.commit().await.expect("commit");
+        assert_eq!(retry.await.expect("join"), Ok(()));
+        let stored = audit_event::Entity::find()
+            .all(&db.conn)
+            .await
+            .expect("rows");
+        assert_eq!(stored.len(), 2, "the batch is stored once");
+        db.drop_database().await;
     }
 
     #[test]
