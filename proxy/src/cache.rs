@@ -132,9 +132,11 @@ pub struct PrincipalEntry {
     loaded_at: Instant,
 }
 
-/// Entries are also reloaded after this long, as a backstop to the change feed (whose gap
-/// tracking gives up on an id after [`GAP_TIMEOUT`]).
-const ENTRY_MAX_AGE: Duration = Duration::from_secs(300);
+/// Everything cached is reloaded at least this often unless [`PolicyCache::with_max_age`]
+/// says otherwise: a backstop to the change feed, whose gap tracking gives up on an id after
+/// [`GAP_TIMEOUT`] (a change whose transaction stayed open longer would otherwise be missed
+/// until the next change to the same thing).
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(300);
 
 /// A key lookup's result and when it was loaded; `entry: None` = known not to exist.
 struct CachedKey {
@@ -169,6 +171,10 @@ pub struct PolicyCache {
     max_staleness: Duration,
     /// Set by the PostgreSQL listener: poll now rather than at the next tick.
     wake: tokio::sync::Notify,
+    /// How old a cached entry or the snapshot may get before it is reloaded.
+    max_age: Duration,
+    /// Milliseconds after `started` when the snapshot was last loaded.
+    snapshot_loaded_ms: AtomicU64,
     /// Bumped when a route or an upstream credential changes; see [`crate::credentials`].
     credential_epoch: AtomicU64,
 }
@@ -240,8 +246,41 @@ impl PolicyCache {
             last_sync_ms: AtomicU64::new(0),
             max_staleness,
             wake: tokio::sync::Notify::new(),
+            max_age: DEFAULT_MAX_AGE,
+            snapshot_loaded_ms: AtomicU64::new(0),
             credential_epoch: AtomicU64::new(0),
         })
+    }
+
+    /// Reloads cached keys, principals, OIDC identities and the snapshot once they are
+    /// `max_age` old, even without a change in the feed (default [`DEFAULT_MAX_AGE`]).
+    pub fn with_max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = max_age;
+        self
+    }
+
+    fn since_start_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Reloads the snapshot and forgets the OIDC identity maps once the snapshot is
+    /// `max_age` old.
+    async fn reload_if_old(&self) -> Result<(), DbErr> {
+        let loaded = self.snapshot_loaded_ms.load(Ordering::Relaxed);
+        if Duration::from_millis(self.since_start_ms().saturating_sub(loaded)) < self.max_age {
+            return Ok(());
+        }
+        self.reload_snapshot().await?;
+        self.forget_oidc_identities();
+        Ok(())
+    }
+
+    async fn reload_snapshot(&self) -> Result<(), DbErr> {
+        let loaded_ms = self.since_start_ms();
+        let snapshot = load_snapshot(&self.db).await?;
+        self.snapshot.store(Arc::new(snapshot));
+        self.snapshot_loaded_ms.store(loaded_ms, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The current snapshot.
@@ -264,10 +303,10 @@ impl PolicyCache {
         Ok(())
     }
 
-    /// The key with this lookup prefix, loading it on a miss or after `ENTRY_MAX_AGE`.
+    /// The key with this lookup prefix, loading it on a miss or once it is `max_age` old.
     pub async fn key(&self, prefix: &str) -> Result<Option<Arc<KeyEntry>>, CacheError> {
         if let Some(cached) = read(&self.keys).get(prefix)
-            && cached.loaded_at.elapsed() < ENTRY_MAX_AGE
+            && cached.loaded_at.elapsed() < self.max_age
         {
             return Ok(cached.entry.clone());
         }
@@ -333,7 +372,7 @@ impl PolicyCache {
         now: DateTime<Utc>,
     ) -> Result<Option<Arc<PrincipalEntry>>, CacheError> {
         if let Some(entry) = read(&self.principals).get(&id)
-            && entry.loaded_at.elapsed() < ENTRY_MAX_AGE
+            && entry.loaded_at.elapsed() < self.max_age
         {
             return Ok(Some(entry.clone()));
         }
@@ -379,8 +418,9 @@ impl PolicyCache {
         // Only once applied: recorded before, a failed apply would have struck late entries
         // (below the cursor, so never fetched again) off the gap list unapplied.
         self.record_gaps(cursor, &changes);
+        self.reload_if_old().await?;
         self.last_sync_ms
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            .store(self.since_start_ms(), Ordering::Relaxed);
         Ok(applied)
     }
 
@@ -469,8 +509,7 @@ impl PolicyCache {
             self.credential_epoch.fetch_add(1, Ordering::AcqRel);
         }
         if reload_snapshot {
-            let snapshot = load_snapshot(&self.db).await?;
-            self.snapshot.store(Arc::new(snapshot));
+            self.reload_snapshot().await?;
         }
         Ok(())
     }

@@ -23,6 +23,9 @@ pub struct ProxyConfig {
     pub policy_poll_interval_ms: u64,
     /// How long the proxy serves from its cache while the database is unreachable.
     pub policy_max_staleness_secs: u64,
+    /// Everything cached (keys, principals, OIDC identities, routes, roles, IP rules) is
+    /// reloaded at least this often, a backstop for a change the feed missed.
+    pub policy_reload_secs: u64,
     /// Accept `;` path parameters (rejected by default: upstreams disagree about them).
     pub allow_semicolon_params: bool,
     /// OIDC access tokens (`[proxy.oidc]`, `PORTCULLIS_PROXY__OIDC__*`); absent: refused.
@@ -56,6 +59,7 @@ impl Default for ProxyConfig {
             upstream_timeout_ms: 30_000,
             policy_poll_interval_ms: 250,
             policy_max_staleness_secs: 60,
+            policy_reload_secs: 300,
             allow_semicolon_params: false,
             oidc: None,
             tls_cert_path: None,
@@ -106,6 +110,12 @@ impl ProxyConfig {
             return Err((
                 "PORTCULLIS_PROXY__POLICY_POLL_INTERVAL_MS",
                 "must be between 1 and 1000 (revocations must apply within 1 s)".into(),
+            ));
+        }
+        if self.policy_reload_secs == 0 || self.policy_reload_secs > 3_600 {
+            return Err((
+                "PORTCULLIS_PROXY__POLICY_RELOAD_SECS",
+                "must be between 1 and 3600".into(),
             ));
         }
         for (var, value) in [

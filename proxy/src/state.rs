@@ -82,7 +82,8 @@ impl ProxyState {
                 Duration::from_secs(config.policy_max_staleness_secs),
             )
             .await
-            .context("failed to load policy")?,
+            .context("failed to load policy")?
+            .with_max_age(Duration::from_secs(config.policy_reload_secs)),
         );
         cache
             .sync()

@@ -164,6 +164,69 @@ async fn a_revoked_key_is_refused_within_one_second() {
     .await;
 }
 
+/// A change the feed never announced (its transaction outlived the feed's 10 s gap watch,
+/// say) still takes effect once the cache reloads, here after 1 s.
+#[tokio::test]
+async fn changes_the_feed_missed_apply_at_the_next_reload() {
+    use entity::ip_rule::{self, IpRuleAction, IpRuleSource};
+    for_each_backend(|db| async move {
+        let app = TestApp::spawn_with(db, |config| config.proxy.policy_reload_secs = 1).await;
+        let (key_id, key) = app.insert_key(app.admin_id().await).await;
+        let status = || async { app.proxy_get("/demo/x", Some(&key)).await.status() };
+        assert_eq!(status().await, StatusCode::OK);
+
+        // A global deny rule and, later, its removal, both without a feed row.
+        let rule = ip_rule::ActiveModel {
+            id: Set(uuid::Uuid::now_v7()),
+            route_id: Set(None),
+            cidr: Set("127.0.0.0/8".into()),
+            action: Set(IpRuleAction::Deny),
+            expires_at: Set(None),
+            reason: Set("written behind the feed's back".into()),
+            source: Set(IpRuleSource::Manual),
+            created_by: Set(None),
+            created_at: Set(Utc::now()),
+        }
+        .insert(&app.db)
+        .await
+        .unwrap();
+        let denied = eventually(Duration::from_secs(5), || async {
+            status().await == StatusCode::FORBIDDEN
+        })
+        .await;
+        assert!(denied.is_some(), "the unannounced deny rule never applied");
+        ip_rule::Entity::delete_by_id(rule.id)
+            .exec(&app.db)
+            .await
+            .unwrap();
+        let allowed = eventually(Duration::from_secs(5), || async {
+            status().await == StatusCode::OK
+        })
+        .await;
+        assert!(allowed.is_some(), "the snapshot was reloaded only once");
+
+        // A revocation without a feed row: the cached key is reloaded too.
+        let mut row: api_key::ActiveModel = api_key::Entity::find_by_id(key_id)
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap()
+            .into();
+        row.revoked_at = Set(Some(Utc::now()));
+        row.update(&app.db).await.unwrap();
+        let refused = eventually(Duration::from_secs(5), || async {
+            status().await == StatusCode::UNAUTHORIZED
+        })
+        .await;
+        assert!(
+            refused.is_some(),
+            "the unannounced revocation never applied"
+        );
+        app.stop().await.drop_database().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_principal_without_bindings_is_forbidden() {
     for_each_backend(|db| async move {
