@@ -134,8 +134,8 @@ pub struct PrincipalEntry {
 
 /// Everything cached is reloaded at least this often unless [`PolicyCache::with_max_age`]
 /// says otherwise: a backstop to the change feed, whose gap tracking gives up on an id after
-/// [`GAP_TIMEOUT`] (a change whose transaction stayed open longer would otherwise be missed
-/// until the next change to the same thing).
+/// 10 s; a change whose transaction stayed open longer would otherwise be missed until the
+/// next change to the same thing.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(300);
 
 /// A key lookup's result and when it was loaded; `entry: None` = known not to exist.
