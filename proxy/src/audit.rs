@@ -51,8 +51,6 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
 /// Serialises chain appends within this process (a chain has one tail). Across processes on
 /// PostgreSQL an advisory transaction lock does the same.
 static CHAIN_TAIL: Mutex<()> = Mutex::const_new(());
-/// Arbitrary constant naming the PostgreSQL advisory lock that guards the chain tail.
-const CHAIN_LOCK_KEY: i64 = 0x504f_5254_4155_4454; // "PORTAUDT"
 
 /// One audit event before it is chained and stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -492,6 +490,14 @@ fn storable(records: &[AuditRecord]) -> Cow<'_, [AuditRecord]> {
 /// whose LIMIT is a bound parameter every time it is rebound (it plans with the value).
 const TAIL_SQL: &str = r#"SELECT "id", "hash" FROM "audit_event" ORDER BY "id" DESC LIMIT 1"#;
 
+/// Takes the chain lock on PostgreSQL, an advisory lock whose key is "PORTAUDT" read as a
+/// big-endian i64 (one round trip for both statements). A transaction
+/// holding it is cut off after 30 s idle: should a COMMIT be lost on a half-open connection,
+/// the server would otherwise keep the lock, and stall every audit append, until TCP
+/// keepalive gave up on the client, hours later by default.
+const PG_CHAIN_LOCK_SQL: &str = "SET LOCAL idle_in_transaction_session_timeout = '30s'; \
+     SELECT pg_advisory_xact_lock(5786934568021214292)";
+
 /// Whether an earlier attempt's rows are stored: a row after its tail with its last hash.
 fn stored_sql(backend: DatabaseBackend) -> &'static str {
     match backend {
@@ -515,10 +521,7 @@ macro_rules! append_with {
             let backend = $backend;
             let mut txn = pool.begin().await?;
             if backend == DatabaseBackend::Postgres {
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(CHAIN_LOCK_KEY)
-                    .execute(&mut *txn)
-                    .await?;
+                sqlx::raw_sql(PG_CHAIN_LOCK_SQL).execute(&mut *txn).await?;
             }
             // Checked under the chain lock: on PostgreSQL an earlier try whose commit the
             // server is still processing holds that lock, so this waits for its outcome
@@ -1305,6 +1308,15 @@ mod tests {
             .expect("rows");
         assert_eq!(stored.len(), 2, "the batch is stored once");
         db.drop_database().await;
+    }
+
+    /// The chain lock's key, as `PG_CHAIN_LOCK_SQL` spells it.
+    const CHAIN_LOCK_KEY: i64 = i64::from_be_bytes(*b"PORTAUDT");
+
+    #[test]
+    fn the_postgres_lock_statement_takes_the_chain_lock() {
+        let call = format!("pg_advisory_xact_lock({CHAIN_LOCK_KEY})");
+        assert!(PG_CHAIN_LOCK_SQL.ends_with(&call), "{PG_CHAIN_LOCK_SQL}");
     }
 
     #[test]

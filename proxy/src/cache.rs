@@ -144,6 +144,9 @@ struct CachedKey {
     loaded_at: Instant,
 }
 
+/// How soon a failed periodic reload is tried again.
+const RELOAD_RETRY: Duration = Duration::from_secs(5);
+
 /// Unknown prefixes remembered (so random keys cannot make every request hit the database).
 const MAX_NEGATIVE_KEYS: usize = 10_000;
 /// How long an id skipped by a poll is re-checked before it is assumed rolled back.
@@ -265,14 +268,26 @@ impl PolicyCache {
 
     /// Reloads the snapshot and forgets the OIDC identity maps once the snapshot is
     /// `max_age` old.
-    async fn reload_if_old(&self) -> Result<(), DbErr> {
+    /// A failure is logged and retried after [`RELOAD_RETRY`] rather than failing the sync:
+    /// the feed, applied already, is what keeps the cache fresh.
+    async fn reload_if_old(&self) {
         let loaded = self.snapshot_loaded_ms.load(Ordering::Relaxed);
-        if Duration::from_millis(self.since_start_ms().saturating_sub(loaded)) < self.max_age {
-            return Ok(());
+        let now = self.since_start_ms();
+        if Duration::from_millis(now.saturating_sub(loaded)) < self.max_age {
+            return;
         }
-        self.reload_snapshot().await?;
-        self.forget_oidc_identities();
-        Ok(())
+        match self.reload_snapshot().await {
+            Ok(()) => self.forget_oidc_identities(),
+            Err(error) => {
+                tracing::warn!(%error, "periodic policy reload failed; retrying shortly");
+                metrics::counter!("portcullis_policy_reload_failures_total").increment(1);
+                let retry = RELOAD_RETRY.min(self.max_age).as_millis() as u64;
+                let max_age = self.max_age.as_millis() as u64;
+                // As if loaded `retry` before the age limit.
+                let as_if = now.saturating_add(retry).saturating_sub(max_age);
+                self.snapshot_loaded_ms.store(as_if, Ordering::Relaxed);
+            }
+        }
     }
 
     async fn reload_snapshot(&self) -> Result<(), DbErr> {
@@ -303,6 +318,16 @@ impl PolicyCache {
         Ok(())
     }
 
+    /// When a reload fails: the entry it was to replace (reloaded only for its age), as long
+    /// as the feed, which evicts changed entries, is within the allowed staleness. That keeps
+    /// the promise of serving from cache through a database outage; a miss fails closed.
+    fn aged_or<T>(&self, aged: Option<T>, error: DbErr) -> Result<T, CacheError> {
+        match aged {
+            Some(entry) if self.check_fresh().is_ok() => Ok(entry),
+            _ => Err(CacheError::Database(error)),
+        }
+    }
+
     /// The key with this lookup prefix, loading it on a miss or once it is `max_age` old.
     pub async fn key(&self, prefix: &str) -> Result<Option<Arc<KeyEntry>>, CacheError> {
         if let Some(cached) = read(&self.keys).get(prefix)
@@ -311,10 +336,17 @@ impl PolicyCache {
             return Ok(cached.entry.clone());
         }
         let generation = self.generation.load(Ordering::Acquire);
-        let row = api_key::Entity::find()
+        let loaded = api_key::Entity::find()
             .filter(api_key::Column::Prefix.eq(prefix))
             .one(&self.db)
-            .await?;
+            .await;
+        let row = match loaded {
+            Ok(row) => row,
+            Err(error) => {
+                let aged = read(&self.keys).get(prefix).map(|c| c.entry.clone());
+                return self.aged_or(aged, error);
+            }
+        };
         let entry = row.and_then(|row| key_entry(&row)).map(Arc::new);
         let mut keys = write(&self.keys);
         if self.generation.load(Ordering::Acquire) == generation {
@@ -377,7 +409,14 @@ impl PolicyCache {
             return Ok(Some(entry.clone()));
         }
         let generation = self.generation.load(Ordering::Acquire);
-        let Some(entry) = load_principal(&self.db, id, now).await? else {
+        let loaded = match load_principal(&self.db, id, now).await {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                let aged = read(&self.principals).get(&id).cloned().map(Some);
+                return self.aged_or(aged, error);
+            }
+        };
+        let Some(entry) = loaded else {
             return Ok(None);
         };
         let entry = Arc::new(entry);
@@ -418,7 +457,7 @@ impl PolicyCache {
         // Only once applied: recorded before, a failed apply would have struck late entries
         // (below the cursor, so never fetched again) off the gap list unapplied.
         self.record_gaps(cursor, &changes);
-        self.reload_if_old().await?;
+        self.reload_if_old().await;
         self.last_sync_ms
             .store(self.since_start_ms(), Ordering::Relaxed);
         Ok(applied)
@@ -1100,6 +1139,41 @@ mod tests {
             "the late change below the cursor is fetched"
         );
         assert_eq!(cache.sync().await.ok(), Some(0), "and applied once");
+    }
+
+    #[tokio::test]
+    async fn an_entry_due_for_reload_is_served_through_an_outage_until_policy_is_stale() {
+        let db = migration::testing::TestDatabase::sqlite()
+            .await
+            .migrated()
+            .await;
+        async fn load(db: &DatabaseConnection, staleness: Duration) -> PolicyCache {
+            let cache = PolicyCache::load(db.clone(), staleness)
+                .await
+                .unwrap_or_else(|error| panic!("load: {error}"))
+                .with_max_age(Duration::from_millis(1));
+            assert!(cache.sync().await.is_ok());
+            cache
+        }
+        let within = load(&db.conn, Duration::from_secs(60)).await;
+        let stale = load(&db.conn, Duration::ZERO).await;
+        for cache in [&within, &stale] {
+            assert!(matches!(cache.key("pcl_test_known").await, Ok(None)));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        db.conn.get_sqlite_connection_pool().close().await;
+        // Due for reload, the database gone: the cached answer stands while the feed is fresh.
+        assert!(matches!(within.key("pcl_test_known").await, Ok(None)));
+        // Never cached: fails closed.
+        assert!(matches!(
+            within.key("pcl_test_unknown").await,
+            Err(CacheError::Database(_))
+        ));
+        // Past the allowed staleness: fails closed too.
+        assert!(matches!(
+            stale.key("pcl_test_known").await,
+            Err(CacheError::Database(_))
+        ));
     }
 
     #[test]
