@@ -371,6 +371,33 @@ mod tests {
     }
 
     #[test]
+    fn reload_and_anchor_periods_out_of_range_name_their_variable() {
+        for (var, value) in [
+            ("PORTCULLIS_PROXY__POLICY_RELOAD_SECS", "0"),
+            ("PORTCULLIS_PROXY__POLICY_RELOAD_SECS", "3601"),
+            ("PORTCULLIS_API__REMEDIATION__AUDIT_ANCHOR_EVERY_SECS", "59"),
+        ] {
+            Jail::expect_with(|jail| {
+                jail.set_env(var, value);
+                let error = load_in(jail).err().ok_or("accepted")?.to_string();
+                assert!(error.starts_with(var), "{var}={value}: {error}");
+                Ok(())
+            });
+        }
+        Jail::expect_with(|jail| {
+            jail.set_env("PORTCULLIS_API__REMEDIATION__AUDIT_ANCHOR_EVERY_SECS", "0");
+            jail.set_env("PORTCULLIS_PROXY__POLICY_RELOAD_SECS", "60");
+            let config = load_in(jail).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.api.remediation.audit_anchor_every_secs, 0,
+                "0 turns anchors off"
+            );
+            assert_eq!(config.proxy.policy_reload_secs, 60);
+            Ok(())
+        });
+    }
+
+    #[test]
     fn database_url_must_be_sqlite_or_postgres() {
         Jail::expect_with(|jail| {
             jail.set_env("DATABASE_URL", "mysql://root@localhost/db");

@@ -92,6 +92,13 @@ impl ApiConfig {
                 "limits must be greater than 0".into(),
             ));
         }
+        let anchors = self.remediation.audit_anchor_every_secs;
+        if anchors != 0 && anchors < 60 {
+            return Err((
+                "PORTCULLIS_API__REMEDIATION__AUDIT_ANCHOR_EVERY_SECS",
+                "must be 0 (off) or at least 60: each anchor is an SNS message".into(),
+            ));
+        }
         self.sns.validate()
     }
 }

@@ -84,11 +84,29 @@ async fn anchors_catch_a_rehashed_rewrite_and_a_truncation_that_the_chain_alone_
         assert!(written.is_some(), "audit events were not written");
         // The anchor an auditor kept: the tail, as the checkpoint log line or SNS names it.
         let tail = chain::checkpoint(&app.db).await.unwrap().unwrap();
-        let verify = "query($anchors: [AuditAnchorInput!]!) { verifyAuditChain(anchors: $anchors) { ok checked anchorsMatched firstBrokenId problem } }";
+        let verify = "query($anchors: [AuditAnchorInput!]!) { verifyAuditChain(anchors: $anchors) { ok checked lastCheckedId anchorsMatched firstBrokenId problem } }";
         let anchors = json!({ "anchors": [{ "id": tail.id, "hash": tail.hash }] });
         let intact = ok(&app, &admin, verify, anchors.clone()).await;
         assert_eq!(intact["verifyAuditChain"]["ok"], true, "{intact}");
         assert_eq!(intact["verifyAuditChain"]["anchorsMatched"], 1);
+        assert_eq!(intact["verifyAuditChain"]["lastCheckedId"], tail.id);
+        // The query an SNS anchor carries runs as it is.
+        let message = api::remediation::anchors::anchor_message(&tail, chrono::Utc::now());
+        let carried = ok(&app, &admin, message["verify"].as_str().unwrap(), json!({})).await;
+        assert_eq!(carried["verifyAuditChain"]["ok"], true, "{carried}");
+        assert_eq!(carried["verifyAuditChain"]["anchorsMatched"], 1);
+        // A range that stops before the anchor does not vouch for it.
+        let short = ok(
+            &app,
+            &admin,
+            "query($to: Int, $anchors: [AuditAnchorInput!]!) { verifyAuditChain(toId: $to, anchors: $anchors) { ok anchorsMatched firstBrokenId problem } }",
+            json!({ "to": tail.id - 1, "anchors": anchors["anchors"] }),
+        )
+        .await;
+        let result = &short["verifyAuditChain"];
+        assert_eq!(result["ok"], false, "{short}");
+        assert_eq!(result["anchorsMatched"], 0);
+        assert!(result["problem"].as_str().unwrap().contains("outside the verified range"), "{short}");
 
         // Someone with write access edits an older event and recomputes every hash after it:
         // the chain verifies, the anchor does not.

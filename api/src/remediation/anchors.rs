@@ -9,9 +9,10 @@
 //! an archive. An anchor goes out every period, even when the chain did not grow, so a
 //! missing one is itself noticed. `verifyAuditChain(anchors: …)` checks a chain against them.
 
-use chrono::{SecondsFormat, Utc};
-use entity::security_event::Severity;
-use sea_orm::{DbErr, SqlErr};
+use chrono::{DateTime, SecondsFormat, Utc};
+use entity::{notification_outbox, security_event::Severity};
+use proxy::audit::Checkpoint;
+use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, SqlErr};
 use serde_json::json;
 
 use super::Engine;
@@ -25,6 +26,23 @@ pub const EVENT_TYPE: &str = "audit_checkpoint";
 #[derive(Debug, Default)]
 pub struct Published(Option<i64>);
 
+/// The body of an anchor notification: the tail, when it was published, and the GraphQL
+/// query that checks the chain against it.
+pub fn anchor_message(tail: &Checkpoint, published_at: DateTime<Utc>) -> serde_json::Value {
+    json!({
+        "event_type": EVENT_TYPE,
+        "id": tail.id,
+        "hash": tail.hash,
+        "published_at": published_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        "verify": format!(
+            "{{ verifyAuditChain(toId: {id}, anchors: [{{id: {id}, hash: \"{hash}\"}}]) \
+             {{ ok checked lastCheckedId anchorsMatched firstBrokenId problem }} }}",
+            id = tail.id,
+            hash = tail.hash,
+        ),
+    })
+}
+
 /// Publishes the chain's tail if the current period has no anchor yet; `true` if this call
 /// wrote one. Idempotent across processes: the outbox's unique `dedup_id` names the period.
 pub async fn publish_due(engine: &Engine, published: &mut Published) -> Result<bool, DbErr> {
@@ -37,26 +55,25 @@ pub async fn publish_due(engine: &Engine, published: &mut Published) -> Result<b
     if published.0 == Some(period) {
         return Ok(false);
     }
+    let dedup_id = format!("audit-anchor-{every}-{period}");
+    let queued = notification_outbox::Entity::find()
+        .filter(notification_outbox::Column::DedupId.eq(dedup_id.as_str()))
+        .one(engine.db())
+        .await?;
+    if queued.is_some() {
+        // Another worker, or an earlier Lambda tick, anchored this period.
+        published.0 = Some(period);
+        return Ok(false);
+    }
     let Some(tail) = proxy::audit::checkpoint(engine.db()).await? else {
         // Nothing to anchor yet; look again next time.
         return Ok(false);
     };
-    let now = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
-    let message = json!({
-        "event_type": EVENT_TYPE,
-        "id": tail.id,
-        "hash": tail.hash,
-        "published_at": now,
-        "verify": format!(
-            "{{ verifyAuditChain(toId: {id}, anchors: [{{id: {id}, hash: \"{hash}\"}}]) {{ ok checked firstBrokenId problem }} }}",
-            id = tail.id,
-            hash = tail.hash,
-        ),
-    });
+    let message = anchor_message(&tail, Utc::now());
     let notification = NewNotification {
         topic_arn: topic_arn.to_owned(),
         message_group: Some("audit-chain".to_owned()),
-        dedup_id: format!("audit-anchor-{every}-{period}"),
+        dedup_id,
         event_type: EVENT_TYPE.to_owned(),
         severity: Severity::Low,
         principal: None,
@@ -65,7 +82,7 @@ pub async fn publish_due(engine: &Engine, published: &mut Published) -> Result<b
     };
     let written = match outbox::enqueue(engine.db(), notification).await {
         Ok(_) => true,
-        // Another worker (or an earlier pass of this one) anchored this period.
+        // Another worker anchored this period since the check above.
         Err(error) if matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
             false
         }

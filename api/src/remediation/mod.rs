@@ -275,7 +275,13 @@ impl Engine {
             }
         };
         let scheduled = schedule::fire_due(self, &mut schedule::Planned::default()).await?;
-        let anchored = anchors::publish_due(self, &mut anchors::Published::default()).await?;
+        // An anchor that cannot be written must not hold up remediation: the next tick retries.
+        let anchored = anchors::publish_due(self, &mut anchors::Published::default())
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "audit chain anchor not queued");
+                false
+            });
         let triggered = triggers::process_security_events(self).await?;
         let steps = worker::work_while_due(self, budget.saturating_sub(started.elapsed())).await?;
         let notifications = self.dispatcher().dispatch_once().await?;

@@ -164,6 +164,9 @@ pub struct ChainVerification {
     pub ok: bool,
     /// Rows verified before the first broken one (or all of them).
     pub checked: u64,
+    /// The last row read (the next call's `fromId` is one more when the row limit stopped
+    /// this one).
+    pub last_checked_id: Option<i64>,
     /// Anchors whose event is stored with the anchored hash.
     pub anchors_matched: u64,
     /// Id of the first row that fails (a broken link or an anchor that does not match).
@@ -209,7 +212,19 @@ pub async fn verify_chain(
     let mut first_problem = chain::verify_rows(&expected_prev, &rows)
         .err()
         .map(|broken| (broken.id, broken.problem.to_owned()));
-    let (anchors_matched, anchor_problem) = check_anchors(db, anchors).await?;
+    // What this call vouches for: from `from_id` to `to_id` (or the end of the chain), unless
+    // the row limit stopped it earlier.
+    let capped = rows.len() as u64 == MAX_VERIFY_ROWS;
+    let last_checked_id = rows.last().map(|row| row.id);
+    let covered = Covered {
+        from: from_id.unwrap_or(i64::MIN),
+        to: match last_checked_id {
+            Some(last) if capped => last,
+            _ => to_id.unwrap_or(i64::MAX),
+        },
+        capped,
+    };
+    let (anchors_matched, anchor_problem) = check_anchors(&rows, anchors, &covered);
     if let Some((id, problem)) = anchor_problem
         && first_problem.as_ref().is_none_or(|(first, _)| id < *first)
     {
@@ -219,6 +234,7 @@ pub async fn verify_chain(
         None => ChainVerification {
             ok: true,
             checked: rows.len() as u64,
+            last_checked_id,
             anchors_matched,
             first_broken_id: None,
             problem: None,
@@ -226,11 +242,20 @@ pub async fn verify_chain(
         Some((id, problem)) => ChainVerification {
             ok: false,
             checked: rows.iter().take_while(|r| r.id < id).count() as u64,
+            last_checked_id,
             anchors_matched,
             first_broken_id: Some(id),
             problem: Some(problem),
         },
     })
+}
+
+/// The ids a verification covered: the requested range, cut at the last row read when the
+/// row limit stopped it.
+struct Covered {
+    from: i64,
+    to: i64,
+    capped: bool,
 }
 
 fn check_anchors_input(anchors: &[Anchor]) -> ApiResult<()> {
@@ -259,46 +284,54 @@ fn check_anchors_input(anchors: &[Anchor]) -> ApiResult<()> {
     Ok(())
 }
 
-/// How many anchors match, and the lowest-id anchor that does not (with what is wrong).
-async fn check_anchors(
-    db: &DatabaseConnection,
+/// How many anchors match, and the lowest-id anchor that does not (with what is wrong). An
+/// anchor counts only inside the range verified with it: a matching hash proves nothing about
+/// the rows before it unless the chain was verified through it.
+fn check_anchors(
+    rows: &[audit_event::Model],
     anchors: &[Anchor],
-) -> ApiResult<(u64, Option<(i64, String)>)> {
-    if anchors.is_empty() {
-        return Ok((0, None));
-    }
-    let stored: std::collections::HashMap<i64, String> = audit_event::Entity::find()
-        .select_only()
-        .column(audit_event::Column::Id)
-        .column(audit_event::Column::Hash)
-        .filter(audit_event::Column::Id.is_in(anchors.iter().map(|a| a.id)))
-        .into_tuple::<(i64, String)>()
-        .all(db)
-        .await?
-        .into_iter()
-        .collect();
+    covered: &Covered,
+) -> (u64, Option<(i64, String)>) {
     let mut matched = 0;
     let mut first: Option<(i64, String)> = None;
     for anchor in anchors {
-        let problem = match stored.get(&anchor.id) {
-            Some(hash) if *hash == anchor.hash => {
-                matched += 1;
-                continue;
+        let problem = if anchor.id < covered.from || anchor.id > covered.to {
+            if covered.capped && anchor.id > covered.to {
+                format!(
+                    "anchored event {} is beyond the {MAX_VERIFY_ROWS} events one call verifies \
+                     (the last was {}): verify again with fromId {}",
+                    anchor.id,
+                    covered.to,
+                    covered.to.saturating_add(1)
+                )
+            } else {
+                format!(
+                    "anchored event {} is outside the verified range: verify a range that \
+                     includes it",
+                    anchor.id
+                )
             }
-            Some(hash) => format!(
-                "event {} has hash {hash}, not the anchored {} (the chain was rewritten)",
-                anchor.id, anchor.hash
-            ),
-            None => format!(
-                "anchored event {} is missing (the chain was truncated or events deleted)",
-                anchor.id
-            ),
+        } else {
+            match rows.binary_search_by_key(&anchor.id, |row| row.id) {
+                Ok(at) if rows[at].hash == anchor.hash => {
+                    matched += 1;
+                    continue;
+                }
+                Ok(at) => format!(
+                    "event {} has hash {}, not the anchored {} (the chain was rewritten)",
+                    anchor.id, rows[at].hash, anchor.hash
+                ),
+                Err(_) => format!(
+                    "anchored event {} is missing (the chain was truncated or events deleted)",
+                    anchor.id
+                ),
+            }
         };
         if first.as_ref().is_none_or(|(id, _)| anchor.id < *id) {
             first = Some((anchor.id, problem));
         }
     }
-    Ok((matched, first))
+    (matched, first)
 }
 
 /// Appends the audit event of one management mutation (allowed or refused) to the chain.

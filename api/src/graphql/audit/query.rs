@@ -60,10 +60,11 @@ impl AuditQuery {
         ))
     }
 
-    /// Verifies the audit hash chain over events `fromId..=toId` (default: all), reporting
-    /// the first broken link, and checks that each anchor's event is still stored with the
-    /// anchored hash: deleted newest events, or events rewritten and rehashed, pass the chain
-    /// check but not an anchor taken before (at most 100 anchors).
+    /// Verifies the audit hash chain over events `fromId..=toId` (default: all; at most
+    /// 100,000 events per call, see `lastCheckedId`), reporting the first broken link, and
+    /// checks that each anchor's event is still stored with the anchored hash: deleted newest
+    /// events, or events rewritten and rehashed, pass the chain check but not an anchor taken
+    /// before. An anchor outside the range verified fails the call (at most 100 anchors).
     #[graphql(guard = "RequirePermission(AUDIT_READ)")]
     async fn verify_audit_chain(
         &self,

@@ -318,6 +318,9 @@ pub struct ChainVerificationOut {
     pub ok: bool,
     /// Events verified (before the first broken one).
     pub checked: i64,
+    /// The last event read: one call verifies at most 100,000 events, so when `checked`
+    /// reaches that, continue with `fromId` one more than this.
+    pub last_checked_id: Option<i64>,
     /// Anchors whose event is stored with the anchored hash.
     pub anchors_matched: i64,
     /// Id of the first event that fails: a broken link, or an anchor whose event is missing
@@ -332,6 +335,7 @@ impl From<ChainVerification> for ChainVerificationOut {
         Self {
             ok: v.ok,
             checked: v.checked as i64,
+            last_checked_id: v.last_checked_id,
             anchors_matched: v.anchors_matched as i64,
             first_broken_id: v.first_broken_id,
             problem: v.problem,
