@@ -7,7 +7,10 @@
 
 use std::{
     hint::black_box,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -23,7 +26,11 @@ const AUD: &str = "portcullis";
 
 /// Verifies on the calling thread. With the keys loaded and fresh, verification never waits
 /// on I/O, so the future is ready at its first poll; `runtime` covers the case it is not.
-fn verify(runtime: &tokio::runtime::Runtime, verifier: &OidcVerifier, token: &str) -> OidcIdentity {
+fn verify(
+    runtime: &tokio::runtime::Runtime,
+    verifier: &Arc<OidcVerifier>,
+    token: &str,
+) -> OidcIdentity {
     match verifier.verify(token).now_or_never() {
         Some(result) => result.unwrap(),
         None => runtime.block_on(verifier.verify(token)).unwrap(),
@@ -54,8 +61,9 @@ fn bench_jwt(c: &mut Criterion) {
         provider
             .serve(&keys.iter().map(|(_, k)| k).collect::<Vec<_>>())
             .await;
-        let verifier =
-            OidcVerifier::new(&OidcConfig::new(provider.issuer(), vec![AUD.into()])).unwrap();
+        let verifier = Arc::new(
+            OidcVerifier::new(&OidcConfig::new(provider.issuer(), vec![AUD.into()])).unwrap(),
+        );
         verifier.prime().await;
         (provider, verifier)
     });

@@ -43,6 +43,7 @@ use serde::{
     Deserialize,
     de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor},
 };
+use tokio::sync::OwnedMutexGuard;
 
 use crate::{
     authn::{AuthFailure, Authenticated, Refused},
@@ -357,7 +358,7 @@ pub struct OidcVerifier {
     max_age: Duration,
     http: reqwest::Client,
     keys: ArcSwap<KeySet>,
-    refresh: tokio::sync::Mutex<RefreshState>,
+    refresh: Arc<tokio::sync::Mutex<RefreshState>>,
     /// Completed download attempts; a waiter that sees it move knows a refresh happened.
     attempts: AtomicU64,
     clock: Clock,
@@ -370,6 +371,10 @@ struct VerifiedToken {
     identity: OidcIdentity,
     generation: u64,
 }
+
+/// Longer tokens are refused before any decoding. Access tokens are a few KiB at most, even
+/// with a long groups claim; anything larger is not worth hashing, decoding and parsing.
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// Verified tokens remembered; beyond this the expired ones are dropped, then all.
 const MAX_VERIFIED_TOKENS: usize = 10_000;
@@ -425,7 +430,7 @@ impl OidcVerifier {
             max_age: Duration::from_secs(config.jwks_max_age_secs),
             http,
             keys: ArcSwap::from_pointee(KeySet::default()),
-            refresh: tokio::sync::Mutex::default(),
+            refresh: Arc::default(),
             attempts: AtomicU64::new(0),
             clock: Clock::default(),
             verified: std::sync::Mutex::default(),
@@ -439,7 +444,7 @@ impl OidcVerifier {
 
     /// Runs discovery and downloads the keys. Failure is logged, not returned: the proxy
     /// starts anyway and retries when a token needs the keys (at most once per cooldown).
-    pub async fn prime(&self) {
+    pub async fn prime(self: &Arc<Self>) {
         let seen = self.attempts.load(Ordering::Acquire);
         if self.refresh(seen).await.is_ok() {
             tracing::info!(issuer = %self.issuer, "OIDC keys loaded");
@@ -450,7 +455,10 @@ impl OidcVerifier {
     ///
     /// Runs on every request carrying a bearer JWT. Touches the network only when the `kid`
     /// is unknown (once per cooldown) or the key set is older than `jwks_max_age_secs`.
-    pub async fn verify(&self, token: &str) -> Result<OidcIdentity, OidcError> {
+    pub async fn verify(self: &Arc<Self>, token: &str) -> Result<OidcIdentity, OidcError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(OidcError::Malformed);
+        }
         // A token seen before, under the same keys and not yet expired, verified then and
         // would verify the same way now: skip the signature check (≈ 40–90 µs) and answer from
         // memory. Any key download (rotation, refresh) invalidates every entry.
@@ -499,7 +507,7 @@ impl OidcVerifier {
 
     /// Full verification: header, key lookup (with at most one rate-limited JWKS refresh),
     /// signature, registered claims.
-    async fn verify_uncached(&self, token: &str) -> Result<OidcIdentity, OidcError> {
+    async fn verify_uncached(self: &Arc<Self>, token: &str) -> Result<OidcIdentity, OidcError> {
         let parts = TokenParts::split(token)?;
         let header_bytes = URL_SAFE_NO_PAD
             .decode(parts.header)
@@ -586,9 +594,10 @@ impl OidcVerifier {
         }
     }
 
-    /// Refreshes in the background of this request when the keys are older than the maximum
-    /// age — unless another request is already refreshing (then the current keys are used).
-    async fn refresh_if_old(&self) {
+    /// Refreshes in the background when the keys are older than the maximum age, unless a
+    /// download is already running or the last attempt is within the cooldown; this request
+    /// goes on with the current keys.
+    async fn refresh_if_old(self: &Arc<Self>) {
         let fetched_at = self.keys.load().fetched_at;
         let Some(fetched_at) = fetched_at else {
             return;
@@ -597,31 +606,42 @@ impl OidcVerifier {
             return;
         }
         let seen = self.attempts.load(Ordering::Acquire);
-        if let Ok(state) = self.refresh.try_lock() {
+        if let Ok(state) = Arc::clone(&self.refresh).try_lock_owned()
+            && let Ok(Some(state)) = self.claim(state, seen)
+        {
             // Old keys keep working while the provider is down: a compromised key is removed
             // by publishing a new set, which needs the provider up anyway.
-            let _ = self.refresh_locked(state, seen).await;
+            drop(self.spawn_download(state));
         }
     }
 
     /// Downloads the keys unless another download finished while we waited (single flight)
     /// or the last attempt is more recent than the cooldown.
-    async fn refresh(&self, seen: u64) -> Result<(), OidcError> {
-        let state = self.refresh.lock().await;
-        self.refresh_locked(state, seen).await
+    async fn refresh(self: &Arc<Self>, seen: u64) -> Result<(), OidcError> {
+        let state = Arc::clone(&self.refresh).lock_owned().await;
+        match self.claim(state, seen)? {
+            None => Ok(()),
+            // A runtime shutting down cancels the task: no keys then.
+            Some(state) => self
+                .spawn_download(state)
+                .await
+                .unwrap_or(Err(OidcError::ProviderUnavailable)),
+        }
     }
 
-    async fn refresh_locked(
+    /// Holding the lock, decides whether to download: `Some` (the attempt is recorded and
+    /// the guard handed on), `None` when a download finished while we queued (its result is
+    /// ours), an error when the last attempt is within the cooldown.
+    fn claim(
         &self,
-        mut state: tokio::sync::MutexGuard<'_, RefreshState>,
+        mut state: OwnedMutexGuard<RefreshState>,
         seen: u64,
-    ) -> Result<(), OidcError> {
+    ) -> Result<Option<OwnedMutexGuard<RefreshState>>, OidcError> {
         if self.attempts.load(Ordering::Acquire) != seen {
-            // Someone else downloaded while we queued; their result is ours.
             return if state.last_failed {
                 Err(OidcError::ProviderUnavailable)
             } else {
-                Ok(())
+                Ok(None)
             };
         }
         let now = self.clock.now();
@@ -636,6 +656,25 @@ impl OidcVerifier {
             };
         }
         state.last_attempt = Some(now);
+        Ok(Some(state))
+    }
+
+    /// Runs the claimed download in a task of its own. Inline, a request whose client went
+    /// away (hyper drops its future) would abandon the download after it had used up the
+    /// cooldown: a flood of such requests with made-up `kid`s could then keep the keys from
+    /// ever being refreshed, retired keys included.
+    fn spawn_download(
+        self: &Arc<Self>,
+        state: OwnedMutexGuard<RefreshState>,
+    ) -> tokio::task::JoinHandle<Result<(), OidcError>> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.download_locked(state).await })
+    }
+
+    async fn download_locked(
+        &self,
+        mut state: OwnedMutexGuard<RefreshState>,
+    ) -> Result<(), OidcError> {
         let result = self.download(&mut state).await;
         state.last_failed = result.is_err();
         let outcome = match result {
@@ -827,7 +866,7 @@ impl OidcVerifier {
 /// Pipeline step 4 for a bearer JWT: verify it, then map it to its user principal (never
 /// provisioned: an unknown subject is refused) and its groups claim to group principals.
 pub async fn authenticate(
-    verifier: &OidcVerifier,
+    verifier: &Arc<OidcVerifier>,
     cache: &PolicyCache,
     token: &str,
 ) -> Result<Authenticated, Refused> {

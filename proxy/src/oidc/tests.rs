@@ -3,7 +3,7 @@
 
 #![expect(clippy::unwrap_used, reason = "tests fail loudly")]
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use aws_lc_rs::signature;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -23,10 +23,10 @@ fn config(provider: &FakeProvider) -> OidcConfig {
 }
 
 /// A provider serving `keys` (no call expectations) and a verifier that loaded them.
-async fn primed(keys: &[&TestKey]) -> (FakeProvider, OidcVerifier) {
+async fn primed(keys: &[&TestKey]) -> (FakeProvider, Arc<OidcVerifier>) {
     let provider = FakeProvider::start().await;
     provider.serve(keys).await;
-    let verifier = OidcVerifier::new(&config(&provider)).unwrap();
+    let verifier = Arc::new(OidcVerifier::new(&config(&provider)).unwrap());
     verifier.prime().await;
     (provider, verifier)
 }
@@ -240,6 +240,50 @@ async fn oidc_tampered_and_malformed_tokens_are_refused() {
     let crit = json!({ "alg": "RS256", "kid": "rsa-1", "crit": ["exp"] });
     let token = forge(&crit, &provider.claims("alice", AUD, &[]), b"sig");
     assert_eq!(verifier.verify(&token).await, Err(OidcError::Malformed));
+    // A validly signed token over 16 KiB is refused before it is decoded.
+    let rsa = TestKey::rsa("rsa-big");
+    let mut claims = provider.claims("alice", AUD, &[]);
+    claims["padding"] = "x".repeat(16 * 1024).into();
+    assert_eq!(
+        verifier.verify(&rsa.sign(&claims)).await,
+        Err(OidcError::Malformed)
+    );
+}
+
+#[tokio::test]
+async fn oidc_a_request_that_goes_away_mid_download_does_not_waste_the_refresh() {
+    let (old, new) = (TestKey::rsa("rsa-1"), TestKey::rsa("rsa-2"));
+    let provider = FakeProvider::start().await;
+    provider.discovery_mock().mount(&provider.server).await;
+    FakeProvider::jwks_mock(&[&old])
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&provider.server)
+        .await;
+    // After the first download the provider has rotated in a new key, and answers slowly.
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::path(super::testing::JWKS_PATH))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(super::testing::jwks(&[&old, &new]))
+                .set_delay(Duration::from_millis(300)),
+        )
+        .with_priority(2)
+        .mount(&provider.server)
+        .await;
+    let verifier = Arc::new(OidcVerifier::new(&config(&provider)).unwrap());
+    verifier.prime().await;
+    verifier.advance_clock(Duration::from_secs(31));
+    let token = new.sign(&provider.claims("alice", AUD, &[]));
+
+    // The client goes away 50 ms into the download its unknown `kid` started.
+    let gone = tokio::time::timeout(Duration::from_millis(50), verifier.verify(&token)).await;
+    assert!(gone.is_err(), "the download should still be running");
+    // The download finishes without it, so the next request, still within the cooldown,
+    // finds the new key instead of being refused as an unknown kid.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(verifier.verify(&token).await.is_ok());
+    assert_eq!(jwks_fetches(&provider).await, 2);
 }
 
 #[tokio::test]
@@ -256,7 +300,7 @@ async fn oidc_unknown_kid_triggers_exactly_one_jwks_fetch() {
         .expect(2)
         .mount(&provider.server)
         .await;
-    let verifier = OidcVerifier::new(&config(&provider)).unwrap();
+    let verifier = Arc::new(OidcVerifier::new(&config(&provider)).unwrap());
     verifier.prime().await;
     verifier.advance_clock(Duration::from_secs(31));
 
@@ -347,12 +391,26 @@ async fn oidc_keys_older_than_the_maximum_age_are_downloaded_again() {
     provider.serve(&[&new]).await;
     verifier.advance_clock(Duration::from_secs(3_601));
     let claims = provider.claims("alice", AUD, &[]);
-    // The old key is gone after the age-triggered refresh, even though its kid was known.
-    assert_eq!(
-        verifier.verify(&old.sign(&claims)).await,
-        Err(OidcError::UnknownKid)
-    );
+    // The first request after the maximum age starts a download in the background and is
+    // checked against the keys at hand; once the download lands, the old key is gone even
+    // though its kid was known.
+    let old_token = old.sign(&claims);
+    let mut refused = None;
+    for _ in 0..100 {
+        let result = verifier.verify(&old_token).await;
+        if result.is_err() {
+            refused = Some(result);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(refused, Some(Err(OidcError::UnknownKid)));
     assert!(verifier.verify(&new.sign(&claims)).await.is_ok());
+    assert_eq!(
+        jwks_fetches(&provider).await,
+        1,
+        "one download since the reset"
+    );
 }
 
 #[tokio::test]
@@ -364,7 +422,7 @@ async fn oidc_a_provider_that_is_down_at_start_is_retried_lazily_after_the_coold
         .expect(1)
         .mount(&provider.server)
         .await;
-    let verifier = OidcVerifier::new(&config(&provider)).unwrap();
+    let verifier = Arc::new(OidcVerifier::new(&config(&provider)).unwrap());
     verifier.prime().await;
     let token = rsa.sign(&provider.claims("alice", AUD, &[]));
     // Within the cooldown: refused without asking the provider again.
@@ -396,7 +454,7 @@ async fn oidc_discovery_naming_another_issuer_is_not_trusted() {
         .expect(0)
         .mount(&provider.server)
         .await;
-    let verifier = OidcVerifier::new(&config(&provider)).unwrap();
+    let verifier = Arc::new(OidcVerifier::new(&config(&provider)).unwrap());
     verifier.prime().await;
     let token = rsa.sign(&provider.claims("alice", AUD, &[]));
     assert_eq!(
