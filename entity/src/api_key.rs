@@ -44,7 +44,8 @@ pub struct Model {
     pub rate_limit_burst: Option<i32>,
     /// Remaining number of requests for usage-capped keys; `None` = unlimited.
     pub remaining_uses: Option<i64>,
-    /// Uses added back every `refill_interval_seconds`.
+    /// `remaining_uses` is reset to this once `refill_interval_seconds` have passed since
+    /// `last_refill_at` (at the key's next use).
     pub refill_amount: Option<i64>,
     /// Refill period in seconds.
     pub refill_interval_seconds: Option<i64>,

@@ -133,8 +133,11 @@ pub struct Authenticated {
     pub method: AuthMethod,
     /// Per-key rate limit, if the key has one.
     pub key_rate_limit: Option<(u32, u32)>,
-    /// Whether each use spends the key's remaining-uses quota.
+    /// Whether each use spends the remaining-uses quota of `budget_key_id`.
     pub has_quota: bool,
+    /// The key whose rate-limit bucket and quota the request spends: the key itself, or the
+    /// newest successor of a rotated key (see [`crate::cache::KeyEntry::budget_id`]).
+    pub budget_key_id: Option<Uuid>,
     /// Groups the credential itself proves (OIDC groups claim), added to the stored
     /// memberships for this request only. Empty for API keys.
     pub extra_group_ids: Vec<crate::policy::PrincipalId>,
@@ -271,6 +274,7 @@ pub async fn verify_grant_token(
         method: AuthMethod::Grant,
         key_rate_limit: None,
         has_quota: false,
+        budget_key_id: None,
         extra_group_ids: Vec::new(),
     })
 }

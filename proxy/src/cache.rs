@@ -99,10 +99,14 @@ pub struct KeyEntry {
     pub revoked: bool,
     /// Set while suspended.
     pub suspended: bool,
-    /// Whether each use must be counted against `remaining_uses`.
+    /// Whether each use must be counted against the `remaining_uses` of `budget_id`.
     pub has_quota: bool,
     /// Per-key rate limit (requests per minute, burst).
     pub rate_limit: Option<(u32, u32)>,
+    /// The key whose rate-limit bucket and quota this key spends: itself, or, once it was
+    /// rotated, its newest successor. Both keys work during the rotation's grace period,
+    /// and rotating must not double the budget.
+    pub budget_id: Uuid,
 }
 
 /// An incident-grant token as enforced.
@@ -336,18 +340,14 @@ impl PolicyCache {
             return Ok(cached.entry.clone());
         }
         let generation = self.generation.load(Ordering::Acquire);
-        let loaded = api_key::Entity::find()
-            .filter(api_key::Column::Prefix.eq(prefix))
-            .one(&self.db)
-            .await;
-        let row = match loaded {
-            Ok(row) => row,
+        let entry = match load_key(&self.db, prefix).await {
+            Ok(entry) => entry,
             Err(error) => {
                 let aged = read(&self.keys).get(prefix).map(|c| c.entry.clone());
                 return self.aged_or(aged, error);
             }
         };
-        let entry = row.and_then(|row| key_entry(&row)).map(Arc::new);
+        let entry = entry.map(Arc::new);
         let mut keys = write(&self.keys);
         if self.generation.load(Ordering::Acquire) == generation {
             if entry.is_none() && keys.len() >= MAX_NEGATIVE_KEYS {
@@ -792,7 +792,54 @@ fn key_entry(row: &api_key::Model) -> Option<KeyEntry> {
         suspended: row.suspended_at.is_some(),
         has_quota: row.remaining_uses.is_some(),
         rate_limit,
+        budget_id: row.id,
     })
+}
+
+/// The key with lookup prefix `prefix` as enforced, its budget resolved.
+async fn load_key(db: &DatabaseConnection, prefix: &str) -> Result<Option<KeyEntry>, DbErr> {
+    let row = api_key::Entity::find()
+        .filter(api_key::Column::Prefix.eq(prefix))
+        .one(db)
+        .await?;
+    let mut entry = row.as_ref().and_then(key_entry);
+    if let Some(key) = entry.as_mut().filter(|key| !key.revoked) {
+        // Only a rotation sets a successor, so for most keys this finds nothing.
+        if let Some(successor) = newest_successor(db, key.id).await? {
+            key.budget_id = successor.id;
+            key.has_quota = successor.remaining_uses.is_some();
+        }
+    }
+    Ok(entry)
+}
+
+/// Rotations chained beyond this are not followed (each is one more query on a cache miss).
+const MAX_ROTATION_HOPS: usize = 8;
+
+/// The newest unrevoked successor of key `id` in its rotation chain, if any: the key whose
+/// budget a rotated key spends during its grace period.
+async fn newest_successor(
+    db: &DatabaseConnection,
+    id: Uuid,
+) -> Result<Option<api_key::Model>, DbErr> {
+    let mut newest = None;
+    let mut current = id;
+    for _ in 0..MAX_ROTATION_HOPS {
+        let next = api_key::Entity::find()
+            .filter(api_key::Column::RotatedFrom.eq(current))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .order_by_desc(api_key::Column::CreatedAt)
+            .one(db)
+            .await?;
+        match next {
+            Some(row) => {
+                current = row.id;
+                newest = Some(row);
+            }
+            None => break,
+        }
+    }
+    Ok(newest)
 }
 
 /// The strings of a JSON array (`null` reads as none). `None` when `value` holds anything

@@ -891,6 +891,7 @@ pub async fn authenticate(
         method: AuthMethod::Oidc,
         key_rate_limit: None,
         has_quota: false,
+        budget_key_id: None,
         extra_group_ids: groups,
     })
 }

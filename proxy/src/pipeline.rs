@@ -77,7 +77,12 @@ pub async fn process(state: &ProxyState, peer: SocketAddr, mut request: Request)
             } else {
                 audit.reason = format!("{}; {}", audit.reason, error.code());
             }
-            rescue(&error, &request_id)
+            let mut response = rescue(&error, &request_id);
+            // Refused after the rate check (quota, upstream): the budget was still spent.
+            if let Some(rate) = &rate {
+                rate.insert_headers(response.headers_mut());
+            }
+            response
         }
     };
     request_id::echo(response.headers_mut(), request_id_header);
@@ -296,9 +301,9 @@ async fn run(
         }
 
         // 6b. Quota (after authorization, so refused requests spend nothing).
-        if let Some(key_id) = caller.key_id
+        if let Some(budget_id) = caller.budget_key_id
             && caller.has_quota
-            && !authn::spend_quota(&state.db, key_id, now)
+            && !authn::spend_quota(&state.db, budget_id, now)
                 .await
                 .map_err(|e| ProxyError::Internal(Box::new(e)))?
         {
@@ -354,6 +359,7 @@ async fn authenticate(
                 method: AuthMethod::ApiKey,
                 key_rate_limit: key.rate_limit,
                 has_quota: key.has_quota,
+                budget_key_id: Some(key.budget_id),
                 extra_group_ids: Vec::new(),
             }))
         }
@@ -378,8 +384,8 @@ async fn authenticate(
 }
 
 /// Step 6, rate limit: the key's own limit, else the route's, else the configured default,
-/// tightened by any active override; counted per key (else principal, else client address)
-/// and route. The decision is kept for the `RateLimit-*` headers of the response.
+/// tightened by any active override; counted per key (a rotated key with its successor; else
+/// principal, else client address) and route. The decision is kept for the `RateLimit-*` headers of the response.
 async fn rate_limit(
     state: &ProxyState,
     snapshot: &Snapshot,
@@ -401,7 +407,13 @@ async fn rate_limit(
         .or(route.rate_limit)
         .unwrap_or_else(|| state.config.default_rate_limit());
     let limit = ratelimit::effective_limit(base, &snapshot.rate_limit_overrides, &subject, now);
-    let decision = state.ratelimit.check_subject(&subject, limit).await;
+    // Overrides name the key presented; the bucket is its budget's, shared with its successor
+    // during a rotation's grace period.
+    let bucket = ratelimit::Subject {
+        key_id: caller.and_then(|c| c.budget_key_id),
+        ..subject
+    };
+    let decision = state.ratelimit.check_subject(&bucket, limit).await;
     *rate = Some(decision);
     if decision.allowed {
         return Ok(());

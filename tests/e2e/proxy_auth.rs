@@ -283,7 +283,10 @@ async fn a_quota_limited_key_stops_at_zero_with_429() {
             app.proxy_get("/demo/2", Some(&key)).await.status(),
             StatusCode::OK
         );
-        let (status, code) = error_code(app.proxy_get("/demo/3", Some(&key)).await).await;
+        let refused = app.proxy_get("/demo/3", Some(&key)).await;
+        // The rate limit was passed (and spent) before the quota refused it.
+        assert!(refused.headers().contains_key("ratelimit-remaining"));
+        let (status, code) = error_code(refused).await;
         assert_eq!(
             (status, code.as_str()),
             (StatusCode::TOO_MANY_REQUESTS, "quota_exhausted")
@@ -295,6 +298,62 @@ async fn a_quota_limited_key_stops_at_zero_with_429() {
             .unwrap()
             .remaining_uses;
         assert_eq!(left, Some(0));
+        app.stop().await.drop_database().await;
+    })
+    .await;
+}
+
+/// Both keys of a rotation work during its grace period; they spend one budget, not two.
+#[tokio::test]
+async fn a_rotated_key_and_its_successor_share_one_quota_and_one_rate_budget() {
+    use crate::graphql_support::ok;
+    for_each_backend(|db| async move {
+        let app = TestApp::spawn(db).await;
+        let admin = app.admin_key().to_owned();
+        let rotate = |key_id: uuid::Uuid| {
+            let admin = admin.clone();
+            let app = &app;
+            async move {
+                let rotated = ok(
+                    app,
+                    &admin,
+                    "mutation($id: UUID!) { rotateApiKey(id: $id, gracePeriodSeconds: 3600) { secret } }",
+                    serde_json::json!({ "id": key_id }),
+                )
+                .await;
+                rotated["rotateApiKey"]["secret"].as_str().unwrap().to_owned()
+            }
+        };
+        let code = |response| async { error_code(response).await };
+
+        // Three uses left, then a rotation: three uses between the two keys.
+        let (quota_id, old) = app.insert_key(app.admin_id().await).await;
+        app.update_key(quota_id, |row| row.remaining_uses = Set(Some(3)))
+            .await;
+        let new = rotate(quota_id).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for key in [&old, &new, &old] {
+            assert_eq!(app.proxy_get("/demo/q", Some(key)).await.status(), StatusCode::OK);
+        }
+        for key in [&new, &old] {
+            let (status, code) = code(app.proxy_get("/demo/q", Some(key)).await).await;
+            assert_eq!((status, code.as_str()), (StatusCode::TOO_MANY_REQUESTS, "quota_exhausted"));
+        }
+
+        // A burst of two, then a rotation: the successor finds the bucket its predecessor emptied.
+        let (limited_id, old) = app.insert_key(app.admin_id().await).await;
+        app.update_key(limited_id, |row| {
+            row.rate_limit_per_minute = Set(Some(1));
+            row.rate_limit_burst = Set(Some(2));
+        })
+        .await;
+        let new = rotate(limited_id).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for _ in 0..2 {
+            assert_eq!(app.proxy_get("/demo/r", Some(&old)).await.status(), StatusCode::OK);
+        }
+        let (status, code) = code(app.proxy_get("/demo/r", Some(&new)).await).await;
+        assert_eq!((status, code.as_str()), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"));
         app.stop().await.drop_database().await;
     })
     .await;

@@ -90,7 +90,7 @@ pub struct RateLimitInput {
 /// Periodic refill of a usage quota.
 #[derive(SimpleObject, Clone, Debug)]
 pub struct Refill {
-    /// Uses restored.
+    /// `remainingUses` is reset to this once the interval has passed (at the key's next use).
     pub amount: i64,
     /// Every this many seconds.
     pub interval_seconds: i64,
@@ -99,7 +99,7 @@ pub struct Refill {
 /// Periodic refill of a usage quota.
 #[derive(InputObject, Clone, Debug)]
 pub struct RefillInput {
-    /// Uses restored (≥ 1).
+    /// `remainingUses` is reset to this once the interval has passed (≥ 1).
     pub amount: i64,
     /// Every this many seconds (≥ 1).
     pub interval_seconds: i64,
