@@ -324,6 +324,68 @@ mod tests {
 
     use super::*;
 
+    /// On SQLite and, with `TEST_DATABASE_URL`, PostgreSQL: a spent quota is reset to the
+    /// refill amount once the interval has passed since the last refill, and not before.
+    #[tokio::test]
+    async fn a_quota_refills_once_its_interval_has_passed() {
+        use entity::{api_key, principal};
+        use sea_orm::{ActiveModelTrait, EntityTrait, Set};
+        for db in migration::testing::TestDatabase::all().await {
+            let db = db.migrated().await;
+            let now = Utc::now();
+            let owner = Uuid::now_v7();
+            principal::ActiveModel::new_principal(
+                owner,
+                principal::PrincipalKind::ServiceAccount,
+                "svc",
+                "svc",
+                now,
+            )
+            .insert(&db.conn)
+            .await
+            .expect("principal");
+            let key = Uuid::now_v7();
+            api_key::ActiveModel {
+                remaining_uses: Set(Some(0)),
+                refill_amount: Set(Some(5)),
+                refill_interval_seconds: Set(Some(60)),
+                last_refill_at: Set(Some(now - chrono::Duration::seconds(30))),
+                ..api_key::ActiveModel::new_key(api_key::NewKey {
+                    id: key,
+                    principal_id: owner,
+                    name: "quota",
+                    prefix: "pcl_test_quota",
+                    hash: "00".repeat(32),
+                    environment: "test",
+                    now,
+                })
+            }
+            .insert(&db.conn)
+            .await
+            .expect("key");
+            let left = || async {
+                api_key::Entity::find_by_id(key)
+                    .one(&db.conn)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|row| row.remaining_uses)
+            };
+            // 30 s into a 60 s interval: nothing to spend.
+            assert_eq!(spend_quota(&db.conn, key, now).await.ok(), Some(false));
+            assert_eq!(left().await, Some(0));
+            // 31 s later the interval has passed: reset to 5, one spent.
+            let later = now + chrono::Duration::seconds(31);
+            assert_eq!(spend_quota(&db.conn, key, later).await.ok(), Some(true));
+            assert_eq!(left().await, Some(4));
+            // The next interval counts from that refill.
+            let again = later + chrono::Duration::seconds(59);
+            assert_eq!(spend_quota(&db.conn, key, again).await.ok(), Some(true));
+            assert_eq!(left().await, Some(3));
+            db.drop_database().await;
+        }
+    }
+
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
