@@ -117,7 +117,7 @@ impl OidcConfig {
     /// Checks values that parse but are unsafe or meaningless; returns the variable and the
     /// problem.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        check_provider_url(&self.issuer)
+        check_issuer(&self.issuer)
             .map_err(|problem| ("PORTCULLIS_PROXY__OIDC__ISSUER", problem))?;
         if self.audiences.is_empty() || self.audiences.iter().any(|a| a.trim().is_empty()) {
             return Err((
@@ -131,6 +131,17 @@ impl OidcConfig {
             return Err((
                 "PORTCULLIS_PROXY__OIDC__GROUPS_CLAIM",
                 "must not be empty".into(),
+            ));
+        }
+        // The registered claims are read as themselves first; as the groups claim they would
+        // silently yield no groups.
+        if ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"].contains(&self.groups_claim.as_str()) {
+            return Err((
+                "PORTCULLIS_PROXY__OIDC__GROUPS_CLAIM",
+                format!(
+                    "{:?} is a registered claim, not a groups claim",
+                    self.groups_claim
+                ),
             ));
         }
         if self.leeway_secs > 300 {
@@ -176,14 +187,39 @@ impl OidcConfig {
     }
 }
 
-/// `https://` anywhere, `http://` only on the loopback (tests and local development).
-fn check_provider_url(url: &str) -> Result<(), String> {
+/// `https://` anywhere, `http://` only on the loopback (tests and local development), and
+/// no user info: credentials in a provider URL would end up in logs.
+fn check_provider_url(url: &str) -> Result<reqwest::Url, String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not carry a user name or password".into());
+    }
     match parsed.scheme() {
-        "https" => Ok(()),
-        "http" if matches!(parsed.host_str(), Some("127.0.0.1" | "localhost" | "[::1]")) => Ok(()),
+        "https" => Ok(parsed),
+        "http" if matches!(parsed.host_str(), Some("127.0.0.1" | "localhost" | "[::1]")) => {
+            Ok(parsed)
+        }
         _ => Err("must be an https:// URL (http:// only for 127.0.0.1, ::1 or localhost)".into()),
     }
+}
+
+/// The issuer: a provider URL without query or fragment (discovery appends a path to it).
+fn check_issuer(url: &str) -> Result<(), String> {
+    let parsed = check_provider_url(url)?;
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err("must not carry a query or fragment".into());
+    }
+    Ok(())
+}
+
+/// The discovery document's `jwks_uri`: plain `http://` only when the issuer itself is a
+/// loopback `http://` one, so an `https://` issuer's keys are never fetched in the clear.
+fn check_jwks_uri(issuer: &str, uri: &str) -> Result<(), String> {
+    let parsed = check_provider_url(uri)?;
+    if parsed.scheme() == "http" && !issuer.starts_with("http://") {
+        return Err("must be https:// like the issuer".into());
+    }
+    Ok(())
 }
 
 /// Why a token was refused. Every variant answers the client with the same 401; the code goes
@@ -733,9 +769,11 @@ impl OidcVerifier {
                 found: document.issuer,
             });
         }
-        check_provider_url(&document.jwks_uri).map_err(|problem| ProviderError::JwksUri {
-            uri: document.jwks_uri.clone(),
-            problem,
+        check_jwks_uri(&self.issuer, &document.jwks_uri).map_err(|problem| {
+            ProviderError::JwksUri {
+                uri: document.jwks_uri.clone(),
+                problem,
+            }
         })?;
         Ok(document.jwks_uri)
     }

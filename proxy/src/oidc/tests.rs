@@ -464,13 +464,32 @@ async fn oidc_discovery_naming_another_issuer_is_not_trusted() {
 }
 
 #[test]
+fn an_https_issuers_keys_are_never_fetched_over_plain_http() {
+    let https = "https://idp.example";
+    assert!(super::check_jwks_uri(https, "https://keys.idp.example/jwks").is_ok());
+    assert!(super::check_jwks_uri(https, "http://127.0.0.1:8080/jwks").is_err());
+    assert!(super::check_jwks_uri(https, "http://keys.idp.example/jwks").is_err());
+    let local = "http://127.0.0.1:9000";
+    assert!(super::check_jwks_uri(local, "http://127.0.0.1:9000/keys").is_ok());
+    assert!(super::check_jwks_uri(local, "http://keys.idp.example/jwks").is_err());
+}
+
+#[test]
 fn oidc_config_refuses_symmetric_algorithms_none_and_plain_http() {
     let ok = OidcConfig::new("https://idp.example", vec![AUD.into()]);
     assert!(ok.validate().is_ok());
     for issuer in ["http://127.0.0.1:8080", "http://localhost:9000/realms/x"] {
         assert!(OidcConfig::new(issuer, vec![AUD.into()]).validate().is_ok());
     }
-    for issuer in ["http://idp.example", "ftp://idp.example", "idp.example", ""] {
+    for issuer in [
+        "http://idp.example",
+        "ftp://idp.example",
+        "idp.example",
+        "",
+        "https://user:secret@idp.example",
+        "https://idp.example/?tenant=x",
+        "https://idp.example/#x",
+    ] {
         let bad = OidcConfig::new(issuer, vec![AUD.into()]);
         assert_eq!(
             bad.validate().map_err(|e| e.0),
@@ -496,6 +515,12 @@ fn oidc_config_refuses_symmetric_algorithms_none_and_plain_http() {
     let mut bad = ok.clone();
     bad.audiences.clear();
     assert!(bad.validate().is_err());
+    let mut bad = ok.clone();
+    bad.groups_claim = "sub".into();
+    assert_eq!(
+        bad.validate().map_err(|e| e.0),
+        Err("PORTCULLIS_PROXY__OIDC__GROUPS_CLAIM")
+    );
     let mut bad = ok;
     bad.jwks_refresh_cooldown_secs = 0;
     assert!(bad.validate().is_err());
