@@ -371,11 +371,19 @@ impl RateLimiter {
                     if !redis.down.swap(true, Ordering::AcqRel) {
                         tokio::spawn(probe(Arc::downgrade(redis)));
                     }
+                    // Counted first, so the warning's count includes this request.
+                    redis.fallbacks.fetch_add(1, Ordering::Relaxed);
                     redis.warn(&error);
+                    return self.fallback(key, limit);
                 }
             }
         }
         redis.fallbacks.fetch_add(1, Ordering::Relaxed);
+        self.fallback(key, limit)
+    }
+
+    /// The in-process decision while Redis is unavailable.
+    fn fallback(&self, key: &str, limit: Limit) -> RateDecision {
         metrics::counter!("portcullis_ratelimit_redis_fallback_total").increment(1);
         self.local.check(key, limit)
     }
