@@ -127,9 +127,12 @@ pub struct PrincipalEntry {
     pub id: PrincipalId,
     /// Disabled principals authenticate nothing.
     pub disabled: bool,
-    /// Groups the principal belongs to.
+    /// Enabled groups the principal belongs to.
     pub group_ids: Vec<PrincipalId>,
-    /// Own bindings and its groups' bindings.
+    /// Every group the principal belongs to, disabled ones included: a change to any of them
+    /// (re-enabling one, say) evicts this entry.
+    memberships: Vec<Uuid>,
+    /// Own bindings and its enabled groups' bindings.
     pub bindings: Vec<Binding>,
     /// Incident grants that are approved and not yet expired or revoked.
     pub grants: Vec<Grant>,
@@ -532,9 +535,9 @@ impl PolicyCache {
             principals.retain(|id, entry| {
                 !principals_changed.contains(id)
                     && !entry
-                        .group_ids
+                        .memberships
                         .iter()
-                        .any(|g| principals_changed.contains(&g.0))
+                        .any(|g| principals_changed.contains(g))
             });
         }
         if changes.iter().any(|c| c.entity_kind == kind::PRINCIPAL) {
@@ -1030,13 +1033,26 @@ pub async fn load_principal(
     let Some(principal) = principal::Entity::find_by_id(id).one(db).await? else {
         return Ok(None);
     };
-    let group_ids: Vec<Uuid> = group_membership::Entity::find()
+    let memberships: Vec<Uuid> = group_membership::Entity::find()
         .filter(group_membership::Column::MemberId.eq(id))
         .all(db)
         .await?
         .into_iter()
         .map(|m| m.group_id)
         .collect();
+    // A disabled group grants nothing to its members, as for OIDC groups claims.
+    let group_ids: Vec<Uuid> = if memberships.is_empty() {
+        Vec::new()
+    } else {
+        principal::Entity::find()
+            .filter(principal::Column::Id.is_in(memberships.iter().copied()))
+            .filter(principal::Column::Disabled.eq(false))
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|group| group.id)
+            .collect()
+    };
     let mut subjects = group_ids.clone();
     subjects.push(id);
     let bindings = role_binding::Entity::find()
@@ -1080,6 +1096,7 @@ pub async fn load_principal(
         id: PrincipalId(principal.id),
         disabled: principal.disabled,
         group_ids: group_ids.into_iter().map(PrincipalId).collect(),
+        memberships,
         bindings,
         grants,
         loaded_at: Instant::now(),

@@ -10,7 +10,9 @@ use sea_orm::{ActiveModelTrait, EntityTrait, Set};
 use serde_json::{Value, json};
 
 use crate::{
-    graphql_support::{bind, code, create_service_account, gql, issue_key, ok, role_id, uuid},
+    graphql_support::{
+        bind, code, create_service_account, gql, issue_key, ok, principal_with_role, role_id, uuid,
+    },
     support::{TestApp, eventually, for_each_backend},
 };
 
@@ -114,27 +116,33 @@ async fn simulate_access_agrees_with_the_proxy() {
     .await;
 }
 
+/// A new group `callers` with `member` in it.
+async fn group_of(app: &TestApp, admin: &str, member: uuid::Uuid) -> uuid::Uuid {
+    let group = ok(
+        app,
+        admin,
+        "mutation { createPrincipal(input: { kind: GROUP, name: \"callers\" }) { id } }",
+        json!({}),
+    )
+    .await;
+    let group = uuid(&group["createPrincipal"]["id"]);
+    ok(
+        app,
+        admin,
+        "mutation($g: UUID!, $m: UUID!) { addGroupMember(groupId: $g, memberId: $m) { group { id } } }",
+        json!({ "g": group, "m": member }),
+    )
+    .await;
+    group
+}
+
 #[tokio::test]
 async fn explain_principal_lists_effective_permissions_with_their_source() {
     for_each_backend(|db| async move {
         let app = TestApp::spawn(db).await;
         let admin = app.admin_key().to_owned();
         let user = create_service_account(&app, "member").await;
-        let group = ok(
-            &app,
-            &admin,
-            "mutation { createPrincipal(input: { kind: GROUP, name: \"callers\" }) { id } }",
-            json!({}),
-        )
-        .await;
-        let group = uuid(&group["createPrincipal"]["id"]);
-        ok(
-            &app,
-            &admin,
-            "mutation($g: UUID!, $m: UUID!) { addGroupMember(groupId: $g, memberId: $m) { group { id } } }",
-            json!({ "g": group, "m": user }),
-        )
-        .await;
+        let group = group_of(&app, &admin, user).await;
         let demo_role = role_id(&app, "demo-caller").await;
         let binding = bind(&app, demo_role, group).await;
         let auditor = role_id(&app, "portcullis-auditor").await;
@@ -168,6 +176,83 @@ async fn explain_principal_lists_effective_permissions_with_their_source() {
         app.stop().await.drop_database().await;
     })
     .await;
+}
+
+/// Disabling a group takes its bindings from every member at once; re-enabling gives them back.
+#[tokio::test]
+async fn a_disabled_group_grants_nothing_to_its_members() {
+    for_each_backend(|db| async move {
+        let app = TestApp::spawn(db).await;
+        let admin = app.admin_key().to_owned();
+        let user = create_service_account(&app, "member").await;
+        let (_, key) = issue_key(&app, user).await;
+        let group = group_of(&app, &admin, user).await;
+        bind(&app, role_id(&app, "demo-caller").await, group).await;
+        let status = || async { app.proxy_get("/demo/x", Some(&key)).await.status().as_u16() };
+        let becomes = |want: u16| async move {
+            eventually(Duration::from_secs(2), || async { status().await == want }).await
+        };
+        assert!(becomes(200).await.is_some(), "the group's binding applies");
+        let set_disabled = |disabled: bool| {
+            let admin = admin.clone();
+            let app = &app;
+            async move {
+                ok(
+                    app,
+                    &admin,
+                    "mutation($id: UUID!, $d: Boolean!) { updatePrincipal(id: $id, input: { disabled: $d }) { id } }",
+                    json!({ "id": group, "d": disabled }),
+                )
+                .await;
+            }
+        };
+        set_disabled(true).await;
+        assert!(becomes(403).await.is_some(), "a disabled group still granted access");
+        set_disabled(false).await;
+        assert!(becomes(200).await.is_some(), "re-enabling the group did not reach the member");
+        app.stop().await.drop_database().await;
+    })
+    .await;
+}
+
+/// Management permissions (any method on `/graphql`) never open a proxied route whose path
+/// happens to be `/graphql`; such routes cannot require a `portcullis:` permission either.
+#[tokio::test]
+async fn management_roles_do_not_open_proxied_routes() {
+    let app = TestApp::spawn(migration::testing::TestDatabase::sqlite().await).await;
+    let admin = app.admin_key().to_owned();
+    let upstream = format!("http://{}", app.dev.demo_upstream_addr);
+    ok(
+        &app,
+        &admin,
+        "mutation($u: String!) { createRoute(input: { name: \"gql\", pathPrefix: \"/graphql\", upstreamUrl: $u }) { id } }",
+        json!({ "u": upstream }),
+    )
+    .await;
+    let (_, auditor) = principal_with_role(&app, "reader", "portcullis-auditor").await;
+    let refused = eventually(Duration::from_secs(2), || async {
+        let response = app.proxy_get("/graphql", Some(&auditor)).await;
+        response.status() == reqwest::StatusCode::FORBIDDEN
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "a management role opened a proxied route"
+    );
+    assert_eq!(
+        app.proxy_get("/graphql", Some(&admin)).await.status(),
+        reqwest::StatusCode::FORBIDDEN,
+        "the bootstrap admin holds only management permissions on /graphql"
+    );
+    let reserved = gql(
+        &app,
+        Some(&admin),
+        "mutation($u: String!) { createRoute(input: { name: \"mgmt\", pathPrefix: \"/m\", upstreamUrl: $u, requiredPermission: \"portcullis:keys:read\" }) { id } }",
+        json!({ "u": upstream }),
+    )
+    .await;
+    assert_eq!(code(&reserved), "BAD_USER_INPUT", "{reserved}");
+    app.stop().await.drop_database().await;
 }
 
 #[tokio::test]

@@ -131,6 +131,16 @@ fn validated(spec: RouteSpec) -> ApiResult<RouteSpec> {
         .filter(|p| !p.is_empty())
         .map(|p| validate::permission_name("input.requiredPermission", p))
         .transpose()?;
+    if required_permission
+        .as_deref()
+        .is_some_and(|p| p.starts_with(proxy::policy::MANAGEMENT_NAMESPACE))
+    {
+        // Management roles would then open the route: keep the two apart.
+        return Err(ApiError::invalid(
+            "input.requiredPermission",
+            "the portcullis: namespace is reserved for the management API",
+        ));
+    }
     let rate_limit = spec
         .rate_limit
         .map(|(rate, burst)| {

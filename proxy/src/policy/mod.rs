@@ -16,6 +16,6 @@ pub mod model;
 pub use evaluate::{Decision, Reason, evaluate};
 pub use glob::{GlobError, MethodSet, MethodSetError, PathGlob};
 pub use model::{
-    Binding, BindingId, Grant, GrantId, Permission, PrincipalId, RequestFacts, Role, RoleId, Roles,
-    Subject,
+    Binding, BindingId, Grant, GrantId, MANAGEMENT_NAMESPACE, Permission, PrincipalId,
+    RequestFacts, Role, RoleId, Roles, Subject,
 };

@@ -198,6 +198,12 @@ pub struct RequestFacts<'a> {
     pub required_permission: Option<&'a str>,
 }
 
+/// Names of the management API's permissions (`portcullis:keys:write`, ...). Such a
+/// permission is stored as any method on `/graphql`; it covers management calls only, which
+/// always name the permission they need, never a proxied request that happens to have that
+/// path.
+pub const MANAGEMENT_NAMESPACE: &str = "portcullis:";
+
 impl Permission {
     /// Whether this permission covers the request. Cheapest checks first; the glob last.
     pub fn matches(&self, req: &RequestFacts<'_>) -> bool {
@@ -205,9 +211,10 @@ impl Permission {
             && self
                 .route_id
                 .is_none_or(|route| req.route_id == Some(route))
-            && req
-                .required_permission
-                .is_none_or(|required| self.name == required)
+            && match req.required_permission {
+                Some(required) => self.name == required,
+                None => !self.name.starts_with(MANAGEMENT_NAMESPACE),
+            }
             && self.path.matches(req.path)
     }
 }
