@@ -48,6 +48,9 @@ pub struct ProxyConfig {
     /// PEM certificates that alone are trusted for a `rediss://` Redis (a private CA);
     /// unset: the system's roots.
     pub redis_ca_cert_path: Option<std::path::PathBuf>,
+    /// PEM certificates trusted for `https://` upstreams besides the system's roots (a
+    /// private CA).
+    pub upstream_ca_cert_path: Option<std::path::PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -70,6 +73,7 @@ impl Default for ProxyConfig {
             default_rate_limit_burst: 100,
             redis_timeout_ms: 50,
             redis_ca_cert_path: None,
+            upstream_ca_cert_path: None,
         }
     }
 }

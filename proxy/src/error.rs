@@ -21,8 +21,9 @@ pub enum ProxyError {
     #[error("ambiguous request: {0}")]
     AmbiguousRequest(&'static str),
     /// A method the proxy does not forward: `CONNECT` (a tunnel, including HTTP/2's extended
-    /// CONNECT) has no path the upstream would see as the proxy does.
-    #[error("CONNECT is not proxied; WebSocket clients use the HTTP/1.1 upgrade")]
+    /// CONNECT) has no path the upstream would see as the proxy does, and `TRACE` echoes the
+    /// request, injected upstream credential included.
+    #[error("CONNECT and TRACE are not proxied; WebSocket clients use the HTTP/1.1 upgrade")]
     MethodNotSupported,
     /// No route matches host, path and method.
     #[error("no route matches this request")]

@@ -4,26 +4,76 @@ use std::time::Duration;
 
 use axum::body::Body;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
-
+use rustls::{
+    ClientConfig, RootCertStore,
+    pki_types::{CertificateDer, pem::PemObject},
+};
 use uuid::Uuid;
 
 use crate::error::ProxyError;
 
-/// The pooled upstream client.
-pub type UpstreamClient = Client<HttpConnector, Body>;
+/// The pooled upstream client, for `http://` and `https://` upstreams.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
 
-/// Builds the pooled client with a connect timeout.
-pub fn client(connect_timeout: Duration) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
+/// Why the upstream client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// `upstream_ca_pem` held no PEM certificate, or one rustls refused.
+    #[error("the upstream CA file holds no usable PEM certificate")]
+    BadCa,
+    /// rustls refused its own default protocol versions (cannot happen with aws-lc-rs).
+    #[error("TLS set-up failed: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Builds the pooled client with a connect timeout. `https://` upstreams are verified
+/// against the system's roots plus the certificates in `upstream_ca_pem` (a private CA);
+/// with neither, every `https://` upstream fails verification (502), never unverified.
+pub fn client(
+    connect_timeout: Duration,
+    upstream_ca_pem: Option<&[u8]>,
+) -> Result<UpstreamClient, ClientError> {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    // The TLS layer wraps this connector; it must accept `https://` URIs.
+    http.enforce_http(false);
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    if native.certs.is_empty() {
+        tracing::warn!(
+            "no system CA certificates found: https:// upstreams need PORTCULLIS_PROXY__UPSTREAM_CA_CERT_PATH"
+        );
+    }
+    roots.add_parsable_certificates(native.certs);
+    if let Some(pem) = upstream_ca_pem {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<_, _>>()
+            .map_err(|_| ClientError::BadCa)?;
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(ClientError::BadCa);
+        }
+    }
+    let tls = ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector)
+        .build(connector))
 }
 
 /// Headers that describe one hop (RFC 9110 §7.6.1) and never travel further.

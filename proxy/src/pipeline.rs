@@ -196,7 +196,9 @@ async fn run(
     let client_addr = address_text(client_ip);
     audit.client_ip = Some(client_addr.clone());
     state.cache.check_fresh()?;
-    if request.method() == Method::CONNECT {
+    // TRACE: an upstream that echoes it (Apache's default) would hand the caller the
+    // upstream credential injected on the way out.
+    if request.method() == Method::CONNECT || request.method() == Method::TRACE {
         return Err(ProxyError::MethodNotSupported);
     }
 

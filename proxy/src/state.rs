@@ -98,7 +98,17 @@ impl ProxyState {
             stop_rx,
         ));
         let (audit, audit_writer) = audit::spawn(db.clone(), config.audit_queue_capacity);
-        let client = forward::client(config.connect_timeout());
+        let upstream_ca = match &config.upstream_ca_cert_path {
+            Some(path) => Some(std::fs::read(path).with_context(|| {
+                format!(
+                    "PORTCULLIS_PROXY__UPSTREAM_CA_CERT_PATH: cannot read {}",
+                    path.display()
+                )
+            })?),
+            None => None,
+        };
+        let client = forward::client(config.connect_timeout(), upstream_ca.as_deref())
+            .context("PORTCULLIS_PROXY__UPSTREAM_CA_CERT_PATH")?;
         let normalize = NormalizeOptions {
             allow_semicolon_params: config.allow_semicolon_params,
         };

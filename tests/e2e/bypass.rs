@@ -202,5 +202,12 @@ async fn header_tricks_are_refused_or_neutralised() {
     let (status, body) = raw_http(addr, &connect).await;
     assert_eq!(status, 501, "{body}");
     assert!(body.contains("method_not_supported"), "{body}");
+    // TRACE would echo the upstream credential the route injects.
+    let trace = format!(
+        "TRACE /demo/x HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    );
+    let (status, body) = raw_http(addr, &trace).await;
+    assert_eq!(status, 501, "{body}");
+    assert!(body.contains("method_not_supported"), "{body}");
     app.stop().await;
 }
