@@ -87,12 +87,18 @@ pub async fn serve_proxy(
         (Some(cert), Some(key)) => {
             let tls = crate::tls::server_config(cert, key)?;
             let listener = crate::tls::TlsListener::new(listener, tls)?;
-            Ok(tokio::spawn(serve_pipeline(listener, state, shutdown)))
+            Ok(tokio::spawn(serve_pipeline(
+                listener,
+                state,
+                shutdown,
+                config.header_read_timeout(),
+            )))
         }
         _ => Ok(tokio::spawn(serve_pipeline(
             no_delay(listener),
             state,
             shutdown,
+            config.header_read_timeout(),
         ))),
     }
 }
@@ -106,19 +112,31 @@ async fn serve_pipeline<L>(
     mut listener: L,
     state: proxy::ProxyState,
     shutdown: Shutdown,
+    header_read_timeout: std::time::Duration,
 ) -> anyhow::Result<()>
 where
     L: axum::serve::Listener<Addr = SocketAddr>,
 {
     use hyper_util::{
-        rt::{TokioExecutor, TokioIo},
+        rt::{TokioExecutor, TokioIo, TokioTimer},
         server::{conn::auto, graceful::GracefulShutdown},
     };
     let connections = GracefulShutdown::new();
     // HTTP/2's extended CONNECT (RFC 8441) is not advertised: the pipeline refuses CONNECT
     // (the upstream client would open a tunnel without the path that was authorised), so
     // HTTP/2 clients open WebSockets over HTTP/1.1, whose upgrade is passed through.
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper applies no timeout at all without a timer: a client could open connections and
+    // send half a request head, or stop answering HTTP/2 pings, and hold them forever.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+        .keep_alive_timeout(header_read_timeout);
     let stop = shutdown.wait();
     tokio::pin!(stop);
     // Connection tasks are kept so that those still running after the drain timeout can be

@@ -19,6 +19,11 @@ pub struct ProxyConfig {
     pub connect_timeout_ms: u64,
     /// Time allowed for the upstream to start answering (per-route `timeout_ms` overrides it).
     pub upstream_timeout_ms: u64,
+    /// Time an HTTP/1 client has to send a whole request head from the connection's start or
+    /// the previous response (idle keep-alive connections close after it too); also how long
+    /// an HTTP/2 connection may leave a keep-alive ping unanswered. Without it, connections
+    /// that send half a head would be held forever.
+    pub header_read_timeout_ms: u64,
     /// How often the policy change feed is polled.
     pub policy_poll_interval_ms: u64,
     /// How long the proxy serves from its cache while the database is unreachable.
@@ -60,6 +65,7 @@ impl Default for ProxyConfig {
             max_body_bytes: 10 * 1024 * 1024,
             connect_timeout_ms: 2_000,
             upstream_timeout_ms: 30_000,
+            header_read_timeout_ms: 30_000,
             policy_poll_interval_ms: 250,
             policy_max_staleness_secs: 60,
             policy_reload_secs: 300,
@@ -87,6 +93,12 @@ impl ProxyConfig {
         if self.connect_timeout_ms == 0 {
             return Err((
                 "PORTCULLIS_PROXY__CONNECT_TIMEOUT_MS",
+                "must be greater than 0".into(),
+            ));
+        }
+        if self.header_read_timeout_ms == 0 {
+            return Err((
+                "PORTCULLIS_PROXY__HEADER_READ_TIMEOUT_MS",
                 "must be greater than 0".into(),
             ));
         }
@@ -143,6 +155,11 @@ impl ProxyConfig {
     /// [`Self::connect_timeout_ms`] as a duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// [`Self::header_read_timeout_ms`] as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
     }
 
     /// [`Self::upstream_timeout_ms`] as a duration.
