@@ -304,6 +304,29 @@ pub fn websocket_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     .then(|| upgrade.clone())
 }
 
+/// The `Sec-WebSocket-Accept` an upstream must answer to `Sec-WebSocket-Key` `key`
+/// (RFC 6455 §4.2.2): proof that it speaks WebSocket rather than echoing a 101.
+pub fn websocket_accept(key: &[u8]) -> String {
+    use base64::Engine as _;
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    context.update(key);
+    context.update(GUID);
+    base64::engine::general_purpose::STANDARD.encode(context.finish())
+}
+
+/// Whether the upstream's 101 answers the client's `Sec-WebSocket-Key`: without that an
+/// upstream (or something in front of it) that answers 101 but goes on speaking HTTP would
+/// give the client a raw channel past every per-request check.
+pub fn accepts_websocket(key: Option<&HeaderValue>, response: &HeaderMap) -> bool {
+    let Some(key) = key else {
+        return false;
+    };
+    response
+        .get(header::SEC_WEBSOCKET_ACCEPT)
+        .is_some_and(|accept| accept.as_bytes() == websocket_accept(key.as_bytes()).as_bytes())
+}
+
 /// Puts back the upgrade headers that hop-by-hop stripping removed.
 pub fn restore_upgrade_headers(headers: &mut HeaderMap, protocol: &HeaderValue) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -478,6 +501,15 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["content-type"]);
+    }
+
+    #[test]
+    fn the_websocket_accept_is_rfc_6455s() {
+        // The example of RFC 6455 §1.3.
+        assert_eq!(
+            websocket_accept(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]

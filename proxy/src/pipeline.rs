@@ -445,7 +445,13 @@ async fn forward_request(
     let (mut parts, body) = request.into_parts();
     let max = state.config.max_body_bytes;
     // WebSocket: the client's side of the upgrade, joined to the upstream's after its 101.
-    let upgrade = forward::websocket_upgrade(&parts.headers);
+    // Only a GET opens one (RFC 6455 §4.1), and only with a key the upstream must answer.
+    let upgrade = forward::websocket_upgrade(&parts.headers)
+        .filter(|_| parts.method == Method::GET)
+        .filter(|_| parts.headers.contains_key(header::SEC_WEBSOCKET_KEY));
+    let websocket_key = upgrade
+        .as_ref()
+        .and_then(|_| parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned());
     let client_upgrade = upgrade
         .as_ref()
         .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
@@ -493,9 +499,17 @@ async fn forward_request(
             }
             other => other,
         })?;
-    if let (Some(protocol), Some(client_upgrade)) = (upgrade, client_upgrade)
-        && response.status() == http::StatusCode::SWITCHING_PROTOCOLS
-    {
+    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        let (Some(protocol), Some(client_upgrade)) = (upgrade, client_upgrade) else {
+            return Err(ProxyError::UpstreamUnavailable(
+                "the upstream switched protocols unasked".into(),
+            ));
+        };
+        if !forward::accepts_websocket(websocket_key.as_ref(), response.headers()) {
+            return Err(ProxyError::UpstreamUnavailable(
+                "the upstream's 101 does not complete the WebSocket handshake".into(),
+            ));
+        }
         forward::restore_upgrade_headers(response.headers_mut(), &protocol);
         forward::splice_upgraded(client_upgrade, &mut response);
     }

@@ -188,3 +188,47 @@ async fn an_authorised_websocket_is_tunnelled_and_an_anonymous_one_refused() {
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
     app.stop().await;
 }
+
+/// An upstream that answers 101 without completing the WebSocket handshake (no
+/// `Sec-WebSocket-Accept` for the client's key), then goes on speaking HTTP.
+async fn fake_switching_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(
+                        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+                    )
+                    .await;
+                // What a client would then reach: raw bytes past the proxy's checks.
+                let _ = socket.write_all(b"raw channel").await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_101_that_does_not_answer_the_websocket_key_is_refused() {
+    let app = TestApp::spawn(migration::testing::TestDatabase::sqlite().await).await;
+    ws_route(&app, fake_switching_upstream().await).await;
+    let key = app.admin_key().to_owned();
+    let proxy = app.dev.proxy_addr;
+    let routed = eventually(Duration::from_secs(2), || async {
+        let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        stream
+            .write_all(handshake(Some(&key)).as_bytes())
+            .await
+            .unwrap();
+        let head = read_head(&mut stream).await;
+        head.starts_with("HTTP/1.1 502")
+    })
+    .await;
+    assert!(routed.is_some(), "the unverified 101 was passed through");
+    app.stop().await;
+}
