@@ -133,6 +133,21 @@ async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
+/// Whether a handshake with `key` through `proxy` is answered with a head starting with
+/// `status` within 2 s (the route applies through the change feed).
+async fn answers(proxy: SocketAddr, key: &str, status: &str) -> bool {
+    eventually(Duration::from_secs(2), || async {
+        let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        stream
+            .write_all(handshake(Some(key)).as_bytes())
+            .await
+            .unwrap();
+        read_head(&mut stream).await.starts_with(status)
+    })
+    .await
+    .is_some()
+}
+
 #[tokio::test]
 async fn an_authorised_websocket_is_tunnelled_and_an_anonymous_one_refused() {
     let app = TestApp::spawn(migration::testing::TestDatabase::sqlite().await).await;
@@ -140,16 +155,10 @@ async fn an_authorised_websocket_is_tunnelled_and_an_anonymous_one_refused() {
     let key = app.admin_key().to_owned();
     let proxy = app.dev.proxy_addr;
 
-    let routed = eventually(Duration::from_secs(2), || async {
-        let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
-        stream
-            .write_all(handshake(Some(&key)).as_bytes())
-            .await
-            .unwrap();
-        read_head(&mut stream).await.starts_with("HTTP/1.1 101")
-    })
-    .await;
-    assert!(routed.is_some(), "no 101 through the proxy");
+    assert!(
+        answers(proxy, &key, "HTTP/1.1 101").await,
+        "no 101 through the proxy"
+    );
 
     let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
     stream
@@ -219,16 +228,9 @@ async fn a_101_that_does_not_answer_the_websocket_key_is_refused() {
     ws_route(&app, fake_switching_upstream().await).await;
     let key = app.admin_key().to_owned();
     let proxy = app.dev.proxy_addr;
-    let routed = eventually(Duration::from_secs(2), || async {
-        let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
-        stream
-            .write_all(handshake(Some(&key)).as_bytes())
-            .await
-            .unwrap();
-        let head = read_head(&mut stream).await;
-        head.starts_with("HTTP/1.1 502")
-    })
-    .await;
-    assert!(routed.is_some(), "the unverified 101 was passed through");
+    assert!(
+        answers(proxy, &key, "HTTP/1.1 502").await,
+        "the unverified 101 was passed through"
+    );
     app.stop().await;
 }
