@@ -1,6 +1,6 @@
 //! Forwarding to the upstream: streaming bodies both ways, header hygiene, timeouts.
 
-use std::time::Duration;
+use std::{sync::OnceLock, time::Duration};
 
 use axum::body::Body;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
@@ -17,63 +17,120 @@ use uuid::Uuid;
 
 use crate::error::ProxyError;
 
-/// The pooled upstream client, for `http://` and `https://` upstreams.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
+/// The pooled upstream clients: plain HTTP, and HTTPS built on first use, so a proxy whose
+/// upstreams are all `http://` never loads the system's CA certificates (about 1 MiB of
+/// resident memory with the TLS code they bring in).
+pub struct UpstreamClient {
+    http: Client<HttpConnector, Body>,
+    https: OnceLock<Client<HttpsConnector<HttpConnector>, Body>>,
+    connect_timeout: Duration,
+    extra_roots: Vec<CertificateDer<'static>>,
+}
 
 /// Why the upstream client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// `upstream_ca_pem` held no PEM certificate, or one rustls refused.
+    /// `upstream_ca_pem` held no PEM certificate, or one that cannot be read.
     #[error("the upstream CA file holds no usable PEM certificate")]
     BadCa,
-    /// rustls refused its own default protocol versions (cannot happen with aws-lc-rs).
-    #[error("TLS set-up failed: {0}")]
-    Tls(#[from] rustls::Error),
 }
 
-/// Builds the pooled client with a connect timeout. `https://` upstreams are verified
+/// Builds the pooled clients with a connect timeout. `https://` upstreams are verified
 /// against the system's roots plus the certificates in `upstream_ca_pem` (a private CA);
 /// with neither, every `https://` upstream fails verification (502), never unverified.
 pub fn client(
     connect_timeout: Duration,
     upstream_ca_pem: Option<&[u8]>,
 ) -> Result<UpstreamClient, ClientError> {
+    let extra_roots = match upstream_ca_pem {
+        Some(pem) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<_, _>>()
+                .map_err(|_| ClientError::BadCa)?;
+            // Checked now, so a bad file stops the start rather than the first request.
+            let (added, _) = RootCertStore::empty().add_parsable_certificates(certs.clone());
+            if added == 0 {
+                return Err(ClientError::BadCa);
+            }
+            certs
+        }
+        None => Vec::new(),
+    };
+    Ok(UpstreamClient {
+        http: pooled(http_connector(connect_timeout)),
+        https: OnceLock::new(),
+        connect_timeout,
+        extra_roots,
+    })
+}
+
+fn http_connector(connect_timeout: Duration) -> HttpConnector {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(connect_timeout));
     http.set_nodelay(true);
-    // The TLS layer wraps this connector; it must accept `https://` URIs.
-    http.enforce_http(false);
-    let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    if native.certs.is_empty() {
-        tracing::warn!(
-            "no system CA certificates found: https:// upstreams need PORTCULLIS_PROXY__UPSTREAM_CA_CERT_PATH"
-        );
+    http
+}
+
+fn pooled<C>(connector: C) -> Client<C, Body>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone,
+{
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector)
+}
+
+impl UpstreamClient {
+    /// The HTTPS client, built on first use.
+    fn https(&self) -> &Client<HttpsConnector<HttpConnector>, Body> {
+        self.https.get_or_init(|| {
+            let mut roots = RootCertStore::empty();
+            let native = rustls_native_certs::load_native_certs();
+            if native.certs.is_empty() {
+                tracing::warn!(
+                    "no system CA certificates found: https:// upstreams need PORTCULLIS_PROXY__UPSTREAM_CA_CERT_PATH"
+                );
+            }
+            roots.add_parsable_certificates(native.certs);
+            roots.add_parsable_certificates(self.extra_roots.iter().cloned());
+            let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let tls = match ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+            {
+                Ok(builder) => builder.with_root_certificates(roots).with_no_client_auth(),
+                // aws-lc-rs supports rustls' default versions; should that ever change, no
+                // https:// upstream can be reached (502) rather than one reached unverified.
+                Err(error) => {
+                    tracing::error!(%error, "TLS client set-up failed; https:// upstreams unreachable");
+                    ClientConfig::builder()
+                        .with_root_certificates(RootCertStore::empty())
+                        .with_no_client_auth()
+                }
+            };
+            let mut http = http_connector(self.connect_timeout);
+            // The TLS layer wraps this connector; it must accept `https://` URIs.
+            http.enforce_http(false);
+            pooled(
+                HttpsConnectorBuilder::new()
+                    .with_tls_config(tls)
+                    .https_only()
+                    .enable_http1()
+                    .wrap_connector(http),
+            )
+        })
     }
-    roots.add_parsable_certificates(native.certs);
-    if let Some(pem) = upstream_ca_pem {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
-            .collect::<Result<_, _>>()
-            .map_err(|_| ClientError::BadCa)?;
-        let (added, _) = roots.add_parsable_certificates(certs);
-        if added == 0 {
-            return Err(ClientError::BadCa);
+
+    /// Sends `request` with the client for its scheme.
+    async fn request(
+        &self,
+        request: Request<Body>,
+    ) -> Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        if request.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+            self.https().request(request).await
+        } else {
+            self.http.request(request).await
         }
     }
-    let tls = ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector))
 }
 
 /// Headers that describe one hop (RFC 9110 §7.6.1) and never travel further.
