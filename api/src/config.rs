@@ -12,6 +12,10 @@ pub struct ApiConfig {
     pub introspection: bool,
     /// Portal origins allowed by CORS (exact `scheme://host[:port]`). Empty: no cross-origin access.
     pub cors_origins: Vec<String>,
+    /// Peers (a load balancer, API Gateway) whose `X-Forwarded-For` names the caller, as for
+    /// the proxy (`PORTCULLIS_API__TRUSTED_PROXIES`). Binding CIDR conditions are checked
+    /// against that address; from any other peer the header is ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Largest accepted request body, in bytes.
     pub max_request_bytes: usize,
     /// Deepest accepted GraphQL query.
@@ -62,6 +66,7 @@ impl Default for ApiConfig {
             graphiql: false,
             introspection: false,
             cors_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
             max_request_bytes: 256 * 1024,
             max_query_depth: 12,
             max_query_complexity: 5000,

@@ -253,3 +253,56 @@ async fn oidc_tokens_of_linked_users_authenticate_and_their_idp_groups_authorize
     })
     .await;
 }
+
+/// Behind a trusted load balancer, binding CIDR conditions are checked against the caller
+/// its `X-Forwarded-For` names, not against the balancer's own address.
+#[tokio::test]
+async fn cidr_conditions_see_the_caller_behind_a_trusted_proxy() {
+    let app = TestApp::spawn_with(migration::testing::TestDatabase::sqlite().await, |config| {
+        config.api.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let admin = app.admin_key().to_owned();
+    let reader = crate::graphql_support::create_service_account(&app, "office-reader").await;
+    let (_, key) = crate::graphql_support::issue_key(&app, reader).await;
+    let auditor = crate::graphql_support::role_id(&app, "portcullis-auditor").await;
+    ok(
+        &app,
+        &admin,
+        "mutation($r: UUID!, $p: UUID!) { bindRole(roleId: $r, principalId: $p, cidrs: [\"10.0.0.0/8\"]) { id } }",
+        json!({ "r": auditor, "p": reader }),
+    )
+    .await;
+    let query = |forwarded_for: &'static str| {
+        let app = &app;
+        let key = key.clone();
+        async move {
+            let response: Value = app
+                .http
+                .post(format!("{}/graphql", app.dev.api_url()))
+                .bearer_auth(key)
+                .header("x-forwarded-for", forwarded_for)
+                .json(&json!({ "query": "{ apiKeys(first: 1) { nodes { id } } }" }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            response
+        }
+    };
+    let inside = eventually(Duration::from_secs(2), || async {
+        query("10.1.2.3").await.get("errors").is_none()
+    })
+    .await;
+    assert!(
+        inside.is_some(),
+        "a caller inside the condition was refused"
+    );
+    assert_eq!(code(&query("192.0.2.1").await), "FORBIDDEN");
+    // The left-most entry is the client's own claim; the balancer's entry is what counts.
+    assert_eq!(code(&query("10.9.9.9, 192.0.2.1").await), "FORBIDDEN");
+    assert_eq!(code(&query("not an address").await), "BAD_USER_INPUT");
+    app.stop().await;
+}

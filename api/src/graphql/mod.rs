@@ -152,7 +152,24 @@ pub async fn execute(
     headers: HeaderMap,
     request: GraphQLRequest,
 ) -> GraphQLResponse {
-    let client_ip = connect.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.0.ip());
+    let peer = connect.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.0.ip());
+    // Behind a load balancer the peer is the balancer: binding CIDR conditions must see the
+    // caller it names, exactly as the proxy does, or a condition on the balancer's network
+    // would admit everyone.
+    let client_ip = match proxy::pipeline::client_ip(peer, &headers, &state.config.trusted_proxies)
+    {
+        Ok(ip) => ip,
+        Err(error) => {
+            use async_graphql::ErrorExtensions as _;
+            let refused = ApiError::invalid("X-Forwarded-For", error.to_string());
+            return async_graphql::Response::from_errors(vec![
+                refused
+                    .extend()
+                    .into_server_error(async_graphql::Pos::default()),
+            ])
+            .into();
+        }
+    };
     let caller = auth::authenticate(&state.services, &headers, client_ip, Utc::now()).await;
     let request = request.into_inner();
     let variables = RequestVariables(request.variables.clone());
