@@ -277,18 +277,16 @@ async fn cidr_conditions_see_the_caller_behind_a_trusted_proxy() {
         let app = &app;
         let key = key.clone();
         async move {
-            let response: Value = app
-                .http
-                .post(format!("{}/graphql", app.dev.api_url()))
-                .bearer_auth(key)
-                .header("x-forwarded-for", forwarded_for)
-                .json(&json!({ "query": "{ apiKeys(first: 1) { nodes { id } } }" }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let query = "{ apiKeys(first: 1) { nodes { id } } }";
+            let response: Value =
+                crate::graphql_support::gql_request(app, Some(&key), query, json!({}))
+                    .header("x-forwarded-for", forwarded_for)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
             response
         }
     };

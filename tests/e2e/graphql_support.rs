@@ -6,16 +6,30 @@ use uuid::Uuid;
 
 use crate::support::TestApp;
 
-/// POSTs `query` with `variables` to `/graphql`, as `key` (if any); returns the raw body.
-pub async fn gql_text(app: &TestApp, key: Option<&str>, query: &str, variables: Value) -> String {
-    let mut request = app
+/// The POST of `query` with `variables` to `/graphql`, as `key` (if any), for callers that
+/// add headers of their own.
+pub fn gql_request(
+    app: &TestApp,
+    key: Option<&str>,
+    query: &str,
+    variables: Value,
+) -> reqwest::RequestBuilder {
+    let request = app
         .http
         .post(format!("{}/graphql", app.dev.api_url()))
         .json(&json!({ "query": query, "variables": variables }));
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
+    match key {
+        Some(key) => request.bearer_auth(key),
+        None => request,
     }
-    let response = request.send().await.unwrap();
+}
+
+/// POSTs `query` with `variables` to `/graphql`, as `key` (if any); returns the raw body.
+pub async fn gql_text(app: &TestApp, key: Option<&str>, query: &str, variables: Value) -> String {
+    let response = gql_request(app, key, query, variables)
+        .send()
+        .await
+        .unwrap();
     assert!(
         response.status().is_success(),
         "HTTP {} from /graphql",

@@ -364,6 +364,7 @@ impl RateLimiter {
         let Some(redis) = &self.redis else {
             return self.local.check(key, limit);
         };
+        let mut failure = None;
         if !redis.down.load(Ordering::Acquire) {
             match redis.limiter.check(key, limit).await {
                 Ok(decision) => return decision,
@@ -371,19 +372,15 @@ impl RateLimiter {
                     if !redis.down.swap(true, Ordering::AcqRel) {
                         tokio::spawn(probe(Arc::downgrade(redis)));
                     }
-                    // Counted first, so the warning's count includes this request.
-                    redis.fallbacks.fetch_add(1, Ordering::Relaxed);
-                    redis.warn(&error);
-                    return self.fallback(key, limit);
+                    failure = Some(error);
                 }
             }
         }
         redis.fallbacks.fetch_add(1, Ordering::Relaxed);
-        self.fallback(key, limit)
-    }
-
-    /// The in-process decision while Redis is unavailable.
-    fn fallback(&self, key: &str, limit: Limit) -> RateDecision {
+        // After counting, so the warning's count includes this request.
+        if let Some(error) = failure {
+            redis.warn(&error);
+        }
         metrics::counter!("portcullis_ratelimit_redis_fallback_total").increment(1);
         self.local.check(key, limit)
     }
