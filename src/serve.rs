@@ -87,21 +87,18 @@ pub async fn serve_proxy(
         (Some(cert), Some(key)) => {
             let tls = crate::tls::server_config(cert, key)?;
             let listener = crate::tls::TlsListener::new(listener, tls)?;
-            Ok(tokio::spawn(serve_pipeline(
-                listener,
-                state,
-                shutdown,
-                config.header_read_timeout(),
-            )))
+            Ok(tokio::spawn(serve_pipeline(listener, state, shutdown)))
         }
         _ => Ok(tokio::spawn(serve_pipeline(
             no_delay(listener),
             state,
             shutdown,
-            config.header_read_timeout(),
         ))),
     }
 }
+
+/// At most one warning this often while the connection cap holds connections back.
+const CAP_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How long a stopping proxy waits for requests in flight before it closes their connections.
 pub(crate) const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -112,7 +109,6 @@ async fn serve_pipeline<L>(
     mut listener: L,
     state: proxy::ProxyState,
     shutdown: Shutdown,
-    header_read_timeout: std::time::Duration,
 ) -> anyhow::Result<()>
 where
     L: axum::serve::Listener<Addr = SocketAddr>,
@@ -121,7 +117,12 @@ where
         rt::{TokioExecutor, TokioIo, TokioTimer},
         server::{conn::auto, graceful::GracefulShutdown},
     };
+    let header_read_timeout = state.config.header_read_timeout();
     let connections = GracefulShutdown::new();
+    // Each connection holds a permit: past the cap, new connections wait in the kernel's
+    // accept queue (and are refused by it once that is full) instead of exhausting file
+    // descriptors and memory.
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(state.config.max_connections));
     // HTTP/2's extended CONNECT (RFC 8441) is not advertised: the pipeline refuses CONNECT
     // (the upstream client would open a tunnel without the path that was authorised), so
     // HTTP/2 clients open WebSockets over HTTP/1.1, whose upgrade is passed through.
@@ -144,7 +145,28 @@ where
     // its event as it is dropped (`client_closed_request`), before the caller shuts the
     // writer down.
     let mut tasks = tokio::task::JoinSet::new();
+    let mut last_warned = None;
     loop {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if last_warned.is_none_or(|at: std::time::Instant| at.elapsed() >= CAP_WARN_EVERY) {
+                    tracing::warn!(
+                        max = state.config.max_connections,
+                        "proxy connection cap reached; new connections wait (PORTCULLIS_PROXY__MAX_CONNECTIONS)"
+                    );
+                    last_warned = Some(std::time::Instant::now());
+                }
+                metrics::counter!("portcullis_proxy_connection_cap_reached_total").increment(1);
+                tokio::select! {
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    () = &mut stop => break,
+                }
+            }
+        };
         let (io, peer) = tokio::select! {
             // `Listener::accept` retries failed accepts itself.
             accepted = listener.accept() => accepted,
@@ -159,6 +181,7 @@ where
             if let Err(error) = connection.await {
                 tracing::debug!(%error, %peer, "proxy connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);

@@ -24,6 +24,11 @@ pub struct ProxyConfig {
     /// an HTTP/2 connection may leave a keep-alive ping unanswered. Without it, connections
     /// that send half a head would be held forever.
     pub header_read_timeout_ms: u64,
+    /// A WebSocket tunnel through which nothing passed, either way, for this long is closed.
+    pub tunnel_idle_timeout_secs: u64,
+    /// Connections the listener holds at once; past it, new ones wait in the kernel's accept
+    /// queue until one closes.
+    pub max_connections: usize,
     /// How often the policy change feed is polled.
     pub policy_poll_interval_ms: u64,
     /// How long the proxy serves from its cache while the database is unreachable.
@@ -66,6 +71,8 @@ impl Default for ProxyConfig {
             connect_timeout_ms: 2_000,
             upstream_timeout_ms: 30_000,
             header_read_timeout_ms: 30_000,
+            tunnel_idle_timeout_secs: 300,
+            max_connections: 10_000,
             policy_poll_interval_ms: 250,
             policy_max_staleness_secs: 60,
             policy_reload_secs: 300,
@@ -144,6 +151,14 @@ impl ProxyConfig {
                 u64::from(self.default_rate_limit_burst),
             ),
             ("PORTCULLIS_PROXY__REDIS_TIMEOUT_MS", self.redis_timeout_ms),
+            (
+                "PORTCULLIS_PROXY__TUNNEL_IDLE_TIMEOUT_SECS",
+                self.tunnel_idle_timeout_secs,
+            ),
+            (
+                "PORTCULLIS_PROXY__MAX_CONNECTIONS",
+                self.max_connections as u64,
+            ),
         ] {
             if value == 0 {
                 return Err((var, "must be greater than 0".into()));
@@ -160,6 +175,11 @@ impl ProxyConfig {
     /// [`Self::header_read_timeout_ms`] as a duration.
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    /// [`Self::tunnel_idle_timeout_secs`] as a duration.
+    pub fn tunnel_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.tunnel_idle_timeout_secs)
     }
 
     /// [`Self::upstream_timeout_ms`] as a duration.

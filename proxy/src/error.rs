@@ -53,6 +53,9 @@ pub enum ProxyError {
     /// The request body is larger than allowed.
     #[error("request body too large")]
     PayloadTooLarge,
+    /// The client stopped sending its request body for longer than the upstream timeout.
+    #[error("the request body stalled")]
+    RequestBodyTimeout,
     /// Policy could not be refreshed for longer than the allowed staleness: fail closed.
     #[error("policy is stale: the database has been unreachable too long")]
     PolicyStale,
@@ -84,6 +87,7 @@ impl ProxyError {
             Self::QuotaExhausted => "quota_exhausted",
             Self::RateLimited { .. } => "rate_limited",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::RequestBodyTimeout => "request_body_timeout",
             Self::PolicyStale => "policy_stale",
             Self::UpstreamUnavailable(_) => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
@@ -102,6 +106,7 @@ impl ProxyError {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::QuotaExhausted | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PolicyStale => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnavailable(_) | Self::UpstreamCredentialUnavailable => {
                 StatusCode::BAD_GATEWAY
@@ -128,6 +133,11 @@ impl ProxyError {
     pub fn audit_reason(&self) -> String {
         match self {
             Self::Unauthenticated(failure) => failure.code().to_owned(),
+            // The code first (what dashboards and detectors match), then the binding, grant
+            // or role involved when there is one.
+            Self::Forbidden(reason) if reason.names_an_id() => {
+                format!("{}: {reason}", reason.code())
+            }
             Self::Forbidden(reason) => reason.code().to_owned(),
             Self::BadTarget(reason) => format!("bad_request_target: {reason}"),
             other => other.code().to_owned(),

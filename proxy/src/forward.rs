@@ -15,7 +15,10 @@ use rustls::{
 };
 use uuid::Uuid;
 
-use crate::error::ProxyError;
+use crate::{
+    body_timeout::{IdleTimeout, Stalled},
+    error::ProxyError,
+};
 
 /// The pooled upstream clients: plain HTTP, and HTTPS built on first use, so a proxy whose
 /// upstreams are all `http://` never loads the system's CA certificates (about 1 MiB of
@@ -323,14 +326,31 @@ pub fn upstream_uri(base: &Uri, path: &str, query: Option<&str>) -> Result<Uri, 
     Uri::from_parts(parts).map_err(|e| ProxyError::Internal(Box::new(e)))
 }
 
-/// Sends the request; the response body streams back untouched except for hop-by-hop headers.
+/// Sends the request; the response body streams back untouched except for hop-by-hop
+/// headers, failing if it stalls for `timeout` (see [`crate::body_timeout`]).
+///
+/// The upstream has `timeout` to start answering, counted from when the request body has
+/// been sent (`body_sent`, `None` for a request without a body): a slow upload is limited by
+/// the request body's own idle limit, not by the upstream's.
 pub async fn send(
     client: &UpstreamClient,
     request: Request<Body>,
+    body_sent: Option<tokio::sync::oneshot::Receiver<()>>,
     timeout: Duration,
 ) -> Result<Response<Body>, ProxyError> {
-    let response = match tokio::time::timeout(timeout, client.request(request)).await {
-        Err(_) => return Err(ProxyError::UpstreamTimeout),
+    let answer_due = async {
+        if let Some(sent) = body_sent {
+            // Resolves when the body ends, whether by sending or by dropping its end.
+            let _ = sent.await;
+        }
+        tokio::time::sleep(timeout).await;
+    };
+    let answered = tokio::select! {
+        answered = client.request(request) => Ok(answered),
+        () = answer_due => Err(()),
+    };
+    let response = match answered {
+        Err(()) => return Err(ProxyError::UpstreamTimeout),
         Ok(Err(error)) => {
             if error.is_connect() && is_timeout(&error) {
                 return Err(ProxyError::UpstreamTimeout);
@@ -341,6 +361,8 @@ pub async fn send(
     };
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // After the head, the same limit applies between two reads of the body.
+    let body = IdleTimeout::new(body, timeout, Stalled::ResponseBody);
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 
@@ -388,27 +410,6 @@ pub fn accepts_websocket(key: Option<&HeaderValue>, response: &HeaderMap) -> boo
 pub fn restore_upgrade_headers(headers: &mut HeaderMap, protocol: &HeaderValue) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, protocol.clone());
-}
-
-/// Once the upstream answered 101, joins the client's and the upstream's upgraded
-/// connections and copies bytes both ways until either side closes. Authorization happened
-/// before the upgrade; the tunnel itself is opaque.
-pub fn splice_upgraded(client: hyper::upgrade::OnUpgrade, response: &mut Response<Body>) {
-    let upstream = hyper::upgrade::on(&mut *response);
-    tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
-            Err(error) => {
-                tracing::warn!(%error, "upgrade failed");
-                return;
-            }
-        };
-        let mut client = hyper_util::rt::TokioIo::new(client);
-        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(%error, "upgraded connection closed with an error");
-        }
-    });
 }
 
 fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {

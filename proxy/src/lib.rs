@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod authn;
+pub mod body_timeout;
 pub mod cache;
 mod config;
 pub mod credentials;
@@ -24,6 +25,7 @@ pub mod ratelimit;
 pub mod request_id;
 pub mod routes;
 pub mod state;
+pub mod tunnel;
 
 use std::{convert::Infallible, net::SocketAddr};
 

@@ -7,6 +7,7 @@
 use std::{
     fmt::Write as _,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::Instant,
 };
 
@@ -24,6 +25,7 @@ use tracing::Instrument;
 use crate::{
     audit::AuditRecord,
     authn::{self, AuthFailure, Authenticated, Presented, Refused},
+    body_timeout::{IdleTimeout, Stalled, stalled},
     cache::Snapshot,
     error::{ProxyError, rescue},
     forward::{self, Identity},
@@ -33,6 +35,7 @@ use crate::{
     request_id,
     routes::{AuthMethod, Route, ip_permitted},
     state::ProxyState,
+    tunnel,
 };
 
 /// The axum handler behind every proxied path ([`crate::router`]).
@@ -175,37 +178,98 @@ const CLIENT_CLOSED: &str = "client_closed_request";
 async fn run(
     state: &ProxyState,
     peer: SocketAddr,
-    mut request: Request,
+    request: Request,
     audit: &mut AuditRecord,
     rate: &mut Option<RateDecision>,
 ) -> Result<Response, ProxyError> {
+    // Split first: the body need not be `Sync` to be held across the steps' awaits.
+    let (head, body) = request.into_parts();
+    let admission = admit(state, peer, &head, audit).await?;
+
+    // 6. Rate limit (after authorization, before the quota: refused requests spend nothing).
+    let caller = admission.caller.as_ref();
+    if let Err(error) = rate_limit(
+        state,
+        &admission.snapshot,
+        &admission.route,
+        caller,
+        admission.client_ip,
+        admission.now,
+        rate,
+    )
+    .await
+    {
+        audit.decision = None;
+        return Err(error);
+    }
+
+    // 6b. Quota (after authorization, so refused requests spend nothing).
+    if let Some(caller) = caller
+        && let Some(budget_id) = caller.budget_key_id
+        && caller.has_quota
+        && !authn::spend_quota(&state.db, budget_id, admission.now)
+            .await
+            .map_err(|e| ProxyError::Internal(Box::new(e)))?
+    {
+        audit.decision = None;
+        return Err(ProxyError::QuotaExhausted);
+    }
+
+    // 7. Forward.
+    forward_request(state, peer, admission, head, body, audit).await
+}
+
+/// What steps 1–5 established about a request they admitted.
+struct Admission {
+    /// The single `Host`, or the URI's authority.
+    host: Option<String>,
+    /// The normalised path.
+    path: String,
+    query: Option<String>,
+    route: Arc<Route>,
+    /// `None` on an anonymous route.
+    caller: Option<Authenticated>,
+    client_ip: IpAddr,
+    /// `client_ip` as text (the audit row and `X-Forwarded-For` both carry it).
+    client_addr: String,
+    /// Whether the socket peer is a trusted proxy (then its `X-Forwarded-Proto` counts).
+    peer_trusted: bool,
+    now: chrono::DateTime<Utc>,
+    snapshot: arc_swap::Guard<Arc<Snapshot>>,
+}
+
+/// Steps 1–5: normalise, route, IP rules, authenticate, authorize. Reads the request's head
+/// only, so a WebSocket tunnel can run them again on the head that opened it
+/// ([`readmit`]). Fills in what the audit event learns on the way.
+async fn admit(
+    state: &ProxyState,
+    peer: SocketAddr,
+    request: &http::request::Parts,
+    audit: &mut AuditRecord,
+) -> Result<Admission, ProxyError> {
     // A dual-stack listener sees IPv4 clients as `::ffff:a.b.c.d`; every rule, bucket and
     // detector compares plain IPv4, so the address is made canonical before anything uses it.
     let peer_ip = peer.ip().to_canonical();
-    let client_ip = client_ip(peer_ip, request.headers(), &state.config.trusted_proxies)?;
-    if !state
+    let client_ip = client_ip(peer_ip, &request.headers, &state.config.trusted_proxies)?;
+    let peer_trusted = state
         .config
         .trusted_proxies
         .iter()
-        .any(|net| net.contains(&peer_ip))
-    {
-        // Only a trusted proxy may tell us the original scheme.
-        request.headers_mut().remove(forward::X_FORWARDED_PROTO);
-    }
+        .any(|net| net.contains(&peer_ip));
     // Formatted once: the audit row and `X-Forwarded-For` both carry it.
     let client_addr = address_text(client_ip);
     audit.client_ip = Some(client_addr.clone());
     state.cache.check_fresh()?;
     // TRACE: an upstream that echoes it (Apache's default) would hand the caller the
     // upstream credential injected on the way out.
-    if request.method() == Method::CONNECT || request.method() == Method::TRACE {
+    if request.method == Method::CONNECT || request.method == Method::TRACE {
         return Err(ProxyError::MethodNotSupported);
     }
 
     // 1. Normalise the target; the rest of the pipeline and the upstream see only this.
-    let host = host(&request)?;
+    let host = host(request)?;
     let (path, query) =
-        normalize::split_target_with(request.uri(), host.as_deref(), &state.normalize)?;
+        normalize::split_target_with(&request.uri, host.as_deref(), &state.normalize)?;
     audit.path = Some(path.clone());
 
     // 2. Route.
@@ -214,7 +278,7 @@ async fn run(
     let host_name = host.as_deref().map(strip_port);
     let route = snapshot
         .routes
-        .find(host_name, &path, request.method())
+        .find(host_name, &path, &request.method)
         .ok_or(ProxyError::NoRoute)?;
     audit.route_id = Some(route.id);
 
@@ -226,7 +290,7 @@ async fn run(
     }
 
     // 4. Authenticate.
-    let caller = match authenticate(state, &route, request.headers(), now).await {
+    let caller = match authenticate(state, &route, &request.headers, now).await {
         Ok(caller) => caller,
         Err(refused) => {
             audit.api_key_id = refused.key_id;
@@ -236,107 +300,130 @@ async fn run(
     };
 
     // 5. Authorize.
-    if let Some(caller) = &caller {
-        audit.principal_id = Some(caller.principal_id);
-        audit.api_key_id = caller.key_id;
-        audit.grant_id = caller.grant_id;
-        let principal = state
-            .cache
-            .principal(caller.principal_id, now)
+    match &caller {
+        Some(caller) => {
+            authorize(
+                state,
+                &snapshot,
+                &route,
+                caller,
+                &request.method,
+                &path,
+                client_ip,
+                now,
+                audit,
+            )
             .await?
-            .filter(|p| !p.disabled)
-            .ok_or(ProxyError::Unauthenticated(AuthFailure::PrincipalDisabled))?;
-        // Groups proven by the credential (OIDC groups claim) count for this request too.
-        let principal = state
-            .cache
-            .with_extra_groups(principal, &caller.extra_group_ids, now)
-            .await?;
-        // A grant token carries exactly its grant's permissions, nothing else the holder has.
-        let grant_only: Vec<_> = match caller.grant_id {
-            Some(id) => principal
-                .grants
-                .iter()
-                .filter(|g| g.id.0 == id)
-                .cloned()
-                .collect(),
-            None => Vec::new(),
-        };
-        let subject = match caller.grant_id {
-            Some(_) => Subject {
-                principal_id: principal.id,
-                group_ids: &[],
-                bindings: &[],
-                grants: &grant_only,
-            },
-            None => Subject {
-                principal_id: principal.id,
-                group_ids: &principal.group_ids,
-                bindings: &principal.bindings,
-                grants: &principal.grants,
-            },
-        };
-        let facts = RequestFacts {
-            method: request.method(),
-            path: &path,
-            route_id: Some(route.id),
-            client_ip,
-            now,
-            required_permission: route.required_permission.as_deref(),
-        };
-        let decision = policy::evaluate(&snapshot.roles, &subject, &facts);
-        if !decision.allowed {
-            return Err(ProxyError::Forbidden(decision.reason));
         }
-        // Sized for the longest allow reason (three ids and a group): `to_string` would grow
-        // the text five times on the way there.
-        audit.reason = String::with_capacity(160);
-        let _ = write!(audit.reason, "{}", decision.reason);
-        audit.permission_id = decision.reason.permission_id();
-        audit.decision = Some(AuditDecision::Allow);
-
-        // 6. Rate limit (after authorization, before the quota: refused requests spend nothing).
-        if let Err(error) =
-            rate_limit(state, &snapshot, &route, Some(caller), client_ip, now, rate).await
-        {
-            audit.decision = None;
-            return Err(error);
-        }
-
-        // 6b. Quota (after authorization, so refused requests spend nothing).
-        if let Some(budget_id) = caller.budget_key_id
-            && caller.has_quota
-            && !authn::spend_quota(&state.db, budget_id, now)
-                .await
-                .map_err(|e| ProxyError::Internal(Box::new(e)))?
-        {
-            audit.decision = None;
-            return Err(ProxyError::QuotaExhausted);
-        }
-    } else {
-        audit.reason = "anonymous_route".into();
-        audit.decision = Some(AuditDecision::Allow);
-        // 6. Rate limit anonymous callers per client address.
-        if let Err(error) = rate_limit(state, &snapshot, &route, None, client_ip, now, rate).await {
-            audit.decision = None;
-            return Err(error);
+        None => {
+            audit.reason = "anonymous_route".into();
+            audit.decision = Some(AuditDecision::Allow);
         }
     }
-    drop(snapshot);
+    Ok(Admission {
+        host,
+        path,
+        query,
+        route,
+        caller,
+        client_ip,
+        client_addr,
+        peer_trusted,
+        now,
+        snapshot,
+    })
+}
 
-    // 7. Forward.
-    forward_request(
-        state,
-        &route,
-        request,
-        &client_addr,
-        &path,
-        query.as_deref(),
-        host.as_deref(),
-        caller.as_ref(),
-        // Assigned by `handle` before the pipeline ran.
-        audit.request_id.as_deref().unwrap_or("-"),
-    )
-    .await
+/// Whether the request whose head this is would still be admitted now (steps 1–5; rate
+/// limit and quota are not spent again): a WebSocket tunnel lives only as long as the
+/// request that opened it would.
+pub(crate) async fn readmit(
+    state: &ProxyState,
+    peer: SocketAddr,
+    head: &http::request::Parts,
+) -> Result<(), ProxyError> {
+    let mut scratch = AuditRecord::new(AuditEventKind::ProxyRequest, "");
+    admit(state, peer, head, &mut scratch).await.map(drop)
+}
+
+/// Step 5 for an authenticated caller: the RBAC decision, recorded in `audit`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the pieces come from earlier steps"
+)]
+async fn authorize(
+    state: &ProxyState,
+    snapshot: &Snapshot,
+    route: &Route,
+    caller: &Authenticated,
+    method: &Method,
+    path: &str,
+    client_ip: IpAddr,
+    now: chrono::DateTime<Utc>,
+    audit: &mut AuditRecord,
+) -> Result<(), ProxyError> {
+    audit.principal_id = Some(caller.principal_id);
+    audit.api_key_id = caller.key_id;
+    audit.grant_id = caller.grant_id;
+    let principal = state
+        .cache
+        .principal(caller.principal_id, now)
+        .await?
+        .filter(|p| !p.disabled)
+        .ok_or(ProxyError::Unauthenticated(AuthFailure::PrincipalDisabled))?;
+    // Groups proven by the credential (OIDC groups claim) count for this request too.
+    let principal = state
+        .cache
+        .with_extra_groups(principal, &caller.extra_group_ids, now)
+        .await?;
+    // A grant token carries exactly its grant's permissions, nothing else the holder has.
+    let grant_only: Vec<_> = match caller.grant_id {
+        Some(id) => principal
+            .grants
+            .iter()
+            .filter(|g| g.id.0 == id)
+            .cloned()
+            .collect(),
+        None => Vec::new(),
+    };
+    let subject = match caller.grant_id {
+        Some(_) => Subject {
+            principal_id: principal.id,
+            group_ids: &[],
+            bindings: &[],
+            grants: &grant_only,
+        },
+        None => Subject {
+            principal_id: principal.id,
+            group_ids: &principal.group_ids,
+            bindings: &principal.bindings,
+            grants: &principal.grants,
+        },
+    };
+    let facts = RequestFacts {
+        method,
+        path,
+        route_id: Some(route.id),
+        client_ip,
+        now,
+        required_permission: route.required_permission.as_deref(),
+    };
+    let decision = policy::evaluate(&snapshot.roles, &subject, &facts);
+    if !decision.allowed {
+        return Err(ProxyError::Forbidden(decision.reason));
+    }
+    // A key or JWT request that only a grant allows is incident access too: tagged with
+    // the grant like a grant token's, in the audit and for the upstream.
+    if let policy::Reason::Grant { grant_id, .. } = decision.reason {
+        audit.grant_id = Some(grant_id.0);
+    }
+    // Sized for the longest allow reason (three ids and a group): `to_string` would grow
+    // the text five times on the way there.
+    audit.reason = String::with_capacity(160);
+    let _ = write!(audit.reason, "{}", decision.reason);
+    audit.permission_id = decision.reason.permission_id();
+    audit.decision = Some(AuditDecision::Allow);
+    Ok(())
 }
 
 async fn authenticate(
@@ -427,22 +514,26 @@ async fn rate_limit(
     })
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site; the pieces come from different steps"
-)]
 async fn forward_request(
     state: &ProxyState,
-    route: &Route,
-    request: Request,
-    client_ip: &str,
-    path: &str,
-    query: Option<&str>,
-    host: Option<&str>,
-    caller: Option<&Authenticated>,
-    request_id: &str,
+    peer: SocketAddr,
+    admission: Admission,
+    mut parts: http::request::Parts,
+    body: Body,
+    audit: &AuditRecord,
 ) -> Result<Response, ProxyError> {
-    let (mut parts, body) = request.into_parts();
+    let Admission {
+        host,
+        path,
+        query,
+        route,
+        caller,
+        client_addr,
+        peer_trusted,
+        snapshot,
+        ..
+    } = admission;
+    drop(snapshot);
     let max = state.config.max_body_bytes;
     // WebSocket: the client's side of the upgrade, joined to the upstream's after its 101.
     // Only a GET opens one (RFC 6455 §4.1), and only with a key the upstream must answer.
@@ -464,14 +555,35 @@ async fn forward_request(
         return Err(ProxyError::PayloadTooLarge);
     }
     let identity = Identity {
-        principal: caller.map(|c| c.principal_id),
-        key_id: caller.and_then(|c| c.key_id),
-        grant_id: caller.and_then(|c| c.grant_id),
+        principal: caller.as_ref().map(|c| c.principal_id),
+        key_id: caller.as_ref().and_then(|c| c.key_id),
+        // A grant token's, or the grant that allowed a key's request (see `authorize`).
+        grant_id: audit.grant_id,
     };
-    let uri = forward::upstream_uri(&route.upstream, &route.upstream_path(path), query)?;
-    let proto = forwarded_proto(state, &parts.headers);
-    let mut headers =
-        forward::upstream_headers(parts.headers, client_ip, host, proto, &identity, request_id);
+    let uri = forward::upstream_uri(
+        &route.upstream,
+        &route.upstream_path(&path),
+        query.as_deref(),
+    )?;
+    let proto = forwarded_proto(state, peer_trusted, &parts.headers);
+    // A tunnel checks its request again while it is open: it keeps the head that opened it.
+    let tunnel_head = upgrade.as_ref().map(|_| {
+        let (mut head, ()) = http::Request::new(()).into_parts();
+        head.method = parts.method.clone();
+        head.uri = parts.uri.clone();
+        head.version = parts.version;
+        head.headers = parts.headers.clone();
+        head
+    });
+    let request_id = audit.request_id.as_deref().unwrap_or("-");
+    let mut headers = forward::upstream_headers(
+        parts.headers,
+        &client_addr,
+        host.as_deref(),
+        proto,
+        &identity,
+        request_id,
+    );
     if let Some(protocol) = &upgrade {
         forward::restore_upgrade_headers(&mut headers, protocol);
     }
@@ -482,20 +594,32 @@ async fn forward_request(
             .await?;
         headers.insert(credential.header.clone(), value);
     }
-    let mut upstream = http::Request::builder()
-        .method(parts.method)
-        .uri(uri)
-        .body(Body::new(http_body_util::Limited::new(body, max as usize)))
-        .map_err(|e| ProxyError::Internal(Box::new(e)))?;
-    *upstream.headers_mut() = headers;
     let timeout = route
         .timeout
         .unwrap_or_else(|| state.config.upstream_timeout());
-    let mut response = forward::send(&state.client, upstream, timeout)
+    // A client that stops sending its body mid-way must not hold the upstream forever.
+    let mut body = IdleTimeout::new(
+        http_body_util::Limited::new(body, max as usize),
+        timeout,
+        Stalled::RequestBody,
+    );
+    let body_sent = body.on_end();
+    let mut upstream = http::Request::builder()
+        .method(parts.method)
+        .uri(uri)
+        .body(Body::new(body))
+        .map_err(|e| ProxyError::Internal(Box::new(e)))?;
+    *upstream.headers_mut() = headers;
+    let mut response = forward::send(&state.client, upstream, body_sent, timeout)
         .await
         .map_err(|error| match error {
             ProxyError::UpstreamUnavailable(source) if caused_by_length_limit(source.as_ref()) => {
                 ProxyError::PayloadTooLarge
+            }
+            ProxyError::UpstreamUnavailable(source)
+                if stalled(source.as_ref()) == Some(Stalled::RequestBody) =>
+            {
+                ProxyError::RequestBodyTimeout
             }
             other => other,
         })?;
@@ -511,16 +635,31 @@ async fn forward_request(
             ));
         }
         forward::restore_upgrade_headers(response.headers_mut(), &protocol);
-        forward::splice_upgraded(client_upgrade, &mut response);
+        let mut opened = audit.clone();
+        opened.status = Some(101);
+        state.tunnels.open(
+            state,
+            tunnel::Opened {
+                client: client_upgrade,
+                upstream: hyper::upgrade::on(&mut response),
+                peer,
+                // Set whenever `upgrade` is.
+                head: tunnel_head.unwrap_or_else(|| http::Request::new(()).into_parts().0),
+                audit: opened,
+            },
+        );
     }
     Ok(response)
 }
 
 /// `https` when this listener terminates TLS; otherwise what a trusted proxy in front says
-/// (`X-Forwarded-Proto`; `run` removed the header when the peer is not trusted), else `http`.
-fn forwarded_proto(state: &ProxyState, headers: &HeaderMap) -> &'static str {
+/// (`X-Forwarded-Proto`; only a trusted peer may tell us the original scheme), else `http`.
+fn forwarded_proto(state: &ProxyState, peer_trusted: bool, headers: &HeaderMap) -> &'static str {
     if state.config.tls_cert_path.is_some() {
         return "https";
+    }
+    if !peer_trusted {
+        return "http";
     }
     match headers
         .get(forward::X_FORWARDED_PROTO)
@@ -543,8 +682,8 @@ fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// The single `Host` (HTTP/1.1) or the URI authority (HTTP/2); two `Host` headers are refused.
-fn host(request: &Request) -> Result<Option<String>, ProxyError> {
-    let mut hosts = request.headers().get_all(header::HOST).iter();
+fn host(request: &http::request::Parts) -> Result<Option<String>, ProxyError> {
+    let mut hosts = request.headers.get_all(header::HOST).iter();
     let first = hosts.next();
     if hosts.next().is_some() {
         return Err(ProxyError::AmbiguousRequest("more than one Host header"));
@@ -554,7 +693,7 @@ fn host(request: &Request) -> Result<Option<String>, ProxyError> {
             .to_str()
             .map(|h| Some(h.to_owned()))
             .map_err(|_| ProxyError::AmbiguousRequest("Host header is not ASCII")),
-        None => Ok(request.uri().authority().map(|a| a.as_str().to_owned())),
+        None => Ok(request.uri.authority().map(|a| a.as_str().to_owned())),
     }
 }
 

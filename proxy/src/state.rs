@@ -47,6 +47,8 @@ pub struct Inner {
     pub ratelimit: RateLimiter,
     /// Verifies OIDC bearer tokens, when `[proxy.oidc]` is configured.
     pub oidc: Option<Arc<crate::oidc::OidcVerifier>>,
+    /// Open WebSocket tunnels.
+    pub tunnels: crate::tunnel::Tunnels,
     background: tokio::sync::Mutex<Option<Background>>,
 }
 
@@ -156,6 +158,7 @@ impl ProxyState {
             normalize,
             ratelimit,
             oidc,
+            tunnels: crate::tunnel::Tunnels::default(),
             background: tokio::sync::Mutex::new(Some(Background {
                 stop,
                 sync,
@@ -174,12 +177,14 @@ impl ProxyState {
         }
     }
 
-    /// Stops polling and flushes every queued audit event. Call after the server stopped
-    /// accepting requests; idempotent.
+    /// Closes the WebSocket tunnels, stops polling and flushes every queued audit event.
+    /// Call after the server stopped accepting requests; idempotent.
     pub async fn shutdown(&self) {
         let Some(background) = self.background.lock().await.take() else {
             return;
         };
+        // First: each tunnel queues its closing event, which the writer below must flush.
+        self.tunnels.close_all().await;
         let _ = background.stop.send(true);
         let _ = background.sync.await;
         let _ = background.listen.await;

@@ -68,6 +68,31 @@ async fn approved_grant(app: &TestApp, requester: Uuid) -> (Uuid, String) {
     (grant.id, token.expose_secret().to_owned())
 }
 
+/// Changes the grant row and reports it on the change feed (under its requester), as the API
+/// would.
+async fn change_grant(
+    app: &TestApp,
+    grant_id: Uuid,
+    change: impl FnOnce(&mut incident_grant::ActiveModel),
+) {
+    let mut grant: incident_grant::ActiveModel = incident_grant::Entity::find_by_id(grant_id)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap()
+        .into();
+    change(&mut grant);
+    let grant = grant.update(&app.db).await.unwrap();
+    api::service::feed::record(
+        &app.db,
+        proxy::cache::kind::INCIDENT_GRANT,
+        grant.requester_id,
+        PolicyChangeOp::Upsert,
+    )
+    .await
+    .unwrap();
+}
+
 async fn accept_grants_on_demo_route(app: &TestApp) {
     crate::support::change_demo_route(app, |route| {
         route.auth_methods = Set(json!(["api_key", "grant"]));
@@ -128,23 +153,11 @@ async fn a_grant_token_allows_exactly_its_permissions_is_tagged_and_dies_on_revo
         assert_eq!(post.status(), StatusCode::FORBIDDEN);
 
         // Revoke: refused within a second.
-        let mut grant: incident_grant::ActiveModel = incident_grant::Entity::find_by_id(grant_id)
-            .one(&app.db)
-            .await
-            .unwrap()
-            .unwrap()
-            .into();
-        grant.status = Set(incident_grant::IncidentGrantStatus::Revoked);
-        grant.revoked_at = Set(Some(Utc::now()));
-        grant.update(&app.db).await.unwrap();
-        api::service::feed::record(
-            &app.db,
-            proxy::cache::kind::INCIDENT_GRANT,
-            engineer,
-            PolicyChangeOp::Upsert,
-        )
-        .await
-        .unwrap();
+        change_grant(&app, grant_id, |grant| {
+            grant.status = Set(incident_grant::IncidentGrantStatus::Revoked);
+            grant.revoked_at = Set(Some(Utc::now()));
+        })
+        .await;
         let refused = eventually(Duration::from_secs(1), || async {
             app.proxy_get("/demo/incident/logs", Some(&token))
                 .await
@@ -168,6 +181,69 @@ async fn a_grant_token_allows_exactly_its_permissions_is_tagged_and_dies_on_revo
             tagged
                 .iter()
                 .any(|e| e.reason == "grant_not_active" && e.principal_id == Some(engineer))
+        );
+        db.drop_database().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_key_request_that_only_a_grant_allows_is_tagged_and_its_denial_names_the_grant() {
+    for_each_backend(|db| async move {
+        let app = TestApp::spawn(db).await;
+        let engineer = on_call_engineer(&app).await;
+        let (key_id, key) = app.insert_key(engineer).await;
+        let (grant_id, _token) = approved_grant(&app, engineer).await;
+
+        // The engineer has no binding: the key reaches the incident path only through the
+        // grant, so the request is incident access and carries the grant like a token would.
+        let echo: Value = app
+            .proxy_get("/demo/incident/logs", Some(&key))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            echo["headers"]["x-portcullis-grant-id"],
+            grant_id.to_string()
+        );
+        assert_eq!(echo["headers"]["x-portcullis-key-id"], key_id.to_string());
+
+        // The grant runs out while cached (the proxy reloads it with its new end, which is
+        // still ahead): the 403's audit reason names the grant that would have allowed.
+        change_grant(&app, grant_id, |grant| {
+            grant.expires_at = Set(Some(Utc::now() + chrono::Duration::milliseconds(1_500)));
+        })
+        .await;
+        let refused = eventually(Duration::from_secs(4), || async {
+            app.proxy_get("/demo/incident/logs", Some(&key))
+                .await
+                .status()
+                == StatusCode::FORBIDDEN
+        })
+        .await;
+        assert!(refused.is_some(), "the expired grant still allows the key");
+
+        let db = app.stop().await;
+        let events = entity::audit_event::Entity::find()
+            .all(&db.conn)
+            .await
+            .unwrap();
+        let mine: Vec<_> = events
+            .iter()
+            .filter(|e| e.api_key_id == Some(key_id))
+            .collect();
+        assert!(
+            mine.iter()
+                .any(|e| e.status == Some(200) && e.grant_id == Some(grant_id)),
+            "{mine:?}"
+        );
+        let expired =
+            format!("grant_expired: incident grant {grant_id} would allow but has expired");
+        assert!(
+            mine.iter()
+                .any(|e| e.status == Some(403) && e.reason == expired),
+            "{mine:?}"
         );
         db.drop_database().await;
     })

@@ -30,6 +30,7 @@ mod remediation_worker;
 mod rotation;
 mod scheduled_remediation;
 mod schema;
+mod slow_peers;
 mod sns_webhook;
 mod support;
 mod tls;

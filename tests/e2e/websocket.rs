@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
-use crate::support::{TestApp, eventually};
+use crate::support::{TestApp, eventually, scripted_upstream};
 
 async fn echo_server() -> SocketAddr {
     let app = Router::new().route(
@@ -133,6 +133,65 @@ async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
+/// A tunnel through `proxy` to the echo route, opened with `key`.
+async fn open_tunnel(proxy: SocketAddr, key: &str) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    stream
+        .write_all(handshake(Some(key)).as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.to_lowercase().contains("upgrade: websocket"), "{head}");
+    stream
+}
+
+/// Sends `text` as one masked text frame (RFC 6455 §5.2) and reads its unmasked echo.
+async fn echo(stream: &mut tokio::net::TcpStream, text: &str) {
+    let mask = [1u8, 2, 3, 4];
+    let len = u8::try_from(text.len()).unwrap();
+    assert!(len < 126);
+    let mut frame = vec![0x81, 0x80 | len];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    stream.write_all(&frame).await.unwrap();
+    let mut reply = vec![0u8; 2 + text.len()];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&reply[..2], &[0x81, len]);
+    assert_eq!(&reply[2..], text.as_bytes());
+}
+
+/// Whether the proxy closes `stream` within `limit` (end of stream, or reset).
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// The audit events that closed tunnels, oldest first.
+async fn tunnel_ends(db: &migration::testing::TestDatabase) -> Vec<entity::audit_event::Model> {
+    use sea_orm::{EntityTrait, QueryOrder};
+    entity::audit_event::Entity::find()
+        .order_by_asc(entity::audit_event::Column::Id)
+        .all(&db.conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.reason.starts_with("tunnel_closed: "))
+        .collect()
+}
+
 /// Whether a handshake with `key` through `proxy` is answered with a head starting with
 /// `status` within 2 s (the route applies through the change feed).
 async fn answers(proxy: SocketAddr, key: &str, status: &str) -> bool {
@@ -160,33 +219,8 @@ async fn an_authorised_websocket_is_tunnelled_and_an_anonymous_one_refused() {
         "no 101 through the proxy"
     );
 
-    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
-    stream
-        .write_all(handshake(Some(&key)).as_bytes())
-        .await
-        .unwrap();
-    let head = read_head(&mut stream).await;
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(head.to_lowercase().contains("upgrade: websocket"), "{head}");
-
-    // One masked text frame "hello" (RFC 6455 §5.2), echoed back unmasked.
-    let mask = [1u8, 2, 3, 4];
-    let payload: Vec<u8> = b"hello"
-        .iter()
-        .enumerate()
-        .map(|(i, b)| b ^ mask[i % 4])
-        .collect();
-    let mut frame = vec![0x81, 0x80 | 5];
-    frame.extend_from_slice(&mask);
-    frame.extend_from_slice(&payload);
-    stream.write_all(&frame).await.unwrap();
-    let mut reply = [0u8; 7];
-    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut reply))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&reply[..2], &[0x81, 5]);
-    assert_eq!(&reply[2..], b"hello");
+    let mut stream = open_tunnel(proxy, &key).await;
+    echo(&mut stream, "hello").await;
 
     let mut anonymous = tokio::net::TcpStream::connect(proxy).await.unwrap();
     anonymous
@@ -195,31 +229,35 @@ async fn an_authorised_websocket_is_tunnelled_and_an_anonymous_one_refused() {
         .unwrap();
     let head = read_head(&mut anonymous).await;
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
-    app.stop().await;
+
+    // Stopping the proxy closes the tunnel still open (promptly, not after the 30 s drain)
+    // and records how it ended and what crossed it.
+    let stopping = tokio::time::timeout(Duration::from_secs(10), app.stop())
+        .await
+        .expect("the open tunnel held the proxy's shutdown");
+    assert!(closed_within(&mut stream, Duration::from_secs(2)).await);
+    let ended = tunnel_ends(&stopping).await;
+    let stopped: Vec<_> = ended
+        .iter()
+        .filter(|e| e.reason == "tunnel_closed: proxy_stopping")
+        .collect();
+    assert_eq!(stopped.len(), 1, "{ended:?}");
+    assert_eq!(stopped[0].status, Some(101));
+    // One masked 5-byte frame in (2 + 4 + 5 bytes), one unmasked frame out (2 + 5).
+    assert_eq!(stopped[0].detail["tunnel_bytes_from_client"], 11);
+    assert_eq!(stopped[0].detail["tunnel_bytes_from_upstream"], 7);
+    stopping.drop_database().await;
 }
 
 /// An upstream that answers 101 without completing the WebSocket handshake (no
 /// `Sec-WebSocket-Accept` for the client's key), then goes on speaking HTTP.
 async fn fake_switching_upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = socket.read(&mut buf).await;
-                let _ = socket
-                    .write_all(
-                        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-                    )
-                    .await;
-                // What a client would then reach: raw bytes past the proxy's checks.
-                let _ = socket.write_all(b"raw channel").await;
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            });
-        }
-    });
-    addr
+    // After the 101, what a client would then reach: raw bytes past the proxy's checks.
+    scripted_upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nraw channel",
+        Duration::from_secs(2),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -233,4 +271,75 @@ async fn a_101_that_does_not_answer_the_websocket_key_is_refused() {
         "the unverified 101 was passed through"
     );
     app.stop().await;
+}
+
+#[tokio::test]
+async fn revoking_the_key_closes_its_open_tunnel_and_the_audit_says_why() {
+    let app = TestApp::spawn(migration::testing::TestDatabase::sqlite().await).await;
+    ws_route(&app, echo_server().await).await;
+    let (key_id, key) = app.insert_key(app.admin_id().await).await;
+    let proxy = app.dev.proxy_addr;
+    assert!(answers(proxy, &key, "HTTP/1.1 101").await);
+
+    let mut stream = open_tunnel(proxy, &key).await;
+    echo(&mut stream, "before").await;
+    app.update_key(key_id, |row| {
+        row.revoked_at = Set(Some(Utc::now()));
+        row.revoked_reason = Set(Some("leaked".into()));
+    })
+    .await;
+    // The feed (100 ms here) plus one re-check (500 ms), with room for a slow machine.
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(3)).await,
+        "the tunnel outlived its key's revocation"
+    );
+
+    let db = app.stop().await;
+    let ended = tunnel_ends(&db).await;
+    let revoked: Vec<_> = ended
+        .iter()
+        .filter(|e| e.api_key_id == Some(key_id))
+        .collect();
+    assert!(
+        revoked
+            .iter()
+            .any(|e| e.reason == "tunnel_closed: key_revoked"
+                && e.decision == Some(entity::audit_event::AuditDecision::Deny)),
+        "{ended:?}"
+    );
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_tunnel_closes_after_its_idle_timeout_but_not_while_in_use() {
+    let app = TestApp::spawn_with(migration::testing::TestDatabase::sqlite().await, |config| {
+        config.proxy.tunnel_idle_timeout_secs = 1;
+    })
+    .await;
+    ws_route(&app, echo_server().await).await;
+    let key = app.admin_key().to_owned();
+    let proxy = app.dev.proxy_addr;
+    assert!(answers(proxy, &key, "HTTP/1.1 101").await);
+
+    let mut stream = open_tunnel(proxy, &key).await;
+    // 2.4 s of traffic, a message every 400 ms: longer than the limit, never idle that long.
+    for i in 0..6 {
+        echo(&mut stream, &format!("ping {i}")).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    echo(&mut stream, "still open").await;
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(4)).await,
+        "the idle tunnel stayed open"
+    );
+
+    let db = app.stop().await;
+    let ended = tunnel_ends(&db).await;
+    assert!(
+        ended
+            .iter()
+            .any(|e| e.reason == "tunnel_closed: idle_timeout"),
+        "{ended:?}"
+    );
+    db.drop_database().await;
 }

@@ -346,6 +346,14 @@ impl Reason {
         }
     }
 
+    /// Whether the reason names a binding, grant or role (its `Display` then carries the id).
+    pub fn names_an_id(&self) -> bool {
+        !matches!(
+            self,
+            Self::NoBindings | Self::NoMatchingPermission | Self::OnlyExpiredBindings
+        )
+    }
+
     /// Whether this reason allows the request.
     pub fn is_allow(&self) -> bool {
         matches!(self, Self::Binding { .. } | Self::Grant { .. })

@@ -236,6 +236,25 @@ pub async fn raw_http(addr: SocketAddr, request: &str) -> (u16, String) {
     (status, body)
 }
 
+/// An upstream that answers every connection with `reply` after reading its request (one
+/// read), then holds the connection open for `hold` without sending anything more.
+pub async fn scripted_upstream(reply: &'static [u8], hold: Duration) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket.write_all(reply).await;
+                tokio::time::sleep(hold).await;
+            });
+        }
+    });
+    addr
+}
+
 /// Changes the seeded demo route with `change` and records it in the policy change feed, as
 /// the API would; returns the route's id. A running proxy applies it within its poll interval.
 pub async fn change_demo_route(

@@ -1,0 +1,192 @@
+//! An idle limit on streamed bodies: a body that yields nothing for the limit fails.
+//!
+//! The upstream timeout covers the wait for the response head only. Without this, a client
+//! that stops sending its body half-way, or an upstream that stops sending its response
+//! after the head, would hold both connections forever (nginx's `client_body_timeout` and
+//! `proxy_read_timeout` play the same part).
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Buf;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::{
+    sync::oneshot,
+    time::{Instant, Sleep},
+};
+
+/// Which body went quiet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Stalled {
+    /// The client's request body, on its way to the upstream.
+    #[error("the client sent nothing of its request body for too long")]
+    RequestBody,
+    /// The upstream's response body, on its way to the client.
+    #[error("the upstream sent nothing of its response body for too long")]
+    ResponseBody,
+}
+
+/// `inner`, failing with [`Stalled`] once it has been pending for `limit` without a frame.
+pub struct IdleTimeout<B> {
+    inner: B,
+    limit: Duration,
+    which: Stalled,
+    /// Allocated the first time the body has to wait: a body that is ready whenever it is
+    /// polled (most small ones) never registers a timer.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// Whether `sleep` runs for the current wait (it is re-armed after each frame).
+    armed: bool,
+    /// Dropped once the body has ended, which resolves [`Self::on_end`]'s receiver.
+    end: Option<oneshot::Sender<()>>,
+}
+
+impl<B> IdleTimeout<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B, limit: Duration, which: Stalled) -> Self {
+        Self {
+            inner,
+            limit,
+            which,
+            sleep: None,
+            armed: false,
+            end: None,
+        }
+    }
+}
+
+impl<B: Body> IdleTimeout<B> {
+    /// Resolves once the body has been read to its end (or dropped unfinished): the request
+    /// body has then been sent and the wait for the upstream's answer can start. `None` for
+    /// a body that is empty from the start.
+    pub fn on_end(&mut self) -> Option<oneshot::Receiver<()>> {
+        if self.inner.is_end_stream() {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.end = Some(tx);
+        Some(rx)
+    }
+}
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body + Unpin,
+    B::Data: Buf,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = B::Data;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.armed = false;
+            if frame.is_none() || this.inner.is_end_stream() {
+                this.end = None;
+            }
+            return Poll::Ready(frame.map(|result| result.map_err(Into::into)));
+        }
+        let deadline = Instant::now() + this.limit;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !this.armed {
+            sleep.as_mut().reset(deadline);
+            this.armed = true;
+        }
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(this.which)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Which body stalled, if that is what caused `error` (looked for along its sources).
+pub fn stalled(error: &(dyn std::error::Error + 'static)) -> Option<Stalled> {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(which) = e.downcast_ref::<Stalled>() {
+            return Some(*which);
+        }
+        source = e.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+
+    use super::*;
+
+    type Chunks =
+        futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, std::convert::Infallible>>;
+
+    /// A body yielding one chunk after each gap, in order.
+    fn spaced(gaps: &[u64]) -> StreamBody<Chunks> {
+        use futures_util::StreamExt;
+        let gaps = gaps.to_vec();
+        let stream = futures_util::stream::iter(gaps)
+            .then(|gap| async move {
+                tokio::time::sleep(Duration::from_secs(gap)).await;
+                Ok(Frame::data(Bytes::from(format!("<{gap}>"))))
+            })
+            .boxed();
+        StreamBody::new(stream)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_quiet_for_longer_than_the_limit_fails_with_which_one() {
+        let mut body = IdleTimeout::new(
+            spaced(&[0, 10]),
+            Duration::from_secs(5),
+            Stalled::ResponseBody,
+        );
+        let first = body
+            .frame()
+            .await
+            .and_then(Result::ok)
+            .and_then(|f| f.into_data().ok());
+        assert_eq!(first.as_deref(), Some(&b"<0>"[..]));
+        let error = body
+            .frame()
+            .await
+            .and_then(Result::err)
+            .map(|e| stalled(e.as_ref()));
+        assert_eq!(error, Some(Some(Stalled::ResponseBody)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_limit_is_per_wait_not_for_the_whole_body() {
+        // Three waits of 4 s each under a 5 s limit: 12 s in all, never 5 s of silence.
+        let mut body = IdleTimeout::new(
+            spaced(&[4, 4, 4]),
+            Duration::from_secs(5),
+            Stalled::RequestBody,
+        );
+        let mut collected = Vec::new();
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => collected.extend_from_slice(&frame.into_data().unwrap_or_default()),
+                Err(error) => panic!("stalled: {error}"),
+            }
+        }
+        assert_eq!(collected, b"<4><4><4>");
+    }
+}

@@ -1,0 +1,229 @@
+//! WebSocket tunnels: once the upstream completed the handshake, bytes are copied both ways
+//! until either side closes, the tunnel idles too long, the request that opened it would no
+//! longer be admitted, or the proxy stops.
+//!
+//! The tunnel itself is opaque, so the request is checked again (steps 1–5 of the pipeline:
+//! route, IP rules, credential, bindings) every [`RECHECK_EVERY`]: revoking the key, the
+//! binding or the grant, blocking the address or the credential expiring closes the tunnel
+//! as it would refuse a new request. Each tunnel ends with an audit event of its own, with
+//! the same request id as the request that opened it.
+
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::atomic::{AtomicU64, Ordering},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use chrono::SubsecRound as _;
+use entity::audit_event::AuditDecision;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    time::Instant,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{audit::AuditRecord, pipeline, state::ProxyState};
+
+/// How often an open tunnel's request is checked again. Half the revocation target (1 s),
+/// so that with the change feed's poll a revocation closes the tunnel within about a second.
+pub const RECHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// The open tunnels of one proxy.
+#[derive(Default)]
+pub struct Tunnels {
+    tracker: TaskTracker,
+    closing: CancellationToken,
+}
+
+/// A tunnel the upstream agreed to, before either side's connection is handed over.
+pub(crate) struct Opened {
+    /// The client's side, available once the 101 has been sent.
+    pub client: OnUpgrade,
+    /// The upstream's side.
+    pub upstream: OnUpgrade,
+    /// The socket peer of the client's connection.
+    pub peer: SocketAddr,
+    /// The head of the request that opened the tunnel, checked again while it is open.
+    pub head: http::request::Parts,
+    /// The opening request's audit event: the closing event starts as a copy.
+    pub audit: AuditRecord,
+}
+
+/// Why a tunnel ended: the `tunnel_closed: …` audit reason.
+enum End {
+    Closed,
+    Failed,
+    Idle,
+    Shutdown,
+    /// The request would now be refused; the refusal's audit reason.
+    Refused(String),
+}
+
+impl Tunnels {
+    /// Copies between both sides of `tunnel` in a task of its own, tracked for
+    /// [`Self::close_all`].
+    pub(crate) fn open(&self, state: &ProxyState, tunnel: Opened) {
+        let state = state.clone();
+        let closing = self.closing.clone();
+        self.tracker.spawn(async move {
+            metrics::gauge!("portcullis_proxy_tunnels_open").increment(1.0);
+            run(state, tunnel, closing).await;
+            metrics::gauge!("portcullis_proxy_tunnels_open").decrement(1.0);
+        });
+    }
+
+    /// How many tunnels are open.
+    pub fn len(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Whether no tunnel is open.
+    pub fn is_empty(&self) -> bool {
+        self.tracker.is_empty()
+    }
+
+    /// Closes every tunnel and waits until each has queued its audit event. Tunnels have no
+    /// natural end to drain towards: a stopping proxy closes them (clients reconnect to
+    /// another instance) rather than waiting out the drain timeout for each.
+    pub async fn close_all(&self) {
+        self.tracker.close();
+        self.closing.cancel();
+        self.tracker.wait().await;
+    }
+}
+
+async fn run(state: ProxyState, tunnel: Opened, closing: CancellationToken) {
+    let opened = Instant::now();
+    let Opened {
+        client,
+        upstream,
+        peer,
+        head,
+        mut audit,
+    } = tunnel;
+    let traffic = Traffic::default();
+    let end = match tokio::try_join!(client, upstream) {
+        Ok((client, upstream)) => {
+            let mut client = Counted {
+                io: TokioIo::new(client),
+                read: &traffic.from_client,
+                last: &traffic.last_ms,
+                opened,
+            };
+            let mut upstream = Counted {
+                io: TokioIo::new(upstream),
+                read: &traffic.from_upstream,
+                last: &traffic.last_ms,
+                opened,
+            };
+            let idle_limit = state.config.tunnel_idle_timeout();
+            let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+            tokio::pin!(copy);
+            let mut recheck = tokio::time::interval_at(opened + RECHECK_EVERY, RECHECK_EVERY);
+            recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    copied = &mut copy => break match copied {
+                        Ok(_) => End::Closed,
+                        Err(error) => {
+                            tracing::debug!(%error, "tunnel closed with an error");
+                            End::Failed
+                        }
+                    },
+                    () = closing.cancelled() => break End::Shutdown,
+                    _ = recheck.tick() => {
+                        let last = Duration::from_millis(traffic.last_ms.load(Ordering::Relaxed));
+                        if opened.elapsed().saturating_sub(last) >= idle_limit {
+                            break End::Idle;
+                        }
+                        if let Err(refused) = pipeline::readmit(&state, peer, &head).await {
+                            break End::Refused(refused.audit_reason());
+                        }
+                    }
+                }
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "upgrade failed");
+            End::Failed
+        }
+    };
+    let why = match &end {
+        End::Closed => "closed",
+        End::Failed => "failed",
+        End::Idle => "idle_timeout",
+        End::Shutdown => "proxy_stopping",
+        End::Refused(reason) => reason.as_str(),
+    };
+    audit.occurred_at = chrono::Utc::now().trunc_subsecs(6);
+    audit.reason = format!("tunnel_closed: {why}");
+    audit.permission_id = None;
+    if matches!(end, End::Refused(_)) {
+        audit.decision = Some(AuditDecision::Deny);
+    }
+    audit.latency_us = Some(opened.elapsed().as_micros() as i64);
+    audit.detail = json!({
+        "tunnel_bytes_from_client": traffic.from_client.load(Ordering::Relaxed),
+        "tunnel_bytes_from_upstream": traffic.from_upstream.load(Ordering::Relaxed),
+    });
+    state.audit.record(audit).await;
+}
+
+/// What crossed a tunnel, and when it last did.
+#[derive(Default)]
+struct Traffic {
+    from_client: AtomicU64,
+    from_upstream: AtomicU64,
+    /// Milliseconds after the tunnel opened when either side last sent something.
+    last_ms: AtomicU64,
+}
+
+/// One side of a tunnel, counting what is read from it.
+struct Counted<'a, T> {
+    io: T,
+    read: &'a AtomicU64,
+    last: &'a AtomicU64,
+    opened: Instant,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.read.fetch_add(read as u64, Ordering::Relaxed);
+            let at = self.opened.elapsed().as_millis() as u64;
+            self.last.store(at, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,197 @@
+//! Peers that are slow or greedy cannot hold the proxy's resources forever: a request head
+//! never finished, a request body that stops, a response body that stops, and more
+//! connections than the listener's cap.
+
+use std::time::Duration;
+
+use sea_orm::Set;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::support::{TestApp, change_demo_route, eventually, scripted_upstream};
+
+/// Reads until the proxy closes the connection or `limit` passes; `None` if it stayed open.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    let mut received = Vec::new();
+    tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| received)
+}
+
+#[tokio::test]
+async fn a_request_head_never_finished_is_cut_off() {
+    let app = TestApp::spawn_with(migration::testing::TestDatabase::sqlite().await, |config| {
+        config.proxy.header_read_timeout_ms = 300;
+    })
+    .await;
+    let mut stream = TcpStream::connect(app.dev.proxy_addr).await.unwrap();
+    stream
+        .write_all(b"GET /demo/x HTTP/1.1\r\nHost: localhost\r\nX-Slow: 1\r\n")
+        .await
+        .unwrap();
+    assert!(
+        read_until_closed(&mut stream, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the half-sent request still holds its connection"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_body_that_stops_half_way_is_a_408() {
+    let app = TestApp::spawn(migration::testing::TestDatabase::sqlite().await).await;
+    // The route's timeout is the longest a body may stay silent.
+    change_demo_route(&app, |route| route.timeout_ms = Set(Some(500))).await;
+    let key = app.admin_key().to_owned();
+    let proxy = app.dev.proxy_addr;
+    // Ten of the hundred bytes announced, then silence. Retried until the route change is
+    // applied (the product default, 30 s, would outlast each try).
+    let answered = eventually(Duration::from_secs(10), || async {
+        let mut stream = TcpStream::connect(proxy).await.unwrap();
+        let head = format!(
+            "POST /demo/upload HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\n\
+             Content-Length: 100\r\n\r\n0123456789"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let Some(response) = read_until_closed(&mut stream, Duration::from_secs(3)).await else {
+            return false;
+        };
+        let response = String::from_utf8_lossy(&response).into_owned();
+        assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+        assert!(
+            response.contains(r#""code":"request_body_timeout""#),
+            "{response}"
+        );
+        true
+    })
+    .await;
+    assert!(answered.is_some(), "the stalled body held the request");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_upload_that_keeps_sending_outlasts_the_upstream_timeout() {
+    let app = TestApp::spawn(migration::testing::TestDatabase::sqlite().await).await;
+    change_demo_route(&app, |route| route.timeout_ms = Set(Some(500))).await;
+    let key = app.admin_key().to_owned();
+    let proxy = app.dev.proxy_addr;
+    // Let the route change apply: a body that stalls past 500 ms gets its 408.
+    let applied = eventually(Duration::from_secs(10), || async {
+        let mut stream = TcpStream::connect(proxy).await.unwrap();
+        let head = format!(
+            "POST /demo/upload HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\n\
+             Content-Length: 2\r\n\r\n0"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        read_until_closed(&mut stream, Duration::from_secs(2))
+            .await
+            .is_some_and(|r| r.starts_with(b"HTTP/1.1 408"))
+    })
+    .await;
+    assert!(applied.is_some());
+
+    // 45 bytes in five pieces 300 ms apart: 1.2 s in all, more than the route's timeout,
+    // but never silent for as long. The upstream's wait starts once the body is sent.
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    let head = format!(
+        "POST /demo/upload HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\n\
+         Content-Length: 45\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for piece in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stream
+            .write_all(format!("piece {piece}..").as_bytes())
+            .await
+            .unwrap();
+    }
+    let response = read_until_closed(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("no answer to the slow upload");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains(r#""body_bytes":45"#),
+        "the upstream did not get the whole body: {response}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_response_body_that_stops_half_way_is_cut_off() {
+    let app = TestApp::spawn(migration::testing::TestDatabase::sqlite().await).await;
+    // A head announcing 100 bytes, then 10 of them, then nothing for a minute.
+    let upstream = scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
+        Duration::from_secs(60),
+    )
+    .await;
+    change_demo_route(&app, |route| {
+        route.upstream_url = Set(format!("http://{upstream}"));
+        route.timeout_ms = Set(Some(500));
+    })
+    .await;
+    let key = app.admin_key().to_owned();
+    let proxy = app.dev.proxy_addr;
+    let cut = eventually(Duration::from_secs(10), || async {
+        let mut stream = TcpStream::connect(proxy).await.unwrap();
+        let head = format!(
+            "GET /demo/stream HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // Not the upstream's 60 s: the proxy gives up on the silent body.
+        let Some(response) = read_until_closed(&mut stream, Duration::from_secs(3)).await else {
+            return false;
+        };
+        let response = String::from_utf8_lossy(&response).into_owned();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.ends_with("0123456789"), "{response}");
+        true
+    })
+    .await;
+    assert!(cut.is_some(), "the stalled response held the connection");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_wait_until_one_closes() {
+    let app = TestApp::spawn_with(migration::testing::TestDatabase::sqlite().await, |config| {
+        config.proxy.max_connections = 1;
+    })
+    .await;
+    let proxy = app.dev.proxy_addr;
+    let key = app.admin_key().to_owned();
+    let request = format!(
+        "GET /demo/x HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    );
+
+    // The one slot, held by a connection that has sent nothing yet.
+    let holder = TcpStream::connect(proxy).await.unwrap();
+    let mut waiting = TcpStream::connect(proxy).await.unwrap();
+    waiting.write_all(request.as_bytes()).await.unwrap();
+    assert!(
+        read_until_closed(&mut waiting, Duration::from_millis(700))
+            .await
+            .is_none(),
+        "a connection past the cap was served"
+    );
+    drop(holder);
+    let response = read_until_closed(&mut waiting, Duration::from_secs(5))
+        .await
+        .expect("the waiting connection was never served");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    app.stop().await;
+}
