@@ -82,6 +82,10 @@ pub struct OidcConfig {
     /// Keys are downloaded again after this long even when every `kid` is known.
     #[serde(default = "default_max_age_secs")]
     pub jwks_max_age_secs: u64,
+    /// OAuth clients whose tokens are accepted, matched against `azp` (else `client_id`,
+    /// RFC 9068). Empty: any client the issuer issued a token for our audience.
+    #[serde(default)]
+    pub authorized_parties: Vec<String>,
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -111,6 +115,7 @@ impl OidcConfig {
             leeway_secs: default_leeway_secs(),
             jwks_refresh_cooldown_secs: default_cooldown_secs(),
             jwks_max_age_secs: default_max_age_secs(),
+            authorized_parties: Vec::new(),
         }
     }
 
@@ -142,6 +147,12 @@ impl OidcConfig {
                     "{:?} is a registered claim, not a groups claim",
                     self.groups_claim
                 ),
+            ));
+        }
+        if self.authorized_parties.iter().any(|p| p.trim().is_empty()) {
+            return Err((
+                "PORTCULLIS_PROXY__OIDC__AUTHORIZED_PARTIES",
+                "must not hold an empty client id".into(),
             ));
         }
         if self.leeway_secs > 300 {
@@ -250,6 +261,13 @@ pub enum OidcError {
     /// `aud` is missing or holds none of the configured audiences.
     #[error("the token is for another audience")]
     WrongAudience,
+    /// The header's `typ` names another kind of JWT (a logout token, an event, a DPoP
+    /// proof, ...) that the issuer may sign for the same audience (RFC 8725 §3.11).
+    #[error("the token is not an access or ID token")]
+    WrongType,
+    /// `authorized_parties` is set and the token's `azp` / `client_id` is not in it.
+    #[error("the token was issued to another client")]
+    WrongClient,
     /// Keys were needed and the provider could not be reached (details are logged).
     #[error("the OIDC provider is unavailable")]
     ProviderUnavailable,
@@ -267,6 +285,8 @@ impl OidcError {
             Self::NotYetValid => "jwt_not_yet_valid",
             Self::WrongIssuer => "jwt_wrong_issuer",
             Self::WrongAudience => "jwt_wrong_audience",
+            Self::WrongType => "jwt_wrong_type",
+            Self::WrongClient => "jwt_wrong_client",
             Self::ProviderUnavailable => "oidc_provider_unavailable",
         }
     }
@@ -352,10 +372,24 @@ impl fmt::Debug for VerifyKey {
     }
 }
 
+/// The one key among `keys` that may verify `alg`; `None` when none or several do.
+fn only_fitting<'k>(
+    keys: impl IntoIterator<Item = &'k Arc<VerifyKey>>,
+    alg: Algorithm,
+) -> Option<Arc<VerifyKey>> {
+    let mut fitting = keys.into_iter().filter(|k| k.algorithms.contains(&alg));
+    match (fitting.next(), fitting.next()) {
+        (Some(key), None) => Some(key.clone()),
+        _ => None,
+    }
+}
+
 /// The current key set; replaced whole on every successful download.
 #[derive(Debug, Default)]
 struct KeySet {
-    by_kid: HashMap<String, Arc<VerifyKey>>,
+    /// Usually one key per `kid`; a provider may publish several under one `kid` (an RSA
+    /// and an EC key, say), and a token then needs exactly one that fits its `alg`.
+    by_kid: HashMap<String, Vec<Arc<VerifyKey>>>,
     /// Keys published without a `kid` (usable only by tokens without one).
     unnamed: Vec<Arc<VerifyKey>>,
     /// `None` until the first successful download.
@@ -386,6 +420,8 @@ impl Clock {
 pub struct OidcVerifier {
     issuer: String,
     groups_claim: String,
+    /// See [`OidcConfig::authorized_parties`].
+    authorized_parties: Vec<String>,
     algorithms: Vec<Algorithm>,
     /// Prebuilt per allowed algorithm (jsonwebtoken wants one key family per `Validation`):
     /// iss, aud, exp, nbf with leeway, required claims, and exactly that algorithm.
@@ -460,6 +496,7 @@ impl OidcVerifier {
         Ok(Self {
             issuer: config.issuer.clone(),
             groups_claim: config.groups_claim.clone(),
+            authorized_parties: config.authorized_parties.clone(),
             algorithms,
             validations,
             cooldown: Duration::from_secs(config.jwks_refresh_cooldown_secs),
@@ -598,6 +635,15 @@ impl OidcVerifier {
         if !claims.issuer_matches {
             return Err(OidcError::WrongIssuer);
         }
+        if !self.authorized_parties.is_empty() {
+            let client = claims
+                .authorized_party
+                .as_ref()
+                .or(claims.client_id.as_ref());
+            if !client.is_some_and(|c| self.authorized_parties.contains(c)) {
+                return Err(OidcError::WrongClient);
+            }
+        }
         let subject = claims.subject.ok_or(OidcError::Malformed)?;
         let expires_at = claims
             .expires_at
@@ -614,19 +660,24 @@ impl OidcVerifier {
     fn find_key(&self, kid: Option<&str>, alg: Algorithm) -> Option<Arc<VerifyKey>> {
         let keys = self.keys.load();
         match kid {
-            Some(kid) => keys.by_kid.get(kid).cloned(),
-            // No `kid`: only unambiguous when exactly one published key fits the algorithm.
-            None => {
-                let mut fitting = keys
-                    .by_kid
-                    .values()
-                    .chain(keys.unnamed.iter())
-                    .filter(|k| k.algorithms.contains(&alg));
-                match (fitting.next(), fitting.next()) {
-                    (Some(key), None) => Some(key.clone()),
+            Some(kid) => {
+                let same = keys.by_kid.get(kid)?;
+                let fits = |k: &&Arc<VerifyKey>| k.algorithms.contains(&alg);
+                match same.iter().filter(fits).count() {
+                    // A key of another family: returned so that the caller's algorithm check
+                    // refuses the token as key confusion rather than as an unknown key.
+                    0 => same.first().cloned(),
+                    1 => same.iter().find(fits).cloned(),
+                    // One `kid` published for two keys that both fit: which one signed is
+                    // anyone's guess, and picking one would depend on the document's order.
                     _ => None,
                 }
             }
+            // No `kid`: only unambiguous when exactly one published key fits the algorithm.
+            None => only_fitting(
+                keys.by_kid.values().flatten().chain(keys.unnamed.iter()),
+                alg,
+            ),
         }
     }
 
@@ -833,7 +884,11 @@ impl OidcVerifier {
             match self.verify_key(&jwk) {
                 Some(key) => match kid {
                     Some(kid) => {
-                        set.by_kid.insert(kid, Arc::new(key));
+                        let same_kid = set.by_kid.entry(kid).or_default();
+                        if !same_kid.is_empty() {
+                            tracing::warn!(issuer = %self.issuer, kid = ?jwk.common.key_id, "JWKS publishes one kid for several keys; tokens whose alg fits more than one are refused");
+                        }
+                        same_kid.push(Arc::new(key));
                     }
                     None => set.unnamed.push(Arc::new(key)),
                 },
@@ -951,6 +1006,8 @@ struct RawHeader<'a> {
     alg: Cow<'a, str>,
     #[serde(borrow, default)]
     kid: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    typ: Option<Cow<'a, str>>,
     /// Critical extensions we do not implement make the token invalid (RFC 7515 §4.1.11).
     #[serde(default)]
     crit: Option<IgnoredAny>,
@@ -976,6 +1033,14 @@ impl<'a> RawHeader<'a> {
         if header.crit.is_some() {
             return Err(OidcError::Malformed);
         }
+        // Untyped, plain `JWT` (most access and ID tokens) or RFC 9068's `at+jwt`; the
+        // `application/` prefix may be left out (RFC 7515 §4.1.9).
+        if let Some(typ) = &header.typ {
+            let typ = typ.strip_prefix("application/").unwrap_or(typ);
+            if !typ.eq_ignore_ascii_case("jwt") && !typ.eq_ignore_ascii_case("at+jwt") {
+                return Err(OidcError::WrongType);
+            }
+        }
         Ok(header)
     }
 }
@@ -993,6 +1058,9 @@ struct Claims {
     subject: Option<String>,
     expires_at: Option<f64>,
     groups: Vec<String>,
+    /// `azp` (OIDC) or, without it, `client_id` (RFC 9068): the client the token was issued to.
+    authorized_party: Option<String>,
+    client_id: Option<String>,
 }
 
 /// A string or an array of strings (IdPs differ).
@@ -1028,6 +1096,10 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
                 claims.subject = Some(map.next_value()?);
             } else if key == "exp" {
                 claims.expires_at = Some(map.next_value()?);
+            } else if key == "azp" {
+                claims.authorized_party = map.next_value()?;
+            } else if key == "client_id" {
+                claims.client_id = map.next_value()?;
             } else if key == self.groups_claim {
                 claims.groups = match map.next_value::<Option<OneOrMany>>()? {
                     None => Vec::new(),

@@ -612,3 +612,103 @@ async fn oidc_cached_verification_cost() {
         "no download when warm"
     );
 }
+
+#[tokio::test]
+async fn oidc_tokens_typed_as_another_kind_of_jwt_are_refused() {
+    let rsa = TestKey::rsa("rsa-1");
+    let (provider, verifier) = primed(&[&rsa]).await;
+    let claims = provider.claims("alice", AUD, &[]);
+    let typed = |typ: Option<&str>| {
+        let mut header = Header::new(rsa.alg);
+        header.kid = Some(rsa.kid.clone());
+        header.typ = typ.map(str::to_owned);
+        rsa.sign_with_header(&header, &claims)
+    };
+    for accepted in [
+        None,
+        Some("JWT"),
+        Some("jwt"),
+        Some("at+jwt"),
+        Some("application/at+jwt"),
+    ] {
+        assert!(
+            verifier.verify(&typed(accepted)).await.is_ok(),
+            "{accepted:?} refused"
+        );
+    }
+    // Signed by the same issuer for the same audience, but not meant as credentials.
+    for refused in [
+        "logout+jwt",
+        "secevent+jwt",
+        "dpop+jwt",
+        "application/example+jwt",
+    ] {
+        assert_eq!(
+            verifier.verify(&typed(Some(refused))).await.err(),
+            Some(OidcError::WrongType),
+            "{refused}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn oidc_authorized_parties_limit_the_clients_whose_tokens_count() {
+    let rsa = TestKey::rsa("rsa-1");
+    let provider = FakeProvider::start().await;
+    provider.serve(&[&rsa]).await;
+    let mut settings = config(&provider);
+    settings.authorized_parties = vec!["portal".into()];
+    let verifier = Arc::new(OidcVerifier::new(&settings).unwrap());
+    let with = |extra: Value| {
+        let mut claims = provider.claims("alice", AUD, &[]);
+        if let (Some(claims), Some(extra)) = (claims.as_object_mut(), extra.as_object()) {
+            claims.extend(extra.clone());
+        }
+        rsa.sign(&claims)
+    };
+    assert!(
+        verifier
+            .verify(&with(json!({ "azp": "portal" })))
+            .await
+            .is_ok()
+    );
+    assert!(
+        verifier
+            .verify(&with(json!({ "client_id": "portal" })))
+            .await
+            .is_ok(),
+        "RFC 9068 access tokens name the client in client_id"
+    );
+    for other in [
+        json!({ "azp": "other-app" }),
+        json!({ "azp": "other-app", "client_id": "portal" }),
+        json!({}),
+    ] {
+        assert_eq!(
+            verifier.verify(&with(other.clone())).await.err(),
+            Some(OidcError::WrongClient),
+            "{other}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn oidc_one_kid_on_two_keys_is_used_only_where_the_alg_tells_them_apart() {
+    let (rsa, ec) = (TestKey::rsa("shared"), TestKey::ec("shared"));
+    let (provider, verifier) = primed(&[&rsa, &ec]).await;
+    let claims = provider.claims("alice", AUD, &[]);
+    assert!(verifier.verify(&rsa.sign(&claims)).await.is_ok());
+    assert!(verifier.verify(&ec.sign(&claims)).await.is_ok());
+
+    // Two RSA keys under one kid: which one signed is anyone's guess, so neither is used
+    // (whichever came last in the document used to win silently).
+    let (first, second) = (TestKey::rsa("twin"), TestKey::rsa("twin"));
+    let (provider, verifier) = primed(&[&first, &second]).await;
+    let claims = provider.claims("alice", AUD, &[]);
+    for key in [&first, &second] {
+        assert_eq!(
+            verifier.verify(&key.sign(&claims)).await.err(),
+            Some(OidcError::UnknownKid)
+        );
+    }
+}
