@@ -42,7 +42,7 @@
 //! times out the request is decided by the in-process limiter instead (never admitted
 //! unchecked, never failed because of Redis), `portcullis_ratelimit_redis_fallback_total` is
 //! incremented, and a warning is logged at most every 10 s. After a failure, requests stay
-//! local while a background probe pings Redis every 500 ms, so a dead Redis costs one timeout,
+//! local while a background probe runs the script on Redis every 500 ms, so a dead Redis costs one timeout,
 //! not one per request. During a fallback each instance enforces the limit on its own, so the
 //! fleet admits up to `instances × limit`.
 
@@ -437,14 +437,14 @@ impl RedisState {
     }
 }
 
-/// Pings Redis until it answers, then sends requests back to it. Ends when the limiter is gone.
+/// Probes Redis until it runs the script again, then sends requests back to it. Ends when the limiter is gone.
 async fn probe(redis: Weak<RedisState>) {
     loop {
         tokio::time::sleep(PROBE_EVERY).await;
         let Some(state) = redis.upgrade() else {
             return;
         };
-        if state.limiter.ping().await {
+        if state.limiter.probe().await {
             state.down.store(false, Ordering::Release);
             tracing::info!("Redis rate limiting available again");
             return;

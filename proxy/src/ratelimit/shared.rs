@@ -68,6 +68,9 @@ pub enum SharedLimitError {
     Timeout(Duration),
 }
 
+/// The bucket [`SharedLimiter::probe`] spends; no caller's bucket is named like it.
+const PROBE_BUCKET: &str = "probe";
+
 /// A GCRA limiter whose buckets live in Redis, shared by every proxy instance.
 #[derive(Clone)]
 pub struct RedisLimiter {
@@ -173,12 +176,13 @@ impl RedisLimiter {
         })
     }
 
-    /// Whether Redis answers a `PING` within the timeout.
-    pub async fn ping(&self) -> bool {
-        let mut connection = self.connection.clone();
-        let ping = redis::cmd("PING");
-        let answer =
-            tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut connection));
-        matches!(answer.await, Ok(Ok(_)))
+    /// Whether Redis runs the rate-limit script within the timeout, on a bucket of its own.
+    /// A `PING` would not do: a server that answers it may still refuse the script (a
+    /// read-only replica after a failover, `maxmemory` reached), and requests would go back
+    /// to it only to fail and fall back again.
+    pub async fn probe(&self) -> bool {
+        self.check(PROBE_BUCKET, Limit::new(60_000, 1_000))
+            .await
+            .is_ok()
     }
 }

@@ -593,7 +593,7 @@ struct TlsRedis {
 
 impl TlsRedis {
     fn start() -> Self {
-        use std::process::{Command, Stdio};
+        use std::process::Command;
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         let made = Command::new("openssl")
@@ -611,38 +611,18 @@ impl TlsRedis {
             .output()
             .expect("the openssl CLI makes the test certificate");
         assert!(made.status.success(), "{made:?}");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string()])
-            .arg("--tls-cert-file")
-            .arg(&cert)
-            .arg("--tls-key-file")
-            .arg(&key)
-            .arg("--tls-ca-cert-file")
-            .arg(&cert)
-            .args([
-                "--tls-auth-clients",
-                "no",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--bind", "127.0.0.1"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (with TLS support) is on PATH");
-        let started = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server --tls-port {port} never listened"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let port = free_port();
+        let child = redis_server(port, |command| {
+            command
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&cert)
+                .arg("--tls-key-file")
+                .arg(&key)
+                .arg("--tls-ca-cert-file")
+                .arg(&cert)
+                .args(["--tls-auth-clients", "no"]);
+        });
         let cert = std::fs::read(&cert).unwrap();
         Self {
             child,
@@ -651,6 +631,38 @@ impl TlsRedis {
             _dir: dir,
         }
     }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+}
+
+/// Starts `redis-server` (set up by `configure`, without persistence) and waits until it
+/// listens on `port`.
+fn redis_server(
+    port: u16,
+    configure: impl FnOnce(&mut std::process::Command),
+) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let mut command = Command::new("redis-server");
+    configure(&mut command);
+    let child = command
+        .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server (with TLS support) is on PATH");
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "redis-server on port {port} never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
 
 impl Drop for TlsRedis {
@@ -723,4 +735,42 @@ fn unverified_or_mismatched_redis_tls_settings_are_refused() {
     assert!(empty.contains("no certificate"), "{empty}");
     // Well-formed settings are accepted without connecting (the connection is lazy).
     assert!(refused("rediss://localhost:6379", None).is_none());
+}
+
+#[tokio::test]
+async fn the_recovery_probe_runs_the_script_so_a_read_only_replica_stays_down() {
+    let Some(url) = redis_url() else {
+        return;
+    };
+    // A replica (of a master that does not exist) answers PING but refuses the script's
+    // writes, like a replica left behind by a failover.
+    let port = free_port();
+    let mut replica = redis_server(port, |command| {
+        command.args(["--port", &port.to_string()]).args([
+            "--replicaof",
+            "127.0.0.1",
+            &free_port().to_string(),
+        ]);
+    });
+    let timeout = Duration::from_secs(1);
+    let replica_url = format!("redis://127.0.0.1:{port}");
+    let read_only = RedisLimiter::new(&replica_url, None, timeout).unwrap();
+    let healthy = RedisLimiter::new(&url, None, timeout).unwrap();
+    let mut connection = redis::Client::open(replica_url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let pinged: String = redis::cmd("PING")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(pinged, "PONG", "the replica answers PING");
+    assert!(
+        !read_only.probe().await,
+        "a replica that refuses the script is not back"
+    );
+    assert!(healthy.probe().await);
+    let _ = replica.kill();
+    let _ = replica.wait();
 }
