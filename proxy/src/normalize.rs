@@ -91,6 +91,31 @@ pub enum BadTarget {
     /// An absolute-form target whose scheme is neither `http` nor `https`.
     #[error("unsupported scheme in request target")]
     UnsupportedScheme,
+    /// A `Host` that is not `host[:port]` (empty, a path, user info, a bad port): the upstream
+    /// would get it as `X-Forwarded-Host` and might build links from it.
+    #[error("Host header is not a valid host[:port]")]
+    BadHost,
+}
+
+/// Checks a `Host` header value: a host name or IP literal with an optional port, nothing
+/// else.
+pub fn check_host(host: &str) -> Result<(), BadTarget> {
+    let Ok(authority) = host.parse::<http::uri::Authority>() else {
+        return Err(BadTarget::BadHost);
+    };
+    // `Authority` accepts user info and a port that is not a number; neither is a host.
+    let after_name = match host.rfind(']') {
+        Some(end) => &host[end + 1..],
+        None => host,
+    };
+    let port_ok = match after_name.split_once(':') {
+        None => true,
+        Some((_, port)) => port.parse::<u16>().is_ok(),
+    };
+    if authority.host().is_empty() || host.contains('@') || !port_ok {
+        return Err(BadTarget::BadHost);
+    }
+    Ok(())
 }
 
 /// Normalises the path component of a request target (no query, exactly as received) into

@@ -689,10 +689,13 @@ fn host(request: &http::request::Parts) -> Result<Option<String>, ProxyError> {
         return Err(ProxyError::AmbiguousRequest("more than one Host header"));
     }
     match first {
-        Some(value) => value
-            .to_str()
-            .map(|h| Some(h.to_owned()))
-            .map_err(|_| ProxyError::AmbiguousRequest("Host header is not ASCII")),
+        Some(value) => {
+            let host = value
+                .to_str()
+                .map_err(|_| ProxyError::AmbiguousRequest("Host header is not ASCII"))?;
+            normalize::check_host(host)?;
+            Ok(Some(host.to_owned()))
+        }
         None => Ok(request.uri.authority().map(|a| a.as_str().to_owned())),
     }
 }

@@ -139,6 +139,41 @@ async fn header_tricks_are_refused_or_neutralised() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("ambiguous_request"), "{body}");
 
+    // A Host that is not host[:port] would reach the upstream as X-Forwarded-Host, where
+    // frameworks build absolute links from it.
+    for bad in [
+        "evil.example/reset?to=",
+        "user@evil.example",
+        "evil.example:80x",
+        "",
+        "evil example",
+        "[::1",
+    ] {
+        let bad_host = format!(
+            "GET /demo/a HTTP/1.1\r\nHost: {bad}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+        );
+        let (status, body) = raw_http(addr, &bad_host).await;
+        assert_eq!(status, 400, "{bad:?}: {body}");
+        assert!(body.contains("bad_request_target"), "{bad:?}: {body}");
+    }
+    for good in [
+        "localhost",
+        "localhost:8081",
+        "127.0.0.1:1",
+        "[::1]:8081",
+        "LOCALHOST",
+    ] {
+        let good_host = format!(
+            "GET /demo/a HTTP/1.1\r\nHost: {good}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+        );
+        let (status, body) = raw_http(addr, &good_host).await;
+        assert_eq!(status, 200, "{good:?}: {body}");
+        assert_eq!(
+            json_body(&body).unwrap()["headers"]["x-forwarded-host"],
+            good
+        );
+    }
+
     // Two Authorization headers, or a key in both places that disagree.
     for extra in [
         format!("Authorization: Bearer {key}x\r\n"),

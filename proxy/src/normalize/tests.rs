@@ -348,3 +348,33 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn host_headers_must_be_a_host_and_an_optional_port() {
+    for good in [
+        "localhost",
+        "api.example:8443",
+        "192.0.2.1",
+        "192.0.2.1:80",
+        "[2001:db8::1]",
+        "[2001:db8::1]:443",
+    ] {
+        assert_eq!(check_host(good), Ok(()), "{good}");
+    }
+    for bad in [
+        "",
+        ":80",
+        "api.example:",
+        "api.example:http",
+        "api.example:70000",
+        "api.example:1:2",
+        "2001:db8::1",
+        "[2001:db8::1",
+        "user@api.example",
+        "api.example/path",
+        "api.example?q",
+        "api example",
+    ] {
+        assert_eq!(check_host(bad), Err(BadTarget::BadHost), "{bad:?}");
+    }
+}
