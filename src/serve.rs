@@ -119,8 +119,8 @@ where
     };
     let header_read_timeout = state.config.header_read_timeout();
     let connections = GracefulShutdown::new();
-    // Each connection holds a permit: past the cap, new connections wait in the kernel's
-    // accept queue (and are refused by it once that is full) instead of exhausting file
+    // Each connection (and the tunnel it may become) holds a permit: past the cap, new
+    // connections wait in the kernel's accept queue (and are refused by it once that is full) instead of exhausting file
     // descriptors and memory.
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(state.config.max_connections));
     // HTTP/2's extended CONNECT (RFC 8441) is not advertised: the pipeline refuses CONNECT
@@ -174,14 +174,24 @@ where
         };
         while tasks.try_join_next().is_some() {}
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), proxy::service(state.clone(), peer))
+            .serve_connection_with_upgrades(
+                TokioIo::new(io),
+                proxy::service(
+                    state.clone(),
+                    proxy::pipeline::Connection {
+                        peer,
+                        // Held by the service while the connection lasts, and by any
+                        // WebSocket tunnel it turns into: the socket lives on in it.
+                        slot: Some(proxy::tunnel::ConnectionSlot::new(permit)),
+                    },
+                ),
+            )
             .into_owned();
         let connection = connections.watch(connection);
         tasks.spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, %peer, "proxy connection ended with an error");
             }
-            drop(permit);
         });
     }
     drop(listener);

@@ -8,16 +8,17 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Buf;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::{
-    sync::oneshot,
-    time::{Instant, Sleep},
-};
+use tokio::time::{Instant, Sleep};
 
 /// Which body went quiet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -40,8 +41,46 @@ pub struct IdleTimeout<B> {
     sleep: Option<Pin<Box<Sleep>>>,
     /// Whether `sleep` runs for the current wait (it is re-armed after each frame).
     armed: bool,
-    /// Dropped once the body has ended, which resolves [`Self::on_end`]'s receiver.
-    end: Option<oneshot::Sender<()>>,
+    /// Shared with the wait for the upstream's answer; see [`Self::progress`].
+    progress: Option<Arc<BodyProgress>>,
+}
+
+/// How far a request body on its way to the upstream has got. The upstream's answer is due
+/// `timeout` after the body's last progress (a frame, its end, or the request's start), except
+/// while the body waits for the client: then the body's own idle limit applies.
+#[derive(Debug)]
+pub struct BodyProgress {
+    started: Instant,
+    /// Milliseconds after `started` of the last progress.
+    last_ms: AtomicU64,
+    /// Polled and waiting for the client's next bytes.
+    waiting_on_client: AtomicBool,
+}
+
+impl BodyProgress {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            waiting_on_client: AtomicBool::new(false),
+        }
+    }
+
+    fn mark(&self, waiting_on_client: bool) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_ms.store(now, Ordering::Relaxed);
+        self.waiting_on_client
+            .store(waiting_on_client, Ordering::Relaxed);
+    }
+
+    /// When the upstream's answer is due, or `None` while the body waits for the client.
+    pub fn answer_due(&self, timeout: Duration) -> Option<Instant> {
+        if self.waiting_on_client.load(Ordering::Relaxed) {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        Some(self.started + last + timeout)
+    }
 }
 
 impl<B> IdleTimeout<B> {
@@ -53,22 +92,30 @@ impl<B> IdleTimeout<B> {
             which,
             sleep: None,
             armed: false,
-            end: None,
+            progress: None,
         }
     }
 }
 
 impl<B: Body> IdleTimeout<B> {
-    /// Resolves once the body has been read to its end (or dropped unfinished): the request
-    /// body has then been sent and the wait for the upstream's answer can start. `None` for
-    /// a body that is empty from the start.
-    pub fn on_end(&mut self) -> Option<oneshot::Receiver<()>> {
+    /// The body's progress, for the wait on the upstream's answer ([`BodyProgress`]); `None`
+    /// for a body that is empty from the start.
+    pub fn progress(&mut self) -> Option<Arc<BodyProgress>> {
         if self.inner.is_end_stream() {
             return None;
         }
-        let (tx, rx) = oneshot::channel();
-        self.end = Some(tx);
-        Some(rx)
+        let progress = Arc::new(BodyProgress::new());
+        self.progress = Some(progress.clone());
+        Some(progress)
+    }
+}
+
+impl<B> Drop for IdleTimeout<B> {
+    fn drop(&mut self) {
+        // Dropped unfinished (an early answer, an error): the client is not waited for.
+        if let Some(progress) = &self.progress {
+            progress.mark(false);
+        }
     }
 }
 
@@ -88,10 +135,13 @@ where
         let this = self.get_mut();
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.armed = false;
-            if frame.is_none() || this.inner.is_end_stream() {
-                this.end = None;
+            if let Some(progress) = &this.progress {
+                progress.mark(false);
             }
             return Poll::Ready(frame.map(|result| result.map_err(Into::into)));
+        }
+        if let Some(progress) = &this.progress {
+            progress.mark(true);
         }
         let deadline = Instant::now() + this.limit;
         let sleep = this
@@ -113,6 +163,77 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A body that can be let go of from outside ([`Detach`]). When the upstream times out
+/// while hyper's client is still blocked writing the request body to it, the client owns
+/// the body until the upstream closes the connection; meanwhile the client's own
+/// connection (and its place under the connection cap) could not finish either, since hyper
+/// serves it only once the request body is read or dropped.
+pub struct Detachable<B> {
+    shared: Arc<Mutex<Option<B>>>,
+}
+
+/// Drops the body of a [`Detachable`], wherever it is held.
+pub struct Detach(Box<dyn Fn() + Send + Sync>);
+
+impl<B: Send + 'static> Detachable<B> {
+    /// Wraps `body`; the [`Detach`] lets go of it.
+    pub fn new(body: B) -> (Self, Detach) {
+        let shared = Arc::new(Mutex::new(Some(body)));
+        let held = shared.clone();
+        let detach = Detach(Box::new(move || {
+            let body = lock(&held).take();
+            drop(body);
+        }));
+        (Self { shared }, detach)
+    }
+}
+
+impl Detach {
+    /// Drops the body; its holder then reads an error from it.
+    pub fn detach(&self) {
+        (self.0)();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Read from a body after [`Detach::detach`].
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was let go after the upstream timed out")]
+pub struct Detached;
+
+impl<B> Body for Detachable<B>
+where
+    B: Body<Error = Box<dyn std::error::Error + Send + Sync>> + Unpin,
+{
+    type Data = B::Data;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match lock(&self.shared).as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(Some(Err(Box::new(Detached)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        lock(&self.shared).as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        lock(&self.shared)
+            .as_ref()
+            .map_or_else(SizeHint::default, Body::size_hint)
     }
 }
 

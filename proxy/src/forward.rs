@@ -1,6 +1,9 @@
 //! Forwarding to the upstream: streaming bodies both ways, header hygiene, timeouts.
 
-use std::{sync::OnceLock, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use axum::body::Body;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
@@ -16,7 +19,7 @@ use rustls::{
 use uuid::Uuid;
 
 use crate::{
-    body_timeout::{IdleTimeout, Stalled},
+    body_timeout::{BodyProgress, Detach, IdleTimeout, Stalled},
     error::ProxyError,
 };
 
@@ -329,28 +332,41 @@ pub fn upstream_uri(base: &Uri, path: &str, query: Option<&str>) -> Result<Uri, 
 /// Sends the request; the response body streams back untouched except for hop-by-hop
 /// headers, failing if it stalls for `timeout` (see [`crate::body_timeout`]).
 ///
-/// The upstream has `timeout` to start answering, counted from when the request body has
-/// been sent (`body_sent`, `None` for a request without a body): a slow upload is limited by
-/// the request body's own idle limit, not by the upstream's.
+/// The upstream has `timeout` to start answering. With a request body (`body`), that counts
+/// from the body's last progress and not while it waits for the client: a slow upload is
+/// limited by the body's own idle limit, while an upstream that stops reading the body (or
+/// a TLS handshake that never completes) still times out.
 pub async fn send(
     client: &UpstreamClient,
     request: Request<Body>,
-    body_sent: Option<tokio::sync::oneshot::Receiver<()>>,
+    body: Option<(Arc<BodyProgress>, Detach)>,
     timeout: Duration,
 ) -> Result<Response<Body>, ProxyError> {
     let answer_due = async {
-        if let Some(sent) = body_sent {
-            // Resolves when the body ends, whether by sending or by dropping its end.
-            let _ = sent.await;
+        let Some((progress, _)) = &body else {
+            return tokio::time::sleep(timeout).await;
+        };
+        loop {
+            match progress.answer_due(timeout) {
+                Some(due) if due <= tokio::time::Instant::now() => return,
+                Some(due) => tokio::time::sleep_until(due).await,
+                // The client is being waited for; look again shortly.
+                None => tokio::time::sleep(timeout.min(Duration::from_secs(1))).await,
+            }
         }
-        tokio::time::sleep(timeout).await;
     };
     let answered = tokio::select! {
         answered = client.request(request) => Ok(answered),
         () = answer_due => Err(()),
     };
     let response = match answered {
-        Err(()) => return Err(ProxyError::UpstreamTimeout),
+        Err(()) => {
+            // The client's connection can end only once its request body is let go.
+            if let Some((_, detach)) = &body {
+                detach.detach();
+            }
+            return Err(ProxyError::UpstreamTimeout);
+        }
         Ok(Err(error)) => {
             if error.is_connect() && is_timeout(&error) {
                 return Err(ProxyError::UpstreamTimeout);

@@ -27,7 +27,7 @@ pub mod routes;
 pub mod state;
 pub mod tunnel;
 
-use std::{convert::Infallible, net::SocketAddr};
+use std::convert::Infallible;
 
 use axum::{Router, body::Body, response::Response};
 use hyper::body::Incoming;
@@ -52,13 +52,13 @@ pub fn router(state: ProxyState) -> Router {
     Router::new().fallback(pipeline::handle).with_state(state)
 }
 
-/// The proxy as a hyper service for one connection from `peer`: every request goes straight
+/// The proxy as a hyper service for one client connection: every request goes straight
 /// to [`pipeline::process`]. The pipeline does its own routing, so an axum `Router` in front
 /// (route lookup, request extensions, boxed services) would only add work to every request:
 /// about 8k instructions, measured with callgrind (BENCHMARKS.md).
 pub fn service(
     state: ProxyState,
-    peer: SocketAddr,
+    connection: pipeline::Connection,
 ) -> impl hyper::service::Service<
     http::Request<Incoming>,
     Response = Response,
@@ -67,6 +67,7 @@ pub fn service(
 > + Clone {
     hyper::service::service_fn(move |request: http::Request<Incoming>| {
         let state = state.clone();
-        async move { Ok(pipeline::process(&state, peer, request.map(Body::new)).await) }
+        let connection = connection.clone();
+        async move { Ok(pipeline::process(&state, &connection, request.map(Body::new)).await) }
     })
 }

@@ -25,7 +25,7 @@ use tracing::Instrument;
 use crate::{
     audit::AuditRecord,
     authn::{self, AuthFailure, Authenticated, Presented, Refused},
-    body_timeout::{IdleTimeout, Stalled, stalled},
+    body_timeout::{Detachable, IdleTimeout, Stalled, stalled},
     cache::Snapshot,
     error::{ProxyError, rescue},
     forward::{self, Identity},
@@ -44,12 +44,32 @@ pub async fn handle(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    process(&state, peer, request).await
+    process(&state, &Connection::from(peer), request).await
 }
 
-/// One request from `peer` through the whole pipeline, to its response. Listeners call it
-/// directly (see [`crate::service`]); [`handle`] wraps it for axum.
-pub async fn process(state: &ProxyState, peer: SocketAddr, mut request: Request) -> Response {
+/// The client connection a request arrived on.
+#[derive(Clone)]
+pub struct Connection {
+    /// The socket peer.
+    pub peer: SocketAddr,
+    /// What the listener holds while the connection is open; a WebSocket tunnel opened on
+    /// it holds it too.
+    pub slot: Option<tunnel::ConnectionSlot>,
+}
+
+impl From<SocketAddr> for Connection {
+    fn from(peer: SocketAddr) -> Self {
+        Self { peer, slot: None }
+    }
+}
+
+/// One request from `connection` through the whole pipeline, to its response. Listeners
+/// call it directly (see [`crate::service`]); [`handle`] wraps it for axum.
+pub async fn process(
+    state: &ProxyState,
+    connection: &Connection,
+    mut request: Request,
+) -> Response {
     let started = Instant::now();
     let request_id_header = request_id::assign(request.headers_mut());
     let request_id = request_id_header.to_str().unwrap_or("-").to_owned();
@@ -59,7 +79,7 @@ pub async fn process(state: &ProxyState, peer: SocketAddr, mut request: Request)
     audit.request_id = Some(request_id.clone());
     audit.method = Some(request.method().as_str().to_owned());
     let mut rate = None;
-    let outcome = run(state, peer, request, audit, &mut rate)
+    let outcome = run(state, connection, request, audit, &mut rate)
         .instrument(span.clone())
         .await;
     let mut response = match outcome {
@@ -177,14 +197,14 @@ const CLIENT_CLOSED: &str = "client_closed_request";
 
 async fn run(
     state: &ProxyState,
-    peer: SocketAddr,
+    connection: &Connection,
     request: Request,
     audit: &mut AuditRecord,
     rate: &mut Option<RateDecision>,
 ) -> Result<Response, ProxyError> {
     // Split first: the body need not be `Sync` to be held across the steps' awaits.
     let (head, body) = request.into_parts();
-    let admission = admit(state, peer, &head, audit).await?;
+    let admission = admit(state, connection.peer, &head, audit).await?;
 
     // 6. Rate limit (after authorization, before the quota: refused requests spend nothing).
     let caller = admission.caller.as_ref();
@@ -216,7 +236,7 @@ async fn run(
     }
 
     // 7. Forward.
-    forward_request(state, peer, admission, head, body, audit).await
+    forward_request(state, connection, admission, head, body, audit).await
 }
 
 /// What steps 1–5 established about a request they admitted.
@@ -334,16 +354,23 @@ async fn admit(
     })
 }
 
-/// Whether the request whose head this is would still be admitted now (steps 1–5; rate
-/// limit and quota are not spent again): a WebSocket tunnel lives only as long as the
-/// request that opened it would.
+/// Whether the request whose head this is would still be admitted now, on the same route
+/// (steps 1–5; rate limit and quota are not spent again): a WebSocket tunnel lives only as
+/// long as the request that opened it would.
 pub(crate) async fn readmit(
     state: &ProxyState,
     peer: SocketAddr,
     head: &http::request::Parts,
+    route_id: Option<uuid::Uuid>,
 ) -> Result<(), ProxyError> {
     let mut scratch = AuditRecord::new(AuditEventKind::ProxyRequest, "");
-    admit(state, peer, head, &mut scratch).await.map(drop)
+    let admission = admit(state, peer, head, &mut scratch).await?;
+    // Another route now (the tunnel's was removed, and a wider one matches): its rules were
+    // never the tunnel's, and neither is its upstream.
+    if Some(admission.route.id) != route_id {
+        return Err(ProxyError::NoRoute);
+    }
+    Ok(())
 }
 
 /// Step 5 for an authenticated caller: the RBAC decision, recorded in `audit`.
@@ -516,7 +543,7 @@ async fn rate_limit(
 
 async fn forward_request(
     state: &ProxyState,
-    peer: SocketAddr,
+    connection: &Connection,
     admission: Admission,
     mut parts: http::request::Parts,
     body: Body,
@@ -566,15 +593,9 @@ async fn forward_request(
         query.as_deref(),
     )?;
     let proto = forwarded_proto(state, peer_trusted, &parts.headers);
-    // A tunnel checks its request again while it is open: it keeps the head that opened it.
-    let tunnel_head = upgrade.as_ref().map(|_| {
-        let (mut head, ()) = http::Request::new(()).into_parts();
-        head.method = parts.method.clone();
-        head.uri = parts.uri.clone();
-        head.version = parts.version;
-        head.headers = parts.headers.clone();
-        head
-    });
+    // A tunnel checks its request again while it is open: it keeps what of the head that
+    // opened it the check reads.
+    let tunnel_head = upgrade.as_ref().map(|_| tunnel::recheck_head(&parts));
     let request_id = audit.request_id.as_deref().unwrap_or("-");
     let mut headers = forward::upstream_headers(
         parts.headers,
@@ -603,14 +624,21 @@ async fn forward_request(
         timeout,
         Stalled::RequestBody,
     );
-    let body_sent = body.on_end();
+    let (body, watch) = match body.progress() {
+        Some(progress) => {
+            let (body, detach) = Detachable::new(body);
+            (Body::new(body), Some((progress, detach)))
+        }
+        // Nothing to send: nothing to wait for or let go of.
+        None => (Body::new(body), None),
+    };
     let mut upstream = http::Request::builder()
         .method(parts.method)
         .uri(uri)
-        .body(Body::new(body))
+        .body(body)
         .map_err(|e| ProxyError::Internal(Box::new(e)))?;
     *upstream.headers_mut() = headers;
-    let mut response = forward::send(&state.client, upstream, body_sent, timeout)
+    let mut response = forward::send(&state.client, upstream, watch, timeout)
         .await
         .map_err(|error| match error {
             ProxyError::UpstreamUnavailable(source) if caused_by_length_limit(source.as_ref()) => {
@@ -642,7 +670,7 @@ async fn forward_request(
             tunnel::Opened {
                 client: client_upgrade,
                 upstream: hyper::upgrade::on(&mut response),
-                peer,
+                connection: connection.clone(),
                 // Set whenever `upgrade` is.
                 head: tunnel_head.unwrap_or_else(|| http::Request::new(()).into_parts().0),
                 audit: opened,

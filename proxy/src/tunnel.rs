@@ -10,15 +10,18 @@
 
 use std::{
     io,
-    net::SocketAddr,
     pin::Pin,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
 
 use chrono::SubsecRound as _;
 use entity::audit_event::AuditDecision;
+use http::header;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -28,7 +31,12 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{audit::AuditRecord, pipeline, state::ProxyState};
+use crate::{
+    audit::AuditRecord,
+    forward::X_API_KEY,
+    pipeline::{self, Connection},
+    state::ProxyState,
+};
 
 /// How often an open tunnel's request is checked again. Half the revocation target (1 s),
 /// so that with the change feed's poll a revocation closes the tunnel within about a second.
@@ -41,18 +49,57 @@ pub struct Tunnels {
     closing: CancellationToken,
 }
 
+/// Whatever a listener keeps alive while a client connection is open (a permit of its
+/// connection cap). A tunnel holds a clone: the connection's socket lives on in it.
+#[derive(Clone)]
+pub struct ConnectionSlot {
+    _held: Arc<dyn Send + Sync>,
+}
+
+impl ConnectionSlot {
+    /// A slot holding `held` until the connection and any tunnel it became are closed.
+    pub fn new(held: impl Send + Sync + 'static) -> Self {
+        Self {
+            _held: Arc::new(held),
+        }
+    }
+}
+
 /// A tunnel the upstream agreed to, before either side's connection is handed over.
 pub(crate) struct Opened {
     /// The client's side, available once the 101 has been sent.
     pub client: OnUpgrade,
     /// The upstream's side.
     pub upstream: OnUpgrade,
-    /// The socket peer of the client's connection.
-    pub peer: SocketAddr,
-    /// The head of the request that opened the tunnel, checked again while it is open.
+    /// The client connection (its peer, and its slot, held until the tunnel closes).
+    pub connection: Connection,
+    /// What the re-check reads of the head that opened the tunnel ([`recheck_head`]).
     pub head: http::request::Parts,
     /// The opening request's audit event: the closing event starts as a copy.
     pub audit: AuditRecord,
+}
+
+/// What the re-check needs of the head that opened a tunnel: method, target, and the
+/// headers that steps 1–5 read (`Host`, the credential, `X-Forwarded-For`). The rest (cookies,
+/// anything else the client sent) is not kept for the tunnel's lifetime.
+pub(crate) fn recheck_head(parts: &http::request::Parts) -> http::request::Parts {
+    let (mut head, ()) = http::Request::new(()).into_parts();
+    head.method = parts.method.clone();
+    head.uri = parts.uri.clone();
+    head.version = parts.version;
+    for name in [
+        header::HOST,
+        header::AUTHORIZATION,
+        X_API_KEY,
+        crate::forward::X_FORWARDED_FOR,
+    ] {
+        for value in parts.headers.get_all(&name) {
+            let mut value = value.clone();
+            value.set_sensitive(name != header::HOST);
+            head.headers.append(name.clone(), value);
+        }
+    }
+    head
 }
 
 /// Why a tunnel ended: the `tunnel_closed: …` audit reason.
@@ -103,10 +150,11 @@ async fn run(state: ProxyState, tunnel: Opened, closing: CancellationToken) {
     let Opened {
         client,
         upstream,
-        peer,
+        connection,
         head,
         mut audit,
     } = tunnel;
+    let route_id = audit.route_id;
     let traffic = Traffic::default();
     let end = match tokio::try_join!(client, upstream) {
         Ok((client, upstream)) => {
@@ -124,29 +172,34 @@ async fn run(state: ProxyState, tunnel: Opened, closing: CancellationToken) {
             };
             let idle_limit = state.config.tunnel_idle_timeout();
             let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-            tokio::pin!(copy);
-            let mut recheck = tokio::time::interval_at(opened + RECHECK_EVERY, RECHECK_EVERY);
-            recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    copied = &mut copy => break match copied {
-                        Ok(_) => End::Closed,
-                        Err(error) => {
-                            tracing::debug!(%error, "tunnel closed with an error");
-                            End::Failed
-                        }
-                    },
-                    () = closing.cancelled() => break End::Shutdown,
-                    _ = recheck.tick() => {
-                        let last = Duration::from_millis(traffic.last_ms.load(Ordering::Relaxed));
-                        if opened.elapsed().saturating_sub(last) >= idle_limit {
-                            break End::Idle;
-                        }
-                        if let Err(refused) = pipeline::readmit(&state, peer, &head).await {
-                            break End::Refused(refused.audit_reason());
-                        }
+            // Polled alongside the copy, so a slow check (a cache miss that goes to the
+            // database) never holds up the traffic.
+            let watch = async {
+                let mut recheck = tokio::time::interval_at(opened + RECHECK_EVERY, RECHECK_EVERY);
+                recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    recheck.tick().await;
+                    let last = Duration::from_millis(traffic.last_ms.load(Ordering::Relaxed));
+                    if opened.elapsed().saturating_sub(last) >= idle_limit {
+                        return End::Idle;
+                    }
+                    if let Err(refused) =
+                        pipeline::readmit(&state, connection.peer, &head, route_id).await
+                    {
+                        return End::Refused(refused.audit_reason());
                     }
                 }
+            };
+            tokio::select! {
+                copied = copy => match copied {
+                    Ok(_) => End::Closed,
+                    Err(error) => {
+                        tracing::debug!(%error, "tunnel closed with an error");
+                        End::Failed
+                    }
+                },
+                () = closing.cancelled() => End::Shutdown,
+                end = watch => end,
             }
         }
         Err(error) => {

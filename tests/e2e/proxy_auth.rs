@@ -359,8 +359,6 @@ async fn a_rotated_key_and_its_successor_share_one_quota_and_one_rate_budget() {
     .await;
 }
 
-/// A client that starts a request head and never finishes it is disconnected after the
-/// header read timeout (slowloris), instead of holding the connection forever.
 #[tokio::test]
 async fn unnormalisable_targets_and_unknown_routes_are_refused() {
     let app = TestApp::spawn(migration::testing::TestDatabase::sqlite().await).await;

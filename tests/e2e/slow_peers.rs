@@ -29,6 +29,8 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<Ve
     .map(|()| received)
 }
 
+/// A client that starts a request head and never finishes it is disconnected after the
+/// header read timeout (slowloris), instead of holding the connection forever.
 #[tokio::test]
 async fn a_request_head_never_finished_is_cut_off() {
     let app = TestApp::spawn_with(migration::testing::TestDatabase::sqlite().await, |config| {
@@ -129,20 +131,24 @@ async fn a_slow_upload_that_keeps_sending_outlasts_the_upstream_timeout() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_response_body_that_stops_half_way_is_cut_off() {
+/// The app with the demo route sent to a [`scripted_upstream`] that answers `reply` and then
+/// holds the connection for a minute, with a 500 ms route timeout.
+async fn with_scripted_upstream(reply: &'static [u8]) -> TestApp {
     let app = TestApp::spawn(migration::testing::TestDatabase::sqlite().await).await;
-    // A head announcing 100 bytes, then 10 of them, then nothing for a minute.
-    let upstream = scripted_upstream(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
-        Duration::from_secs(60),
-    )
-    .await;
+    let upstream = scripted_upstream(reply, Duration::from_secs(60)).await;
     change_demo_route(&app, |route| {
         route.upstream_url = Set(format!("http://{upstream}"));
         route.timeout_ms = Set(Some(500));
     })
     .await;
+    app
+}
+
+#[tokio::test]
+async fn a_response_body_that_stops_half_way_is_cut_off() {
+    // A head announcing 100 bytes, then 10 of them, then nothing for a minute.
+    let app =
+        with_scripted_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
     let key = app.admin_key().to_owned();
     let proxy = app.dev.proxy_addr;
     let cut = eventually(Duration::from_secs(10), || async {
@@ -194,4 +200,52 @@ async fn connections_past_the_cap_wait_until_one_closes() {
     let response = String::from_utf8_lossy(&response).into_owned();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_stops_reading_the_body_is_a_504_and_lets_the_client_go() {
+    // Reads the first few KiB of the request, then nothing, and never answers: the socket
+    // buffers fill and the proxy can send no more of the body.
+    let app = with_scripted_upstream(b"").await;
+    let key = app.admin_key().to_owned();
+    let proxy = app.dev.proxy_addr;
+    let timed_out = eventually(Duration::from_secs(15), || async {
+        let stream = TcpStream::connect(proxy).await.unwrap();
+        let (mut reader, mut writer) = stream.into_split();
+        let body = vec![b'x'; 8 * 1024 * 1024];
+        let head = format!(
+            "POST /demo/upload HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        // Written from a task of its own: the proxy stops reading once the upstream does.
+        let sending = tokio::spawn(async move {
+            let _ = writer.write_all(head.as_bytes()).await;
+            let _ = writer.write_all(&body).await;
+            writer
+        });
+        let mut response = Vec::new();
+        let mut buf = [0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(4), async {
+            while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+                match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => response.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        sending.abort();
+        read.is_ok() && response.starts_with(b"HTTP/1.1 504")
+    })
+    .await;
+    assert!(
+        timed_out.is_some(),
+        "the request waited on the upstream forever"
+    );
+    // The client's connection closed with the 504 (the body the upstream client held was
+    // let go), so the proxy stops without waiting out its 30 s drain for it.
+    tokio::time::timeout(Duration::from_secs(10), app.stop())
+        .await
+        .expect("the timed-out request still held its client connection");
 }

@@ -9,7 +9,7 @@ use axum::{
 };
 use chrono::Utc;
 use entity::{permission, policy_change::PolicyChangeOp, role, role_binding, route};
-use sea_orm::{ActiveModelTrait, Set};
+use sea_orm::{ActiveModelTrait, EntityTrait, Set};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
@@ -37,8 +37,8 @@ async fn echo_server() -> SocketAddr {
     addr
 }
 
-/// A route `/ws` to `upstream` that the seeded admin may use.
-async fn ws_route(app: &TestApp, upstream: SocketAddr) {
+/// A route `/ws` to `upstream` that the seeded admin may use; returns its id.
+async fn ws_route(app: &TestApp, upstream: SocketAddr) -> Uuid {
     let now = Utc::now();
     let route = route::ActiveModel {
         id: Set(Uuid::now_v7()),
@@ -79,7 +79,9 @@ async fn ws_route(app: &TestApp, upstream: SocketAddr) {
         name: Set("ws:connect".into()),
         methods: Set(json!(["GET"])),
         path_glob: Set("/ws/**".into()),
-        route_id: Set(Some(route.id)),
+        // On any route: a catch-all route would admit the tunnel's request too (see
+        // `a_tunnel_closes_when_its_route_goes_even_if_a_wider_route_would_admit_it`).
+        route_id: Set(None),
         created_at: Set(now),
     }
     .insert(&app.db)
@@ -108,6 +110,7 @@ async fn ws_route(app: &TestApp, upstream: SocketAddr) {
             .await
             .unwrap();
     }
+    route.id
 }
 
 fn handshake(key: Option<&str>) -> String {
@@ -342,4 +345,80 @@ async fn a_tunnel_closes_after_its_idle_timeout_but_not_while_in_use() {
         "{ended:?}"
     );
     db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_tunnel_closes_when_its_route_goes_even_if_a_wider_route_would_admit_it() {
+    let app = TestApp::spawn(migration::testing::TestDatabase::sqlite().await).await;
+    let ws = ws_route(&app, echo_server().await).await;
+    let key = app.admin_key().to_owned();
+    let proxy = app.dev.proxy_addr;
+    // A catch-all route the admin may also use (to another upstream).
+    crate::support::change_demo_route(&app, |route| route.path_prefix = Set("/".into())).await;
+    assert!(answers(proxy, &key, "HTTP/1.1 101").await);
+
+    let mut stream = open_tunnel(proxy, &key).await;
+    echo(&mut stream, "on the ws route").await;
+    let mut route: route::ActiveModel = route::Entity::find_by_id(ws)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap()
+        .into();
+    route.enabled = Set(false);
+    route.update(&app.db).await.unwrap();
+    api::service::feed::record(
+        &app.db,
+        proxy::cache::kind::ROUTE,
+        ws,
+        PolicyChangeOp::Upsert,
+    )
+    .await
+    .unwrap();
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(3)).await,
+        "the tunnel outlived its route under the catch-all's rules"
+    );
+    let db = app.stop().await;
+    let ended = tunnel_ends(&db).await;
+    assert!(
+        ended
+            .iter()
+            .any(|e| e.reason == "tunnel_closed: no_route" && e.route_id == Some(ws)),
+        "{ended:?}"
+    );
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn an_open_tunnel_holds_its_connection_slot() {
+    let app = TestApp::spawn_with(migration::testing::TestDatabase::sqlite().await, |config| {
+        config.proxy.max_connections = 1;
+    })
+    .await;
+    ws_route(&app, echo_server().await).await;
+    let key = app.admin_key().to_owned();
+    let proxy = app.dev.proxy_addr;
+    assert!(answers(proxy, &key, "HTTP/1.1 101").await);
+
+    let mut tunnel = open_tunnel(proxy, &key).await;
+    echo(&mut tunnel, "holding the slot").await;
+    let mut waiting = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    waiting
+        .write_all(handshake(Some(&key)).as_bytes())
+        .await
+        .unwrap();
+    let mut first = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), waiting.read(&mut first))
+            .await
+            .is_err(),
+        "a connection past the cap was served while the tunnel held the slot"
+    );
+    drop(tunnel);
+    let head = tokio::time::timeout(Duration::from_secs(5), read_head(&mut waiting))
+        .await
+        .expect("the waiting connection was never served");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    app.stop().await;
 }
