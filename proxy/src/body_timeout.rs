@@ -10,7 +10,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -51,35 +51,33 @@ pub struct IdleTimeout<B> {
 #[derive(Debug)]
 pub struct BodyProgress {
     started: Instant,
-    /// Milliseconds after `started` of the last progress.
-    last_ms: AtomicU64,
-    /// Polled and waiting for the client's next bytes.
-    waiting_on_client: AtomicBool,
+    /// Milliseconds after `started` of the last progress, shifted left by one, with the low
+    /// bit set while the body is polled and waiting for the client's next bytes: one word,
+    /// so a reader never pairs a new flag with an old time.
+    state: AtomicU64,
 }
 
 impl BodyProgress {
     fn new() -> Self {
         Self {
             started: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            waiting_on_client: AtomicBool::new(false),
+            state: AtomicU64::new(0),
         }
     }
 
     fn mark(&self, waiting_on_client: bool) {
         let now = self.started.elapsed().as_millis() as u64;
-        self.last_ms.store(now, Ordering::Relaxed);
-        self.waiting_on_client
-            .store(waiting_on_client, Ordering::Relaxed);
+        self.state
+            .store(now << 1 | u64::from(waiting_on_client), Ordering::Relaxed);
     }
 
     /// When the upstream's answer is due, or `None` while the body waits for the client.
     pub fn answer_due(&self, timeout: Duration) -> Option<Instant> {
-        if self.waiting_on_client.load(Ordering::Relaxed) {
+        let state = self.state.load(Ordering::Relaxed);
+        if state & 1 == 1 {
             return None;
         }
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        Some(self.started + last + timeout)
+        Some(self.started + Duration::from_millis(state >> 1) + timeout)
     }
 }
 
@@ -227,7 +225,9 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        lock(&self.shared).as_ref().is_none_or(Body::is_end_stream)
+        // Detached: not the end, or hyper would finish a chunked body cut short as if it
+        // were whole; its next poll reads the error instead.
+        lock(&self.shared).as_ref().is_some_and(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -97,25 +97,42 @@ pub enum BadTarget {
     BadHost,
 }
 
-/// Checks a `Host` header value: a host name or IP literal with an optional port, nothing
-/// else.
+/// Checks a `Host` header value (or an HTTP/2 `:authority`): a DNS-style name (letters,
+/// digits, `-`, `.`, `_`), an IPv4 address, or a bracketed IPv6 address, then optionally `:`
+/// and a port of digits. Nothing else: commas (which frameworks split `X-Forwarded-Host` on),
+/// user info, paths, or a port that is not a number.
 pub fn check_host(host: &str) -> Result<(), BadTarget> {
-    let Ok(authority) = host.parse::<http::uri::Authority>() else {
-        return Err(BadTarget::BadHost);
+    let (name_ok, port) = if let Some(bracketed) = host.strip_prefix('[') {
+        let Some((address, rest)) = bracketed.split_once(']') else {
+            return Err(BadTarget::BadHost);
+        };
+        let port = match rest {
+            "" => None,
+            _ => Some(rest.strip_prefix(':').ok_or(BadTarget::BadHost)?),
+        };
+        (address.parse::<std::net::Ipv6Addr>().is_ok(), port)
+    } else {
+        let (name, port) = match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        };
+        let name_ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        (name_ok, port)
     };
-    // `Authority` accepts user info and a port that is not a number; neither is a host.
-    let after_name = match host.rfind(']') {
-        Some(end) => &host[end + 1..],
-        None => host,
-    };
-    let port_ok = match after_name.split_once(':') {
-        None => true,
-        Some((_, port)) => port.parse::<u16>().is_ok(),
-    };
-    if authority.host().is_empty() || host.contains('@') || !port_ok {
-        return Err(BadTarget::BadHost);
+    let port_ok = port.is_none_or(|port| {
+        !port.is_empty()
+            && port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_ok()
+    });
+    if name_ok && port_ok {
+        Ok(())
+    } else {
+        Err(BadTarget::BadHost)
     }
-    Ok(())
 }
 
 /// Normalises the path component of a request target (no query, exactly as received) into

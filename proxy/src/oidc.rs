@@ -82,8 +82,9 @@ pub struct OidcConfig {
     /// Keys are downloaded again after this long even when every `kid` is known.
     #[serde(default = "default_max_age_secs")]
     pub jwks_max_age_secs: u64,
-    /// OAuth clients whose tokens are accepted, matched against `azp` (else `client_id`,
-    /// RFC 9068). Empty: any client the issuer issued a token for our audience.
+    /// OAuth clients whose tokens are accepted, matched against the first of `azp`,
+    /// `client_id` (RFC 9068), `appid` (Entra ID v1) and `cid` (Okta) that the token carries.
+    /// Empty: any client the issuer issued a token for our audience.
     #[serde(default)]
     pub authorized_parties: Vec<String>,
 }
@@ -265,7 +266,8 @@ pub enum OidcError {
     /// proof, ...) that the issuer may sign for the same audience (RFC 8725 §3.11).
     #[error("the token is not an access or ID token")]
     WrongType,
-    /// `authorized_parties` is set and the token's `azp` / `client_id` is not in it.
+    /// `authorized_parties` is set and the token's client (`azp`, `client_id`, `appid` or
+    /// `cid`) is not in it.
     #[error("the token was issued to another client")]
     WrongClient,
     /// Keys were needed and the provider could not be reached (details are logged).
@@ -629,18 +631,21 @@ impl OidcVerifier {
         let claims = ClaimsSeed {
             issuer: &self.issuer,
             groups_claim: &self.groups_claim,
+            read_client: !self.authorized_parties.is_empty(),
         }
         .deserialize(&mut deserializer)
         .map_err(|_| OidcError::Malformed)?;
         if !claims.issuer_matches {
             return Err(OidcError::WrongIssuer);
         }
+        // Back-channel logout tokens and security events carry `events` (RFC 8417), also
+        // from issuers that type them plain `JWT`.
+        if claims.has_events {
+            return Err(OidcError::WrongType);
+        }
         if !self.authorized_parties.is_empty() {
-            let client = claims
-                .authorized_party
-                .as_ref()
-                .or(claims.client_id.as_ref());
-            if !client.is_some_and(|c| self.authorized_parties.contains(c)) {
+            let client = claims.client.first_named();
+            if !client.is_some_and(|c| self.authorized_parties.iter().any(|p| p == c)) {
                 return Err(OidcError::WrongClient);
             }
         }
@@ -872,6 +877,9 @@ impl OidcVerifier {
             fetched_at: Some(self.clock.now()),
             ..KeySet::default()
         };
+        // Key material already taken per `kid`: a document may list one key twice (with and
+        // without `x5c`, say), which is still one key.
+        let mut seen: HashMap<String, Vec<AlgorithmParameters>> = HashMap::new();
         for raw in jwks.keys {
             let jwk: Jwk = match serde_json::from_value(raw) {
                 Ok(jwk) => jwk,
@@ -884,6 +892,11 @@ impl OidcVerifier {
             match self.verify_key(&jwk) {
                 Some(key) => match kid {
                     Some(kid) => {
+                        let material = seen.entry(kid.clone()).or_default();
+                        if material.contains(&jwk.algorithm) {
+                            continue;
+                        }
+                        material.push(jwk.algorithm.clone());
                         let same_kid = set.by_kid.entry(kid).or_default();
                         if !same_kid.is_empty() {
                             tracing::warn!(issuer = %self.issuer, kid = ?jwk.common.key_id, "JWKS publishes one kid for several keys; tokens whose alg fits more than one are refused");
@@ -1050,6 +1063,9 @@ impl<'a> RawHeader<'a> {
 struct ClaimsSeed<'c> {
     issuer: &'c str,
     groups_claim: &'c str,
+    /// Read the client claims (only when `authorized_parties` is set: otherwise their
+    /// shape does not matter).
+    read_client: bool,
 }
 
 #[derive(Default)]
@@ -1058,9 +1074,31 @@ struct Claims {
     subject: Option<String>,
     expires_at: Option<f64>,
     groups: Vec<String>,
-    /// `azp` (OIDC) or, without it, `client_id` (RFC 9068): the client the token was issued to.
-    authorized_party: Option<String>,
+    /// The `events` claim is present.
+    has_events: bool,
+    client: ClientClaims,
+}
+
+/// The claims that name the OAuth client a token was issued to, by provider habit.
+#[derive(Default)]
+struct ClientClaims {
+    /// `azp` (OIDC Core).
+    azp: Option<String>,
+    /// `client_id` (RFC 9068, Keycloak, Auth0 access tokens).
     client_id: Option<String>,
+    /// `appid` (Entra ID v1 access tokens).
+    appid: Option<String>,
+    /// `cid` (Okta access tokens).
+    cid: Option<String>,
+}
+
+impl ClientClaims {
+    /// The first present, in the order above.
+    fn first_named(&self) -> Option<&str> {
+        [&self.azp, &self.client_id, &self.appid, &self.cid]
+            .into_iter()
+            .find_map(|claim| claim.as_deref())
+    }
 }
 
 /// A string or an array of strings (IdPs differ).
@@ -1096,10 +1134,19 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
                 claims.subject = Some(map.next_value()?);
             } else if key == "exp" {
                 claims.expires_at = Some(map.next_value()?);
-            } else if key == "azp" {
-                claims.authorized_party = map.next_value()?;
-            } else if key == "client_id" {
-                claims.client_id = map.next_value()?;
+            } else if key == "events" {
+                claims.has_events = true;
+                map.next_value::<IgnoredAny>()?;
+            } else if self.read_client
+                && let Some(slot) = match key.as_ref() {
+                    "azp" => Some(&mut claims.client.azp),
+                    "client_id" => Some(&mut claims.client.client_id),
+                    "appid" => Some(&mut claims.client.appid),
+                    "cid" => Some(&mut claims.client.cid),
+                    _ => None,
+                }
+            {
+                *slot = map.next_value()?;
             } else if key == self.groups_claim {
                 claims.groups = match map.next_value::<Option<OneOrMany>>()? {
                     None => Vec::new(),

@@ -724,7 +724,14 @@ fn host(request: &http::request::Parts) -> Result<Option<String>, ProxyError> {
             normalize::check_host(host)?;
             Ok(Some(host.to_owned()))
         }
-        None => Ok(request.uri.authority().map(|a| a.as_str().to_owned())),
+        // HTTP/2's `:authority`, or an absolute-form target without a `Host`: checked the same.
+        None => match request.uri.authority() {
+            Some(authority) => {
+                normalize::check_host(authority.as_str())?;
+                Ok(Some(authority.as_str().to_owned()))
+            }
+            None => Ok(None),
+        },
     }
 }
 
@@ -880,6 +887,29 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("not-an-ip"));
         assert!(client_ip(ip("10.0.0.2"), &headers, &trusted).is_err());
+    }
+
+    #[test]
+    fn an_http2_authority_is_held_to_the_host_rules_too() {
+        // No `Host` header: the authority (HTTP/2's `:authority`) is the host, and the `http`
+        // crate does not insist on a numeric port.
+        let head = |uri: &str| {
+            let (parts, ()) = http::Request::builder()
+                .uri(uri)
+                .body(())
+                .unwrap_or_default()
+                .into_parts();
+            parts
+        };
+        assert_eq!(
+            host(&head("https://api.example:8443/x"))
+                .ok()
+                .flatten()
+                .as_deref(),
+            Some("api.example:8443")
+        );
+        assert!(host(&head("https://api.example:evil/x")).is_err());
+        assert!(host(&head("https://good.example,evil.example/x")).is_err());
     }
 
     #[test]

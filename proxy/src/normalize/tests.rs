@@ -358,6 +358,9 @@ fn host_headers_must_be_a_host_and_an_optional_port() {
         "192.0.2.1:80",
         "[2001:db8::1]",
         "[2001:db8::1]:443",
+        "API.Example.",
+        "xn--bcher-kva.example",
+        "internal_host:8080",
     ] {
         assert_eq!(check_host(good), Ok(()), "{good}");
     }
@@ -374,6 +377,13 @@ fn host_headers_must_be_a_host_and_an_optional_port() {
         "api.example/path",
         "api.example?q",
         "api example",
+        "api.example:+80",
+        "[api.example]",
+        "a[::1]",
+        "good.example,evil.example",
+        "api.example;x",
+        "[::1]x",
+        "[::1]:",
     ] {
         assert_eq!(check_host(bad), Err(BadTarget::BadHost), "{bad:?}");
     }

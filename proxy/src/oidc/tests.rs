@@ -649,6 +649,18 @@ async fn oidc_tokens_typed_as_another_kind_of_jwt_are_refused() {
             "{refused}"
         );
     }
+    // A logout token typed plain `JWT` is still told apart by its `events` claim.
+    let mut logout = provider.claims("alice", AUD, &[]);
+    logout["events"] = json!({ "http://schemas.openid.net/event/backchannel-logout": {} });
+    assert_eq!(
+        verifier.verify(&rsa.sign(&logout)).await.err(),
+        Some(OidcError::WrongType)
+    );
+    // Client claims of any shape are nobody's business while no client list is set.
+    let mut odd = provider.claims("alice", AUD, &[]);
+    odd["azp"] = json!(["portal"]);
+    odd["client_id"] = json!(7);
+    assert!(verifier.verify(&rsa.sign(&odd)).await.is_ok());
 }
 
 #[tokio::test]
@@ -679,8 +691,15 @@ async fn oidc_authorized_parties_limit_the_clients_whose_tokens_count() {
             .is_ok(),
         "RFC 9068 access tokens name the client in client_id"
     );
+    for provider_habit in [json!({ "appid": "portal" }), json!({ "cid": "portal" })] {
+        assert!(
+            verifier.verify(&with(provider_habit.clone())).await.is_ok(),
+            "{provider_habit}"
+        );
+    }
     for other in [
         json!({ "azp": "other-app" }),
+        json!({ "cid": "other-app" }),
         json!({ "azp": "other-app", "client_id": "portal" }),
         json!({}),
     ] {
@@ -699,6 +718,11 @@ async fn oidc_one_kid_on_two_keys_is_used_only_where_the_alg_tells_them_apart() 
     let claims = provider.claims("alice", AUD, &[]);
     assert!(verifier.verify(&rsa.sign(&claims)).await.is_ok());
     assert!(verifier.verify(&ec.sign(&claims)).await.is_ok());
+
+    // One key listed twice under its kid is still one key.
+    let (provider, verifier) = primed(&[&rsa, &rsa]).await;
+    let claims = provider.claims("alice", AUD, &[]);
+    assert!(verifier.verify(&rsa.sign(&claims)).await.is_ok());
 
     // Two RSA keys under one kid: which one signed is anyone's guess, so neither is used
     // (whichever came last in the document used to win silently).

@@ -68,7 +68,7 @@ pub enum SharedLimitError {
     Timeout(Duration),
 }
 
-/// The bucket [`SharedLimiter::probe`] spends; no caller's bucket is named like it.
+/// The bucket [`RedisLimiter::probe`] spends; no caller's bucket is named like it.
 const PROBE_BUCKET: &str = "probe";
 
 /// A GCRA limiter whose buckets live in Redis, shared by every proxy instance.
