@@ -77,6 +77,9 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// How often a failed Redis is probed before requests go back to it.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 
+/// Failed probes in a row after which the probe reconnects (see [`RedisLimiter::reconnect`]).
+const RECONNECT_AFTER: u32 = 4;
+
 /// A rate: `per_minute` requests per minute on average, at most `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Limit {
@@ -437,8 +440,11 @@ impl RedisState {
     }
 }
 
-/// Probes Redis until it runs the script again, then sends requests back to it. Ends when the limiter is gone.
+/// Probes Redis until it runs the script again, then sends requests back to it; every
+/// [`RECONNECT_AFTER`] failed probes in a row, starts over on a new connection. Ends when the
+/// limiter is gone.
 async fn probe(redis: Weak<RedisState>) {
+    let mut failed = 0u32;
     loop {
         tokio::time::sleep(PROBE_EVERY).await;
         let Some(state) = redis.upgrade() else {
@@ -448,6 +454,13 @@ async fn probe(redis: Weak<RedisState>) {
             state.down.store(false, Ordering::Release);
             tracing::info!("Redis rate limiting available again");
             return;
+        }
+        failed += 1;
+        if failed.is_multiple_of(RECONNECT_AFTER) {
+            match state.limiter.reconnect() {
+                Ok(()) => tracing::info!("Redis still refuses the rate-limit script; reconnecting"),
+                Err(error) => tracing::warn!(%error, "cannot reconnect to Redis"),
+            }
         }
     }
 }

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use redis::{
     ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Script, TlsCertificates,
     aio::{ConnectionManager, ConnectionManagerConfig},
@@ -72,9 +74,12 @@ pub enum SharedLimitError {
 const PROBE_BUCKET: &str = "probe";
 
 /// A GCRA limiter whose buckets live in Redis, shared by every proxy instance.
-#[derive(Clone)]
 pub struct RedisLimiter {
-    connection: ConnectionManager,
+    /// Replaced by [`Self::reconnect`]; requests clone the current one (an `Arc`).
+    connection: ArcSwap<ConnectionManager>,
+    /// What a new connection is made from.
+    client: redis::Client,
+    config: ConnectionManagerConfig,
     script: Script,
     timeout: Duration,
 }
@@ -121,9 +126,11 @@ impl RedisLimiter {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(200));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
         Ok(Self {
-            connection,
+            connection: ArcSwap::from_pointee(connection),
+            client,
+            config,
             script: Script::new(GCRA_LUA),
             timeout,
         })
@@ -155,7 +162,7 @@ impl RedisLimiter {
     /// Runs the script for bucket `key` (EVALSHA; on `NOSCRIPT`, SCRIPT LOAD and again), bounded
     /// by the timeout.
     pub async fn check(&self, key: &str, limit: Limit) -> Result<RateDecision, SharedLimitError> {
-        let mut connection = self.connection.clone();
+        let mut connection = ConnectionManager::clone(&self.connection.load());
         let interval_us = (limit.interval_ns() / 1_000).max(1);
         let mut invocation = self.script.prepare_invoke();
         invocation
@@ -174,6 +181,17 @@ impl RedisLimiter {
             reset: micros(reset_us),
             retry_after: (allowed != 1).then(|| micros(retry_us)),
         })
+    }
+
+    /// Replaces the connection with a new one, resolving the server's name again. The
+    /// connection manager reconnects by itself only when its connection breaks; after a
+    /// failover that demotes the server behind a name (ElastiCache, Sentinel-managed DNS) the
+    /// old connection stays up to a read-only replica, and the script fails on it for good.
+    pub fn reconnect(&self) -> Result<(), SharedLimitError> {
+        let connection =
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())?;
+        self.connection.store(std::sync::Arc::new(connection));
+        Ok(())
     }
 
     /// Whether Redis runs the rate-limit script within the timeout, on a bucket of its own.

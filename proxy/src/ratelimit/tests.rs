@@ -584,7 +584,7 @@ async fn a_silent_redis_costs_at_most_the_timeout_once() {
 /// `localhost` made by the `openssl` CLI. Needs both binaries on `PATH`; like every Redis test
 /// it runs when `TEST_REDIS_URL` is set (CI has both).
 struct TlsRedis {
-    child: std::process::Child,
+    _child: RedisProcess,
     port: u16,
     /// The server's certificate, PEM: the one root a client must trust.
     cert: Vec<u8>,
@@ -625,7 +625,7 @@ impl TlsRedis {
         });
         let cert = std::fs::read(&cert).unwrap();
         Self {
-            child,
+            _child: child,
             port,
             cert,
             _dir: dir,
@@ -642,10 +642,7 @@ fn free_port() -> u16 {
 
 /// Starts `redis-server` (set up by `configure`, without persistence) and waits until it
 /// listens on `port`.
-fn redis_server(
-    port: u16,
-    configure: impl FnOnce(&mut std::process::Command),
-) -> std::process::Child {
+fn redis_server(port: u16, configure: impl FnOnce(&mut std::process::Command)) -> RedisProcess {
     use std::process::{Command, Stdio};
     let mut command = Command::new("redis-server");
     configure(&mut command);
@@ -662,13 +659,16 @@ fn redis_server(
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    child
+    RedisProcess(child)
 }
 
-impl Drop for TlsRedis {
+/// A `redis-server` child, stopped when dropped (also when a test fails).
+struct RedisProcess(std::process::Child);
+
+impl Drop for RedisProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -745,7 +745,7 @@ async fn the_recovery_probe_runs_the_script_so_a_read_only_replica_stays_down() 
     // A replica (of a master that does not exist) answers PING but refuses the script's
     // writes, like a replica left behind by a failover.
     let port = free_port();
-    let mut replica = redis_server(port, |command| {
+    let _replica = redis_server(port, |command| {
         command.args(["--port", &port.to_string()]).args([
             "--replicaof",
             "127.0.0.1",
@@ -771,6 +771,73 @@ async fn the_recovery_probe_runs_the_script_so_a_read_only_replica_stays_down() 
         "a replica that refuses the script is not back"
     );
     assert!(healthy.probe().await);
-    let _ = replica.kill();
-    let _ = replica.wait();
+}
+
+/// A TCP forwarder to whichever address `target` holds when a connection arrives; earlier
+/// connections stay where they went, like clients of a DNS name after a failover.
+async fn switchable_forwarder(
+    target: std::sync::Arc<std::sync::Mutex<std::net::SocketAddr>>,
+) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let to = *target.lock().unwrap();
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn after_a_failover_behind_one_address_the_probe_reconnects_to_the_new_primary() {
+    let Some(url) = redis_url() else {
+        return;
+    };
+    let primary: std::net::SocketAddr = url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("TEST_REDIS_URL is redis://<ip>:<port>");
+    // The demoted node: a replica (of nothing) that refuses the script's writes.
+    let port = free_port();
+    let _replica = redis_server(port, |command| {
+        command.args(["--port", &port.to_string()]).args([
+            "--replicaof",
+            "127.0.0.1",
+            &free_port().to_string(),
+        ]);
+    });
+    let target = std::sync::Arc::new(std::sync::Mutex::new(std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        port,
+    ))));
+    let name = switchable_forwarder(target.clone()).await;
+    let limiter =
+        RateLimiter::with_redis(&format!("redis://{name}"), None, Duration::from_millis(500))
+            .unwrap();
+    let bucket = unique_bucket();
+    let limit = Limit::new(60_000, 1_000);
+    limiter.check(&bucket, limit).await;
+    assert_eq!(limiter.fallbacks(), 1, "the replica refused the script");
+
+    // The name now leads to the primary; the open connection still leads to the replica.
+    *target.lock().unwrap() = primary;
+    let started = std::time::Instant::now();
+    loop {
+        let before = limiter.fallbacks();
+        limiter.check(&bucket, limit).await;
+        if limiter.fallbacks() == before {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still limiting in process: the probe never left the demoted node"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
