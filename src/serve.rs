@@ -1,12 +1,16 @@
 //! Serving routers on listeners, with graceful shutdown.
 
-use std::net::SocketAddr;
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use axum::Router;
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::watch,
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
 };
 
 /// Binds `addr`, turning "address in use" into a message that says which setting to change.
@@ -83,46 +87,123 @@ pub async fn serve_proxy(
     shutdown: Shutdown,
     config: &proxy::ProxyConfig,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let cap = ConnectionCap::new(config.max_connections);
     match (&config.tls_cert_path, &config.tls_key_path) {
         (Some(cert), Some(key)) => {
             let tls = crate::tls::server_config(cert, key)?;
-            let listener = crate::tls::TlsListener::new(listener, tls)?;
+            // The slot is taken before the TCP accept, so handshakes count too.
+            let listener = crate::tls::TlsListener::new(listener, tls, cap)?;
             Ok(tokio::spawn(serve_pipeline(listener, state, shutdown)))
         }
         _ => Ok(tokio::spawn(serve_pipeline(
-            no_delay(listener),
+            Capped {
+                listener: no_delay(listener),
+                cap,
+            },
             state,
             shutdown,
         ))),
     }
 }
 
-/// At most one warning this often while the connection cap holds connections back.
-const CAP_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// The proxy listener's cap on open connections (`PORTCULLIS_PROXY__MAX_CONNECTIONS`): each
+/// connection, from before its TCP accept until it closes (or the WebSocket tunnel it became
+/// closes), holds a slot. With every slot taken nothing is accepted: new connections wait in
+/// the kernel's accept queue, which refuses them once full, instead of using up file
+/// descriptors and memory.
+pub(crate) struct ConnectionCap {
+    slots: Arc<Semaphore>,
+    max: usize,
+    last_warned: std::sync::Mutex<Option<Instant>>,
+}
+
+/// At most one warning this often while every slot is taken.
+const CAP_WARN_EVERY: Duration = Duration::from_secs(60);
+
+impl ConnectionCap {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+            last_warned: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// A slot for the next connection, once one is free.
+    pub(crate) async fn slot(&self) -> OwnedSemaphorePermit {
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            return slot;
+        }
+        metrics::counter!("portcullis_proxy_connection_cap_reached_total").increment(1);
+        {
+            let mut last = self
+                .last_warned
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_none_or(|at| at.elapsed() >= CAP_WARN_EVERY) {
+                tracing::warn!(
+                    max = self.max,
+                    "every proxy connection slot is taken; nothing more is accepted until one closes (PORTCULLIS_PROXY__MAX_CONNECTIONS)"
+                );
+                *last = Some(Instant::now());
+            }
+        }
+        match self.slots.clone().acquire_owned().await {
+            Ok(slot) => slot,
+            // The semaphore is never closed.
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+/// Where [`serve_pipeline`] takes its connections from, each with its slot under the cap.
+pub(crate) trait CappedListener: Send + 'static {
+    /// The connection's byte stream.
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+
+    /// The next connection, its peer and its slot.
+    fn accept(
+        &mut self,
+    ) -> impl std::future::Future<Output = (Self::Io, SocketAddr, OwnedSemaphorePermit)> + Send;
+}
+
+/// A plain listener under a cap: a slot first, then the accept.
+struct Capped<L> {
+    listener: L,
+    cap: Arc<ConnectionCap>,
+}
+
+impl<L> CappedListener for Capped<L>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    L::Io: Unpin,
+{
+    type Io = L::Io;
+
+    async fn accept(&mut self) -> (Self::Io, SocketAddr, OwnedSemaphorePermit) {
+        let slot = self.cap.slot().await;
+        // `Listener::accept` retries failed accepts itself.
+        let (io, peer) = self.listener.accept().await;
+        (io, peer, slot)
+    }
+}
 
 /// How long a stopping proxy waits for requests in flight before it closes their connections.
 pub(crate) const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Accepts connections until `shutdown`, each served by [`proxy::service`] on hyper (HTTP/1
 /// with upgrades for WebSockets, and HTTP/2), then lets the requests in flight finish.
-async fn serve_pipeline<L>(
+async fn serve_pipeline<L: CappedListener>(
     mut listener: L,
     state: proxy::ProxyState,
     shutdown: Shutdown,
-) -> anyhow::Result<()>
-where
-    L: axum::serve::Listener<Addr = SocketAddr>,
-{
+) -> anyhow::Result<()> {
     use hyper_util::{
         rt::{TokioExecutor, TokioIo, TokioTimer},
         server::{conn::auto, graceful::GracefulShutdown},
     };
     let header_read_timeout = state.config.header_read_timeout();
     let connections = GracefulShutdown::new();
-    // Each connection (and the tunnel it may become) holds a permit: past the cap, new
-    // connections wait in the kernel's accept queue (and are refused by it once that is full) instead of exhausting file
-    // descriptors and memory.
-    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(state.config.max_connections));
     // HTTP/2's extended CONNECT (RFC 8441) is not advertised: the pipeline refuses CONNECT
     // (the upstream client would open a tunnel without the path that was authorised), so
     // HTTP/2 clients open WebSockets over HTTP/1.1, whose upgrade is passed through.
@@ -145,30 +226,8 @@ where
     // its event as it is dropped (`client_closed_request`), before the caller shuts the
     // writer down.
     let mut tasks = tokio::task::JoinSet::new();
-    let mut last_warned = None;
     loop {
-        let permit = match permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                if last_warned.is_none_or(|at: std::time::Instant| at.elapsed() >= CAP_WARN_EVERY) {
-                    tracing::warn!(
-                        max = state.config.max_connections,
-                        "proxy connection cap reached; new connections wait (PORTCULLIS_PROXY__MAX_CONNECTIONS)"
-                    );
-                    last_warned = Some(std::time::Instant::now());
-                }
-                metrics::counter!("portcullis_proxy_connection_cap_reached_total").increment(1);
-                tokio::select! {
-                    permit = permits.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break,
-                    },
-                    () = &mut stop => break,
-                }
-            }
-        };
-        let (io, peer) = tokio::select! {
-            // `Listener::accept` retries failed accepts itself.
+        let (io, peer, slot) = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut stop => break,
         };
@@ -182,7 +241,7 @@ where
                         peer,
                         // Held by the service while the connection lasts, and by any
                         // WebSocket tunnel it turns into: the socket lives on in it.
-                        slot: Some(proxy::tunnel::ConnectionSlot::new(permit)),
+                        slot: Some(proxy::tunnel::ConnectionSlot::new(slot)),
                     },
                 ),
             )
@@ -195,10 +254,13 @@ where
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, connections.shutdown())
-        .await
-        .is_err()
-    {
+    // Tunnels have no natural end to drain towards: they close now, each queuing its audit
+    // event, while the requests in flight get the drain timeout.
+    let (drained, ()) = tokio::join!(
+        tokio::time::timeout(DRAIN_TIMEOUT, connections.shutdown()),
+        state.tunnels.close_all(),
+    );
+    if drained.is_err() {
         tracing::warn!("proxy connections still open after the drain timeout; closing them");
         tasks.abort_all();
     }

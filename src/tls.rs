@@ -2,7 +2,7 @@
 //! (`PORTCULLIS_PROXY__TLS_CERT_PATH` + `PORTCULLIS_PROXY__TLS_KEY_PATH`, PEM files).
 //!
 //! Handshakes run in their own tasks so one slow or silent client cannot stall the accept loop;
-//! finished connections are handed to axum through [`axum::serve::Listener`].
+//! finished connections are handed to the proxy's server loop (`serve::serve_pipeline`).
 
 use std::{io, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
@@ -10,9 +10,11 @@ use anyhow::Context;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::mpsc,
+    sync::{OwnedSemaphorePermit, mpsc},
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
+
+use crate::serve::{CappedListener, ConnectionCap};
 
 /// A client has this long to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,20 +42,28 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// A TCP listener that yields TLS streams.
+/// A TCP listener that yields TLS streams, each with its slot under the connection cap.
 pub struct TlsListener {
-    connections: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local_addr: SocketAddr,
+    connections: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr, OwnedSemaphorePermit)>,
 }
 
 impl TlsListener {
-    /// Starts accepting on `listener`; handshakes complete in the background.
-    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
-        let local_addr = listener.local_addr()?;
+    /// Starts accepting on `listener`; handshakes complete in the background. A connection
+    /// takes its slot under `cap` before it is accepted and keeps it through the handshake,
+    /// so connections still shaking hands count too.
+    pub(crate) fn new(
+        listener: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        cap: Arc<ConnectionCap>,
+    ) -> io::Result<Self> {
         let acceptor = TlsAcceptor::from(config);
         let (tx, connections) = mpsc::channel(64);
         tokio::spawn(async move {
             loop {
+                let slot = tokio::select! {
+                    slot = cap.slot() => slot,
+                    () = tx.closed() => return,
+                };
                 let (stream, peer) = match listener.accept().await {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -71,7 +81,7 @@ impl TlsListener {
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            let _ = handed_over.send((tls, peer)).await;
+                            let _ = handed_over.send((tls, peer, slot)).await;
                         }
                         Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -82,26 +92,18 @@ impl TlsListener {
                 }
             }
         });
-        Ok(Self {
-            connections,
-            local_addr,
-        })
+        Ok(Self { connections })
     }
 }
 
-impl axum::serve::Listener for TlsListener {
+impl CappedListener for TlsListener {
     type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+    async fn accept(&mut self) -> (Self::Io, SocketAddr, OwnedSemaphorePermit) {
         match self.connections.recv().await {
             Some(connection) => connection,
             // The acceptor task only ends once nobody listens; never resolve after that.
             None => std::future::pending().await,
         }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local_addr)
     }
 }

@@ -51,11 +51,14 @@ pub struct IdleTimeout<B> {
 #[derive(Debug)]
 pub struct BodyProgress {
     started: Instant,
-    /// Milliseconds after `started` of the last progress, shifted left by one, with the low
-    /// bit set while the body is polled and waiting for the client's next bytes: one word,
-    /// so a reader never pairs a new flag with an old time.
+    /// Milliseconds after `started` of the last progress, shifted left by two; bit 1 set once
+    /// the body has ended (or was dropped), bit 0 while it is polled and waiting for the
+    /// client's next bytes. One word, so a reader never pairs a new flag with an old time.
     state: AtomicU64,
 }
+
+const WAITING_ON_CLIENT: u64 = 1;
+const FINISHED: u64 = 2;
 
 impl BodyProgress {
     fn new() -> Self {
@@ -65,19 +68,36 @@ impl BodyProgress {
         }
     }
 
-    fn mark(&self, waiting_on_client: bool) {
+    fn mark(&self, flags: u64) {
         let now = self.started.elapsed().as_millis() as u64;
-        self.state
-            .store(now << 1 | u64::from(waiting_on_client), Ordering::Relaxed);
+        self.state.store(now << 2 | flags, Ordering::Relaxed);
     }
 
-    /// When the upstream's answer is due, or `None` while the body waits for the client.
-    pub fn answer_due(&self, timeout: Duration) -> Option<Instant> {
+    /// Whether the body has ended, or was dropped unfinished.
+    pub fn finished(&self) -> bool {
+        self.state.load(Ordering::Relaxed) & FINISHED != 0
+    }
+
+    /// `timeout` after the last progress, or `None` while the body waits for the client.
+    fn deadline(&self, timeout: Duration) -> Option<Instant> {
         let state = self.state.load(Ordering::Relaxed);
-        if state & 1 == 1 {
+        if state & WAITING_ON_CLIENT != 0 {
             return None;
         }
-        Some(self.started + Duration::from_millis(state >> 1) + timeout)
+        Some(self.started + Duration::from_millis(state >> 2) + timeout)
+    }
+
+    /// Resolves once the body has made no progress for `timeout`, not counting the time it
+    /// waits for the client (the body's own idle limit covers that).
+    pub async fn quiet_for(&self, timeout: Duration) {
+        loop {
+            match self.deadline(timeout) {
+                Some(due) if due <= Instant::now() => return,
+                Some(due) => tokio::time::sleep_until(due).await,
+                // The client is being waited for; look again shortly.
+                None => tokio::time::sleep(timeout.min(Duration::from_secs(1))).await,
+            }
+        }
     }
 }
 
@@ -110,9 +130,9 @@ impl<B: Body> IdleTimeout<B> {
 
 impl<B> Drop for IdleTimeout<B> {
     fn drop(&mut self) {
-        // Dropped unfinished (an early answer, an error): the client is not waited for.
+        // Ended, let go of ([`Detach`]), or given up by hyper (an error).
         if let Some(progress) = &self.progress {
-            progress.mark(false);
+            progress.mark(FINISHED);
         }
     }
 }
@@ -134,12 +154,13 @@ where
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.armed = false;
             if let Some(progress) = &this.progress {
-                progress.mark(false);
+                let ended = frame.is_none() || this.inner.is_end_stream();
+                progress.mark(if ended { FINISHED } else { 0 });
             }
             return Poll::Ready(frame.map(|result| result.map_err(Into::into)));
         }
         if let Some(progress) = &this.progress {
-            progress.mark(true);
+            progress.mark(WAITING_ON_CLIENT);
         }
         let deadline = Instant::now() + this.limit;
         let sleep = this
@@ -237,18 +258,6 @@ where
     }
 }
 
-/// Which body stalled, if that is what caused `error` (looked for along its sources).
-pub fn stalled(error: &(dyn std::error::Error + 'static)) -> Option<Stalled> {
-    let mut source = Some(error);
-    while let Some(e) = source {
-        if let Some(which) = e.downcast_ref::<Stalled>() {
-            return Some(*which);
-        }
-        source = e.source();
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -289,7 +298,7 @@ mod tests {
             .frame()
             .await
             .and_then(Result::err)
-            .map(|e| stalled(e.as_ref()));
+            .map(|e| crate::error::source_of::<Stalled>(e.as_ref()).copied());
         assert_eq!(error, Some(Some(Stalled::ResponseBody)));
     }
 

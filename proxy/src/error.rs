@@ -11,6 +11,21 @@ use serde_json::json;
 
 use crate::{authn::AuthFailure, normalize::BadTarget, policy::Reason};
 
+/// The first error of type `E` along `error`'s chain of sources (`error` itself included):
+/// what a failure from deep inside hyper was caused by.
+pub fn source_of<'e, E: std::error::Error + 'static>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e E> {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        source = e.source();
+    }
+    None
+}
+
 /// Why the proxy refused or could not complete a request.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {

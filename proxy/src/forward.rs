@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::{
     body_timeout::{BodyProgress, Detach, IdleTimeout, Stalled},
-    error::ProxyError,
+    error::{ProxyError, source_of},
 };
 
 /// The pooled upstream clients: plain HTTP, and HTTPS built on first use, so a proxy whose
@@ -332,27 +332,20 @@ pub fn upstream_uri(base: &Uri, path: &str, query: Option<&str>) -> Result<Uri, 
 /// Sends the request; the response body streams back untouched except for hop-by-hop
 /// headers, failing if it stalls for `timeout` (see [`crate::body_timeout`]).
 ///
-/// The upstream has `timeout` to start answering. With a request body (`body`), that counts
+/// The upstream has `timeout` to start answering. With a request body (`upload`), that counts
 /// from the body's last progress and not while it waits for the client: a slow upload is
 /// limited by the body's own idle limit, while an upstream that stops reading the body (or
 /// a TLS handshake that never completes) still times out.
 pub async fn send(
     client: &UpstreamClient,
     request: Request<Body>,
-    body: Option<(Arc<BodyProgress>, Detach)>,
+    upload: Option<(Arc<BodyProgress>, Detach)>,
     timeout: Duration,
 ) -> Result<Response<Body>, ProxyError> {
     let answer_due = async {
-        let Some((progress, _)) = &body else {
-            return tokio::time::sleep(timeout).await;
-        };
-        loop {
-            match progress.answer_due(timeout) {
-                Some(due) if due <= tokio::time::Instant::now() => return,
-                Some(due) => tokio::time::sleep_until(due).await,
-                // The client is being waited for; look again shortly.
-                None => tokio::time::sleep(timeout.min(Duration::from_secs(1))).await,
-            }
+        match &upload {
+            Some((progress, _)) => progress.quiet_for(timeout).await,
+            None => tokio::time::sleep(timeout).await,
         }
     };
     let answered = tokio::select! {
@@ -362,19 +355,34 @@ pub async fn send(
     let response = match answered {
         Err(()) => {
             // The client's connection can end only once its request body is let go.
-            if let Some((_, detach)) = &body {
+            if let Some((_, detach)) = &upload {
                 detach.detach();
             }
             return Err(ProxyError::UpstreamTimeout);
         }
         Ok(Err(error)) => {
-            if error.is_connect() && is_timeout(&error) {
+            if error.is_connect()
+                && source_of::<std::io::Error>(&error)
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            {
                 return Err(ProxyError::UpstreamTimeout);
             }
             return Err(ProxyError::UpstreamUnavailable(Box::new(error)));
         }
         Ok(Ok(response)) => response,
     };
+    // An upstream that answered before reading the whole body may never read the rest, and
+    // the client's connection ends only once the body does: let go of it once it stalls.
+    if let Some((progress, detach)) = upload
+        && !progress.finished()
+    {
+        tokio::spawn(async move {
+            progress.quiet_for(timeout).await;
+            if !progress.finished() {
+                detach.detach();
+            }
+        });
+    }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     // After the head, the same limit applies between two reads of the body.
@@ -426,19 +434,6 @@ pub fn accepts_websocket(key: Option<&HeaderValue>, response: &HeaderMap) -> boo
 pub fn restore_upgrade_headers(headers: &mut HeaderMap, protocol: &HeaderValue) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, protocol.clone());
-}
-
-fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(error);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 #[cfg(test)]

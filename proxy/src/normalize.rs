@@ -93,7 +93,7 @@ pub enum BadTarget {
     UnsupportedScheme,
     /// A `Host` that is not `host[:port]` (empty, a path, user info, a bad port): the upstream
     /// would get it as `X-Forwarded-Host` and might build links from it.
-    #[error("Host header is not a valid host[:port]")]
+    #[error("Host (or :authority) is not a valid host[:port]")]
     BadHost,
 }
 

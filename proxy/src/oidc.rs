@@ -877,9 +877,10 @@ impl OidcVerifier {
             fetched_at: Some(self.clock.now()),
             ..KeySet::default()
         };
-        // Key material already taken per `kid`: a document may list one key twice (with and
-        // without `x5c`, say), which is still one key.
-        let mut seen: HashMap<String, Vec<AlgorithmParameters>> = HashMap::new();
+        // The keys under each `kid`, with their material: a document may list one key twice
+        // (with and without `x5c`, or once per `alg`), which is still one key, allowed the
+        // algorithms of every listing.
+        let mut named: HashMap<String, Vec<(AlgorithmParameters, VerifyKey)>> = HashMap::new();
         for raw in jwks.keys {
             let jwk: Jwk = match serde_json::from_value(raw) {
                 Ok(jwk) => jwk,
@@ -892,16 +893,25 @@ impl OidcVerifier {
             match self.verify_key(&jwk) {
                 Some(key) => match kid {
                     Some(kid) => {
-                        let material = seen.entry(kid.clone()).or_default();
-                        if material.contains(&jwk.algorithm) {
-                            continue;
+                        let same_kid = named.entry(kid).or_default();
+                        match same_kid
+                            .iter_mut()
+                            .find(|(material, _)| *material == jwk.algorithm)
+                        {
+                            Some((_, listed)) => {
+                                for alg in key.algorithms {
+                                    if !listed.algorithms.contains(&alg) {
+                                        listed.algorithms.push(alg);
+                                    }
+                                }
+                            }
+                            None => {
+                                if !same_kid.is_empty() {
+                                    tracing::warn!(issuer = %self.issuer, kid = ?jwk.common.key_id, "JWKS publishes one kid for several keys; tokens whose alg fits more than one are refused");
+                                }
+                                same_kid.push((jwk.algorithm.clone(), key));
+                            }
                         }
-                        material.push(jwk.algorithm.clone());
-                        let same_kid = set.by_kid.entry(kid).or_default();
-                        if !same_kid.is_empty() {
-                            tracing::warn!(issuer = %self.issuer, kid = ?jwk.common.key_id, "JWKS publishes one kid for several keys; tokens whose alg fits more than one are refused");
-                        }
-                        same_kid.push(Arc::new(key));
                     }
                     None => set.unnamed.push(Arc::new(key)),
                 },
@@ -910,6 +920,15 @@ impl OidcVerifier {
                 }
             }
         }
+        set.by_kid = named
+            .into_iter()
+            .map(|(kid, keys)| {
+                (
+                    kid,
+                    keys.into_iter().map(|(_, key)| Arc::new(key)).collect(),
+                )
+            })
+            .collect();
         set
     }
 
@@ -1049,7 +1068,11 @@ impl<'a> RawHeader<'a> {
         // Untyped, plain `JWT` (most access and ID tokens) or RFC 9068's `at+jwt`; the
         // `application/` prefix may be left out (RFC 7515 §4.1.9).
         if let Some(typ) = &header.typ {
-            let typ = typ.strip_prefix("application/").unwrap_or(typ);
+            // Media types are case-insensitive.
+            let typ = match typ.get(..12) {
+                Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
+                _ => typ,
+            };
             if !typ.eq_ignore_ascii_case("jwt") && !typ.eq_ignore_ascii_case("at+jwt") {
                 return Err(OidcError::WrongType);
             }

@@ -25,9 +25,9 @@ use tracing::Instrument;
 use crate::{
     audit::AuditRecord,
     authn::{self, AuthFailure, Authenticated, Presented, Refused},
-    body_timeout::{Detachable, IdleTimeout, Stalled, stalled},
+    body_timeout::{Detachable, IdleTimeout, Stalled},
     cache::Snapshot,
-    error::{ProxyError, rescue},
+    error::{ProxyError, rescue, source_of},
     forward::{self, Identity},
     normalize,
     policy::{self, RequestFacts, Subject},
@@ -641,11 +641,13 @@ async fn forward_request(
     let mut response = forward::send(&state.client, upstream, watch, timeout)
         .await
         .map_err(|error| match error {
-            ProxyError::UpstreamUnavailable(source) if caused_by_length_limit(source.as_ref()) => {
+            ProxyError::UpstreamUnavailable(source)
+                if source_of::<http_body_util::LengthLimitError>(source.as_ref()).is_some() =>
+            {
                 ProxyError::PayloadTooLarge
             }
             ProxyError::UpstreamUnavailable(source)
-                if stalled(source.as_ref()) == Some(Stalled::RequestBody) =>
+                if source_of::<Stalled>(source.as_ref()) == Some(&Stalled::RequestBody) =>
             {
                 ProxyError::RequestBodyTimeout
             }
@@ -696,17 +698,6 @@ fn forwarded_proto(state: &ProxyState, peer_trusted: bool, headers: &HeaderMap) 
         Some(p) if p.trim().eq_ignore_ascii_case("https") => "https",
         _ => "http",
     }
-}
-
-fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(error);
-    while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 /// The single `Host` (HTTP/1.1) or the URI authority (HTTP/2); two `Host` headers are refused.

@@ -42,6 +42,9 @@ use crate::{
 /// so that with the change feed's poll a revocation closes the tunnel within about a second.
 pub const RECHECK_EVERY: Duration = Duration::from_millis(500);
 
+/// The longest one re-check may take before the tunnel is closed for want of it.
+pub const RECHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The open tunnels of one proxy.
 #[derive(Default)]
 pub struct Tunnels {
@@ -108,6 +111,7 @@ enum End {
     Failed,
     Idle,
     Shutdown,
+    RecheckTimeout,
     /// The request would now be refused; the refusal's audit reason.
     Refused(String),
 }
@@ -123,16 +127,6 @@ impl Tunnels {
             run(state, tunnel, closing).await;
             metrics::gauge!("portcullis_proxy_tunnels_open").decrement(1.0);
         });
-    }
-
-    /// How many tunnels are open.
-    pub fn len(&self) -> usize {
-        self.tracker.len()
-    }
-
-    /// Whether no tunnel is open.
-    pub fn is_empty(&self) -> bool {
-        self.tracker.is_empty()
     }
 
     /// Closes every tunnel and waits until each has queued its audit event. Tunnels have no
@@ -183,10 +177,13 @@ async fn run(state: ProxyState, tunnel: Opened, closing: CancellationToken) {
                     if opened.elapsed().saturating_sub(last) >= idle_limit {
                         return End::Idle;
                     }
-                    if let Err(refused) =
-                        pipeline::readmit(&state, connection.peer, &head, route_id).await
-                    {
-                        return End::Refused(refused.audit_reason());
+                    let check = pipeline::readmit(&state, connection.peer, &head, route_id);
+                    match tokio::time::timeout(RECHECK_TIMEOUT, check).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(refused)) => return End::Refused(refused.audit_reason()),
+                        // A check that cannot finish (a database that hangs) cannot vouch
+                        // for the tunnel either: fail closed.
+                        Err(_) => return End::RecheckTimeout,
                     }
                 }
             };
@@ -212,12 +209,13 @@ async fn run(state: ProxyState, tunnel: Opened, closing: CancellationToken) {
         End::Failed => "failed",
         End::Idle => "idle_timeout",
         End::Shutdown => "proxy_stopping",
+        End::RecheckTimeout => "recheck_timeout",
         End::Refused(reason) => reason.as_str(),
     };
     audit.occurred_at = chrono::Utc::now().trunc_subsecs(6);
     audit.reason = format!("tunnel_closed: {why}");
     audit.permission_id = None;
-    if matches!(end, End::Refused(_)) {
+    if matches!(end, End::Refused(_) | End::RecheckTimeout) {
         audit.decision = Some(AuditDecision::Deny);
     }
     audit.latency_us = Some(opened.elapsed().as_micros() as i64);

@@ -10,24 +10,9 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::support::{TestApp, change_demo_route, eventually, scripted_upstream};
-
-/// Reads until the proxy closes the connection or `limit` passes; `None` if it stayed open.
-async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
-    let mut received = Vec::new();
-    tokio::time::timeout(limit, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => received.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .ok()
-    .map(|()| received)
-}
+use crate::support::{
+    TestApp, change_demo_route, eventually, read_until_closed, scripted_upstream,
+};
 
 /// A client that starts a request head and never finishes it is disconnected after the
 /// header read timeout (slowloris), instead of holding the connection forever.
@@ -131,16 +116,43 @@ async fn a_slow_upload_that_keeps_sending_outlasts_the_upstream_timeout() {
     app.stop().await;
 }
 
+/// An upload larger than the socket buffers between the client and the upstream can hold
+/// (a few MiB each on Linux), so an upstream that stops reading really stops it.
+const UPLOAD_BYTES: usize = 32 * 1024 * 1024;
+
 /// The app with the demo route sent to a [`scripted_upstream`] that answers `reply` and then
 /// holds the connection for a minute, with a 500 ms route timeout.
 async fn with_scripted_upstream(reply: &'static [u8]) -> TestApp {
-    let app = TestApp::spawn(migration::testing::TestDatabase::sqlite().await).await;
+    // Room for uploads larger than every socket buffer on the way can hold.
+    let app = TestApp::spawn_with(migration::testing::TestDatabase::sqlite().await, |config| {
+        config.proxy.max_body_bytes = UPLOAD_BYTES as u64 * 2;
+    })
+    .await;
     let upstream = scripted_upstream(reply, Duration::from_secs(60)).await;
     change_demo_route(&app, |route| {
         route.upstream_url = Set(format!("http://{upstream}"));
         route.timeout_ms = Set(Some(500));
     })
     .await;
+    // Applied once the demo upstream's JSON echo no longer answers: a request sent before
+    // would run under the old route and its 30 s timeout.
+    let applied = eventually(Duration::from_secs(5), || async {
+        let answer = app
+            .http
+            .get(format!("{}/demo/ready", app.dev.proxy_url()))
+            .bearer_auth(app.admin_key())
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        !answer.is_ok_and(|r| {
+            r.status() == 200
+                && r.headers()
+                    .get("content-type")
+                    .is_some_and(|t| t.as_bytes() == b"application/json")
+        })
+    })
+    .await;
+    assert!(applied.is_some(), "the route change never applied");
     app
 }
 
@@ -212,7 +224,7 @@ async fn an_upstream_that_stops_reading_the_body_is_a_504_and_lets_the_client_go
     let timed_out = eventually(Duration::from_secs(15), || async {
         let stream = TcpStream::connect(proxy).await.unwrap();
         let (mut reader, mut writer) = stream.into_split();
-        let body = vec![b'x'; 8 * 1024 * 1024];
+        let body = vec![b'x'; UPLOAD_BYTES];
         let head = format!(
             "POST /demo/upload HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\n\
              Content-Length: {}\r\n\r\n",
@@ -220,9 +232,7 @@ async fn an_upstream_that_stops_reading_the_body_is_a_504_and_lets_the_client_go
         );
         // Written from a task of its own: the proxy stops reading once the upstream does.
         let sending = tokio::spawn(async move {
-            let _ = writer.write_all(head.as_bytes()).await;
-            let _ = writer.write_all(&body).await;
-            writer
+            writer.write_all(head.as_bytes()).await.is_ok() && writer.write_all(&body).await.is_ok()
         });
         let mut response = Vec::new();
         let mut buf = [0u8; 4096];
@@ -235,8 +245,11 @@ async fn an_upstream_that_stops_reading_the_body_is_a_504_and_lets_the_client_go
             }
         })
         .await;
+        // The whole body was not sent: the 504 is the stalled upload's, not an ordinary late
+        // answer after the body fitted in the socket buffers.
         sending.abort();
-        read.is_ok() && response.starts_with(b"HTTP/1.1 504")
+        let sent_all = sending.await.unwrap_or(false);
+        read.is_ok() && response.starts_with(b"HTTP/1.1 504") && !sent_all
     })
     .await;
     assert!(
@@ -248,4 +261,51 @@ async fn an_upstream_that_stops_reading_the_body_is_a_504_and_lets_the_client_go
     tokio::time::timeout(Duration::from_secs(10), app.stop())
         .await
         .expect("the timed-out request still held its client connection");
+}
+
+#[tokio::test]
+async fn an_upstream_that_answers_early_and_stops_reading_lets_the_client_go() {
+    // Answers 401 as soon as it has the head, then reads nothing more and holds on.
+    let app =
+        with_scripted_upstream(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n").await;
+    let key = app.admin_key().to_owned();
+    let proxy = app.dev.proxy_addr;
+    let released = eventually(Duration::from_secs(15), || async {
+        let stream = TcpStream::connect(proxy).await.unwrap();
+        let (mut reader, mut writer) = stream.into_split();
+        let body = vec![b'x'; UPLOAD_BYTES];
+        let head = format!(
+            "POST /demo/upload HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let sending = tokio::spawn(async move {
+            let _ = writer.write_all(head.as_bytes()).await;
+            let _ = writer.write_all(&body).await;
+            writer
+        });
+        // The 401 arrives, then the connection closes once the proxy lets go of the body
+        // the upstream stopped reading (500 ms of silence), not when the upstream gives up.
+        let mut response = Vec::new();
+        let mut buf = [0u8; 4096];
+        let closed = tokio::time::timeout(Duration::from_secs(4), async {
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => response.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        sending.abort();
+        closed.is_ok() && response.starts_with(b"HTTP/1.1 401")
+    })
+    .await;
+    assert!(
+        released.is_some(),
+        "the early answer left the client's connection open"
+    );
+    tokio::time::timeout(Duration::from_secs(10), app.stop())
+        .await
+        .expect("the request's body still held its client connection");
 }

@@ -144,3 +144,39 @@ async fn https_upstreams_are_verified_against_the_configured_ca() {
         app.stop().await;
     }
 }
+
+#[tokio::test]
+async fn connections_still_shaking_hands_count_against_the_cap() {
+    let (_dir, cert, key) = self_signed();
+    let app = TestApp::spawn_with(migration::testing::TestDatabase::sqlite().await, |config| {
+        config.proxy.tls_cert_path = Some(cert.clone());
+        config.proxy.tls_key_path = Some(key.clone());
+        config.proxy.max_connections = 1;
+    })
+    .await;
+    let url = format!("https://localhost:{}/demo/tls", app.dev.proxy_addr.port());
+    // The one slot, held by a connection that never starts its handshake.
+    let holder = tokio::net::TcpStream::connect(app.dev.proxy_addr)
+        .await
+        .unwrap();
+    let waiting = trusting(&cert)
+        .get(&url)
+        .bearer_auth(app.admin_key())
+        .timeout(std::time::Duration::from_millis(700))
+        .send()
+        .await;
+    assert!(
+        waiting.is_err(),
+        "a connection past the cap was served: {waiting:?}"
+    );
+    drop(holder);
+    let served = trusting(&cert)
+        .get(&url)
+        .bearer_auth(app.admin_key())
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    app.stop().await;
+}

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
-use crate::support::{TestApp, eventually, scripted_upstream};
+use crate::support::{TestApp, eventually, read_until_closed, scripted_upstream};
 
 async fn echo_server() -> SocketAddr {
     let app = Router::new().route(
@@ -169,17 +169,7 @@ async fn echo(stream: &mut tokio::net::TcpStream, text: &str) {
 
 /// Whether the proxy closes `stream` within `limit` (end of stream, or reset).
 async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
-    let mut buf = [0u8; 64];
-    tokio::time::timeout(limit, async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .is_ok()
+    read_until_closed(stream, limit).await.is_some()
 }
 
 /// The audit events that closed tunnels, oldest first.

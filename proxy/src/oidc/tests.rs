@@ -736,3 +736,37 @@ async fn oidc_one_kid_on_two_keys_is_used_only_where_the_alg_tells_them_apart() 
         );
     }
 }
+
+#[tokio::test]
+async fn oidc_one_key_listed_once_per_alg_verifies_with_each_listed_alg() {
+    let rsa = TestKey::rsa("rsa-1");
+    let mut as_pss = rsa.jwk.clone();
+    as_pss.common.key_algorithm = Some(jsonwebtoken::jwk::KeyAlgorithm::PS256);
+    let provider = FakeProvider::start().await;
+    provider.discovery_mock().mount(&provider.server).await;
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::path(super::testing::JWKS_PATH))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({ "keys": [&rsa.jwk, &as_pss] })),
+        )
+        .mount(&provider.server)
+        .await;
+    let mut settings = config(&provider);
+    settings.algorithms = vec!["RS256".into(), "PS256".into()];
+    let verifier = Arc::new(OidcVerifier::new(&settings).unwrap());
+    let claims = provider.claims("alice", AUD, &[]);
+    for alg in [
+        jsonwebtoken::Algorithm::RS256,
+        jsonwebtoken::Algorithm::PS256,
+    ] {
+        let mut header = Header::new(alg);
+        header.kid = Some(rsa.kid.clone());
+        assert!(
+            verifier
+                .verify(&rsa.sign_with_header(&header, &claims))
+                .await
+                .is_ok(),
+            "{alg:?} refused"
+        );
+    }
+}

@@ -348,9 +348,15 @@ impl Reason {
 
     /// Whether the reason names a binding, grant or role (its `Display` then carries the id).
     pub fn names_an_id(&self) -> bool {
-        !matches!(
+        matches!(
             self,
-            Self::NoBindings | Self::NoMatchingPermission | Self::OnlyExpiredBindings
+            Self::Binding { .. }
+                | Self::Grant { .. }
+                | Self::BindingExpired { .. }
+                | Self::CidrConditionNotMet { .. }
+                | Self::GrantExpired { .. }
+                | Self::GrantRevoked { .. }
+                | Self::UnknownRole { .. }
         )
     }
 

@@ -236,6 +236,27 @@ pub async fn raw_http(addr: SocketAddr, request: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Reads until the proxy closes the connection or `limit` passes; `None` if it stayed open.
+pub async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| received)
+}
+
 /// An upstream that answers every connection with `reply` after reading its request (one
 /// read), then holds the connection open for `hold` without sending anything more.
 pub async fn scripted_upstream(reply: &'static [u8], hold: Duration) -> SocketAddr {
