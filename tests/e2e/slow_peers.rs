@@ -214,6 +214,30 @@ async fn connections_past_the_cap_wait_until_one_closes() {
     app.stop().await;
 }
 
+/// Starts a POST of [`UPLOAD_BYTES`] to `/demo/upload` through `proxy`, written from a task
+/// of its own (the proxy stops reading once the upstream does): the reading half of the
+/// connection, and the task, which tells whether the whole body was written.
+async fn start_upload(
+    proxy: std::net::SocketAddr,
+    key: &str,
+) -> (
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::task::JoinHandle<bool>,
+) {
+    let stream = TcpStream::connect(proxy).await.unwrap();
+    let (reader, mut writer) = stream.into_split();
+    let body = vec![b'x'; UPLOAD_BYTES];
+    let head = format!(
+        "POST /demo/upload HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let sending = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await.is_ok() && writer.write_all(&body).await.is_ok()
+    });
+    (reader, sending)
+}
+
 #[tokio::test]
 async fn an_upstream_that_stops_reading_the_body_is_a_504_and_lets_the_client_go() {
     // Reads the first few KiB of the request, then nothing, and never answers: the socket
@@ -222,18 +246,7 @@ async fn an_upstream_that_stops_reading_the_body_is_a_504_and_lets_the_client_go
     let key = app.admin_key().to_owned();
     let proxy = app.dev.proxy_addr;
     let timed_out = eventually(Duration::from_secs(15), || async {
-        let stream = TcpStream::connect(proxy).await.unwrap();
-        let (mut reader, mut writer) = stream.into_split();
-        let body = vec![b'x'; UPLOAD_BYTES];
-        let head = format!(
-            "POST /demo/upload HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\n\
-             Content-Length: {}\r\n\r\n",
-            body.len()
-        );
-        // Written from a task of its own: the proxy stops reading once the upstream does.
-        let sending = tokio::spawn(async move {
-            writer.write_all(head.as_bytes()).await.is_ok() && writer.write_all(&body).await.is_ok()
-        });
+        let (mut reader, sending) = start_upload(proxy, &key).await;
         let mut response = Vec::new();
         let mut buf = [0u8; 4096];
         let read = tokio::time::timeout(Duration::from_secs(4), async {
@@ -271,19 +284,7 @@ async fn an_upstream_that_answers_early_and_stops_reading_lets_the_client_go() {
     let key = app.admin_key().to_owned();
     let proxy = app.dev.proxy_addr;
     let released = eventually(Duration::from_secs(15), || async {
-        let stream = TcpStream::connect(proxy).await.unwrap();
-        let (mut reader, mut writer) = stream.into_split();
-        let body = vec![b'x'; UPLOAD_BYTES];
-        let head = format!(
-            "POST /demo/upload HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\n\
-             Content-Length: {}\r\n\r\n",
-            body.len()
-        );
-        let sending = tokio::spawn(async move {
-            let _ = writer.write_all(head.as_bytes()).await;
-            let _ = writer.write_all(&body).await;
-            writer
-        });
+        let (mut reader, sending) = start_upload(proxy, &key).await;
         // The 401 arrives, then the connection closes once the proxy lets go of the body
         // the upstream stopped reading (500 ms of silence), not when the upstream gives up.
         let mut response = Vec::new();
