@@ -654,7 +654,9 @@ async fn forward_request(
             other => other,
         })?;
     if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-        let (Some(protocol), Some(client_upgrade)) = (upgrade, client_upgrade) else {
+        let (Some(protocol), Some(client_upgrade), Some(head)) =
+            (upgrade, client_upgrade, tunnel_head)
+        else {
             return Err(ProxyError::UpstreamUnavailable(
                 "the upstream switched protocols unasked".into(),
             ));
@@ -673,8 +675,7 @@ async fn forward_request(
                 client: client_upgrade,
                 upstream: hyper::upgrade::on(&mut response),
                 connection: connection.clone(),
-                // Set whenever `upgrade` is.
-                head: tunnel_head.unwrap_or_else(|| http::Request::new(()).into_parts().0),
+                head,
                 audit: opened,
             },
         );
