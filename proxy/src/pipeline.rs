@@ -708,23 +708,19 @@ fn host(request: &http::request::Parts) -> Result<Option<String>, ProxyError> {
     if hosts.next().is_some() {
         return Err(ProxyError::AmbiguousRequest("more than one Host header"));
     }
-    match first {
-        Some(value) => {
-            let host = value
+    let host = match first {
+        Some(value) => Some(
+            value
                 .to_str()
-                .map_err(|_| ProxyError::AmbiguousRequest("Host header is not ASCII"))?;
-            normalize::check_host(host)?;
-            Ok(Some(host.to_owned()))
-        }
-        // HTTP/2's `:authority`, or an absolute-form target without a `Host`: checked the same.
-        None => match request.uri.authority() {
-            Some(authority) => {
-                normalize::check_host(authority.as_str())?;
-                Ok(Some(authority.as_str().to_owned()))
-            }
-            None => Ok(None),
-        },
+                .map_err(|_| ProxyError::AmbiguousRequest("Host header is not ASCII"))?,
+        ),
+        // HTTP/2's `:authority`, or an absolute-form target without a `Host`.
+        None => request.uri.authority().map(http::uri::Authority::as_str),
+    };
+    if let Some(host) = host {
+        normalize::check_host(host)?;
     }
+    Ok(host.map(str::to_owned))
 }
 
 fn strip_port(host: &str) -> &str {

@@ -11,7 +11,7 @@ use sea_orm::{ActiveModelTrait, EntityTrait, Set};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::support::{TestApp, eventually, for_each_backend};
+use crate::support::{TestApp, for_each_backend};
 
 async fn on_call_engineer(app: &TestApp) -> Uuid {
     let now = Utc::now();
@@ -115,13 +115,14 @@ async fn a_grant_token_allows_exactly_its_permissions_is_tagged_and_dies_on_revo
             StatusCode::UNAUTHORIZED
         );
         accept_grants_on_demo_route(&app).await;
-        let allowed = eventually(Duration::from_secs(2), || async {
-            app.proxy_get("/demo/incident/logs", Some(&token))
-                .await
-                .status()
-                == StatusCode::OK
-        })
-        .await;
+        let allowed = app
+            .proxy_status_within(
+                "/demo/incident/logs",
+                &token,
+                StatusCode::OK,
+                Duration::from_secs(2),
+            )
+            .await;
         assert!(allowed.is_some());
         let echo: Value = app
             .proxy_get("/demo/incident/logs", Some(&token))
@@ -158,13 +159,14 @@ async fn a_grant_token_allows_exactly_its_permissions_is_tagged_and_dies_on_revo
             grant.revoked_at = Set(Some(Utc::now()));
         })
         .await;
-        let refused = eventually(Duration::from_secs(1), || async {
-            app.proxy_get("/demo/incident/logs", Some(&token))
-                .await
-                .status()
-                == StatusCode::UNAUTHORIZED
-        })
-        .await;
+        let refused = app
+            .proxy_status_within(
+                "/demo/incident/logs",
+                &token,
+                StatusCode::UNAUTHORIZED,
+                Duration::from_secs(1),
+            )
+            .await;
         assert!(refused.is_some(), "revoked grant still works after 1 s");
 
         let db = app.stop().await;
@@ -215,13 +217,14 @@ async fn a_key_request_that_only_a_grant_allows_is_tagged_and_its_denial_names_t
             grant.expires_at = Set(Some(Utc::now() + chrono::Duration::milliseconds(1_500)));
         })
         .await;
-        let refused = eventually(Duration::from_secs(4), || async {
-            app.proxy_get("/demo/incident/logs", Some(&key))
-                .await
-                .status()
-                == StatusCode::FORBIDDEN
-        })
-        .await;
+        let refused = app
+            .proxy_status_within(
+                "/demo/incident/logs",
+                &key,
+                StatusCode::FORBIDDEN,
+                Duration::from_secs(4),
+            )
+            .await;
         assert!(refused.is_some(), "the expired grant still allows the key");
 
         let db = app.stop().await;

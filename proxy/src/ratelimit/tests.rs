@@ -662,6 +662,20 @@ fn redis_server(port: u16, configure: impl FnOnce(&mut std::process::Command)) -
     RedisProcess(child)
 }
 
+/// A `redis-server` that is a replica of a primary that does not exist, and its port: it
+/// answers PING but refuses the script's writes, like a node a failover left behind.
+fn read_only_replica() -> (RedisProcess, u16) {
+    let port = free_port();
+    let replica = redis_server(port, |command| {
+        command.args(["--port", &port.to_string()]).args([
+            "--replicaof",
+            "127.0.0.1",
+            &free_port().to_string(),
+        ]);
+    });
+    (replica, port)
+}
+
 /// A `redis-server` child, stopped when dropped (also when a test fails).
 struct RedisProcess(std::process::Child);
 
@@ -742,16 +756,7 @@ async fn the_recovery_probe_runs_the_script_so_a_read_only_replica_stays_down() 
     let Some(url) = redis_url() else {
         return;
     };
-    // A replica (of a master that does not exist) answers PING but refuses the script's
-    // writes, like a replica left behind by a failover.
-    let port = free_port();
-    let _replica = redis_server(port, |command| {
-        command.args(["--port", &port.to_string()]).args([
-            "--replicaof",
-            "127.0.0.1",
-            &free_port().to_string(),
-        ]);
-    });
+    let (_replica, port) = read_only_replica();
     let timeout = Duration::from_secs(1);
     let replica_url = format!("redis://127.0.0.1:{port}");
     let read_only = RedisLimiter::new(&replica_url, None, timeout).unwrap();
@@ -803,15 +808,8 @@ async fn after_a_failover_behind_one_address_the_probe_reconnects_to_the_new_pri
         .trim_end_matches('/')
         .parse()
         .expect("TEST_REDIS_URL is redis://<ip>:<port>");
-    // The demoted node: a replica (of nothing) that refuses the script's writes.
-    let port = free_port();
-    let _replica = redis_server(port, |command| {
-        command.args(["--port", &port.to_string()]).args([
-            "--replicaof",
-            "127.0.0.1",
-            &free_port().to_string(),
-        ]);
-    });
+    // The demoted node.
+    let (_replica, port) = read_only_replica();
     let target = std::sync::Arc::new(std::sync::Mutex::new(std::net::SocketAddr::from((
         [127, 0, 0, 1],
         port,

@@ -100,6 +100,21 @@ impl TestApp {
         request.send().await.unwrap()
     }
 
+    /// How long until `GET <proxy><path>` with `key` answers `status`, within `limit`
+    /// (changes reach the proxy through its change feed); `None` if it never did.
+    pub async fn proxy_status_within(
+        &self,
+        path: &str,
+        key: &str,
+        status: reqwest::StatusCode,
+        limit: Duration,
+    ) -> Option<Duration> {
+        eventually(limit, || async {
+            self.proxy_get(path, Some(key)).await.status() == status
+        })
+        .await
+    }
+
     /// Runs a GraphQL query against the API and returns the whole JSON response.
     pub async fn graphql(&self, query: &str) -> Value {
         self.http
