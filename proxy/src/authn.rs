@@ -141,6 +141,9 @@ pub struct Authenticated {
     /// Groups the credential itself proves (OIDC groups claim), added to the stored
     /// memberships for this request only. Empty for API keys.
     pub extra_group_ids: Vec<crate::policy::PrincipalId>,
+    /// When the credential itself stops being valid: the key's expiry, the JWT's `exp`.
+    /// `None` for a grant token, whose grant's expiry is the principal's to report.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// An authentication failure that still identifies the key or principal (for audit).
@@ -276,6 +279,7 @@ pub async fn verify_grant_token(
         has_quota: false,
         budget_key_id: None,
         extra_group_ids: Vec::new(),
+        expires_at: None,
     })
 }
 

@@ -173,6 +173,8 @@ pub struct PolicyCache {
     oidc_groups: arc_swap::ArcSwapOption<HashMap<String, Vec<PrincipalId>>>,
     /// Bumped by every eviction, so a load that raced with one is not cached.
     generation: AtomicU64,
+    /// Bumped *after* every eviction and snapshot swap has taken effect; see [`Self::subscribe`].
+    changes: tokio::sync::watch::Sender<u64>,
     cursor: AtomicI64,
     gaps: std::sync::Mutex<Gaps>,
     started: Instant,
@@ -250,6 +252,7 @@ impl PolicyCache {
             oidc_subjects: RwLock::default(),
             oidc_groups: arc_swap::ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
+            changes: tokio::sync::watch::Sender::new(0),
             cursor: AtomicI64::new(cursor),
             gaps: std::sync::Mutex::new(gaps),
             started: Instant::now(),
@@ -302,7 +305,22 @@ impl PolicyCache {
         let snapshot = load_snapshot(&self.db).await?;
         self.snapshot.store(Arc::new(snapshot));
         self.snapshot_loaded_ms.store(loaded_ms, Ordering::Relaxed);
+        self.changed();
         Ok(())
+    }
+
+    /// A counter that moves whenever anything a decision reads from this cache may have
+    /// changed: an entry evicted, the snapshot replaced (also by the periodic reload),
+    /// everything cleared. It moves after the change took effect, so a caller that reads it,
+    /// then decides, and later sees the same value knows the decision still stands as far as
+    /// the cache goes (time is the caller's to watch: expiries do not move it). Open WebSocket
+    /// tunnels wait on it instead of re-checking on a timer.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The current snapshot.
@@ -313,6 +331,13 @@ impl PolicyCache {
     /// Changes whenever cached upstream credentials must be refetched.
     pub fn credential_epoch(&self) -> u64 {
         self.credential_epoch.load(Ordering::Acquire)
+    }
+
+    /// The first moment [`Self::check_fresh`] fails, unless the database is reached before.
+    pub fn stale_at(&self) -> Instant {
+        let last = Duration::from_millis(self.last_sync_ms.load(Ordering::Relaxed));
+        // `check_fresh` counts whole milliseconds and fails only past the limit.
+        self.started + last + self.max_staleness + Duration::from_millis(1)
     }
 
     /// Fails when the database has not been reachable for longer than the allowed staleness.
@@ -550,6 +575,7 @@ impl PolicyCache {
         {
             self.credential_epoch.fetch_add(1, Ordering::AcqRel);
         }
+        self.changed();
         if reload_snapshot {
             self.reload_snapshot().await?;
         }
@@ -758,6 +784,7 @@ impl PolicyCache {
         self.generation.fetch_add(1, Ordering::AcqRel);
         write(&self.oidc_subjects).clear();
         self.oidc_groups.store(None);
+        self.changed();
     }
 }
 

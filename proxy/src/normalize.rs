@@ -122,12 +122,7 @@ pub fn check_host(host: &str) -> Result<(), BadTarget> {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
         (name_ok, port)
     };
-    let port_ok = port.is_none_or(|port| {
-        !port.is_empty()
-            && port.len() <= 5
-            && port.bytes().all(|b| b.is_ascii_digit())
-            && port.parse::<u16>().is_ok()
-    });
+    let port_ok = port.is_none_or(|port| parse_port(port).is_some());
     if name_ok && port_ok {
         Ok(())
     } else {
@@ -295,12 +290,21 @@ fn split_host_port(s: &str) -> (&str, Option<u16>) {
         s.rfind(':')
     };
     match port_sep {
-        Some(idx) => match s[idx + 1..].parse::<u16>() {
-            Ok(port) => (&s[..idx], Some(port)),
-            Err(_) => (s, None),
+        Some(idx) => match parse_port(&s[idx + 1..]) {
+            Some(port) => (&s[..idx], Some(port)),
+            None => (s, None),
         },
         None => (s, None),
     }
+}
+
+/// A port as `Host` may carry it: 1–5 ASCII digits within `u16`. `u16::from_str` alone would
+/// also take a leading `+`.
+fn parse_port(port: &str) -> Option<u16> {
+    if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    port.parse().ok()
 }
 
 /// Validates the high bytes collected from one run of consecutive escapes, then clears it.

@@ -435,6 +435,8 @@ pub struct OidcVerifier {
     refresh: Arc<tokio::sync::Mutex<RefreshState>>,
     /// Completed download attempts; a waiter that sees it move knows a refresh happened.
     attempts: AtomicU64,
+    /// `attempts`, for those who wait for it to move.
+    downloaded: tokio::sync::watch::Sender<u64>,
     clock: Clock,
     /// Tokens that already verified, by SHA-256 of the token; see [`OidcVerifier::verify`].
     verified: std::sync::Mutex<HashMap<[u8; 32], VerifiedToken>>,
@@ -507,6 +509,7 @@ impl OidcVerifier {
             keys: ArcSwap::from_pointee(KeySet::default()),
             refresh: Arc::default(),
             attempts: AtomicU64::new(0),
+            downloaded: tokio::sync::watch::Sender::new(0),
             clock: Clock::default(),
             verified: std::sync::Mutex::default(),
         })
@@ -763,6 +766,12 @@ impl OidcVerifier {
         tokio::spawn(async move { this.download_locked(state).await })
     }
 
+    /// Moves after every completed key download, successful or not: a token verified
+    /// before it moved may verify differently now (an open tunnel checks it again).
+    pub fn subscribe_downloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.downloaded.subscribe()
+    }
+
     async fn download_locked(
         &self,
         mut state: OwnedMutexGuard<RefreshState>,
@@ -789,7 +798,8 @@ impl OidcVerifier {
                 Err(OidcError::ProviderUnavailable)
             }
         };
-        self.attempts.fetch_add(1, Ordering::AcqRel);
+        let attempts = self.attempts.fetch_add(1, Ordering::AcqRel) + 1;
+        self.downloaded.send_replace(attempts);
         outcome
     }
 
@@ -1018,6 +1028,7 @@ pub async fn authenticate(
         has_quota: false,
         budget_key_id: None,
         extra_group_ids: groups,
+        expires_at: Some(identity.expires_at),
     })
 }
 

@@ -26,7 +26,7 @@ use crate::{
     audit::AuditRecord,
     authn::{self, AuthFailure, Authenticated, Presented, Refused},
     body_timeout::{Detachable, IdleTimeout, Stalled},
-    cache::Snapshot,
+    cache::{PrincipalEntry, Snapshot},
     error::{ProxyError, rescue, source_of},
     forward::{self, Identity},
     normalize,
@@ -249,6 +249,9 @@ struct Admission {
     route: Arc<Route>,
     /// `None` on an anonymous route.
     caller: Option<Authenticated>,
+    /// The caller's principal as the decision saw it (with any groups its credential
+    /// proves); `None` on an anonymous route.
+    principal: Option<Arc<PrincipalEntry>>,
     client_ip: IpAddr,
     /// `client_ip` as text (the audit row and `X-Forwarded-For` both carry it).
     client_addr: String,
@@ -270,12 +273,8 @@ async fn admit(
     // A dual-stack listener sees IPv4 clients as `::ffff:a.b.c.d`; every rule, bucket and
     // detector compares plain IPv4, so the address is made canonical before anything uses it.
     let peer_ip = peer.ip().to_canonical();
-    let client_ip = client_ip(peer_ip, &request.headers, &state.config.trusted_proxies)?;
-    let peer_trusted = state
-        .config
-        .trusted_proxies
-        .iter()
-        .any(|net| net.contains(&peer_ip));
+    let (client_ip, peer_trusted) =
+        resolve_client(peer_ip, &request.headers, &state.config.trusted_proxies)?;
     // Formatted once: the audit row and `X-Forwarded-For` both carry it.
     let client_addr = address_text(client_ip);
     audit.client_ip = Some(client_addr.clone());
@@ -320,8 +319,8 @@ async fn admit(
     };
 
     // 5. Authorize.
-    match &caller {
-        Some(caller) => {
+    let principal = match &caller {
+        Some(caller) => Some(
             authorize(
                 state,
                 &snapshot,
@@ -333,19 +332,21 @@ async fn admit(
                 now,
                 audit,
             )
-            .await?
-        }
+            .await?,
+        ),
         None => {
             audit.reason = "anonymous_route".into();
             audit.decision = Some(AuditDecision::Allow);
+            None
         }
-    }
+    };
     Ok(Admission {
         host,
         path,
         query,
         route,
         caller,
+        principal,
         client_ip,
         client_addr,
         peer_trusted,
@@ -362,7 +363,7 @@ pub(crate) async fn readmit(
     peer: SocketAddr,
     head: &http::request::Parts,
     route_id: Option<uuid::Uuid>,
-) -> Result<(), ProxyError> {
+) -> Result<Readmitted, ProxyError> {
     let mut scratch = AuditRecord::new(AuditEventKind::ProxyRequest, "");
     let admission = admit(state, peer, head, &mut scratch).await?;
     // Another route now (the tunnel's was removed, and a wider one matches): its rules were
@@ -370,10 +371,46 @@ pub(crate) async fn readmit(
     if Some(admission.route.id) != route_id {
         return Err(ProxyError::NoRoute);
     }
-    Ok(())
+    Ok(Readmitted {
+        next_expiry: next_expiry(&admission),
+    })
 }
 
-/// Step 5 for an authenticated caller: the RBAC decision, recorded in `audit`.
+/// A request that [`readmit`] admitted again.
+pub(crate) struct Readmitted {
+    /// The first moment after which the same check, on the same policy, could come out
+    /// differently; `None` if nothing it read expires.
+    pub next_expiry: Option<chrono::DateTime<Utc>>,
+}
+
+/// The earliest expiry after `admission.now` among everything the decision read that can
+/// expire: the credential, the principal's bindings and grants (every one, not only the one
+/// that allowed: another may take over, or stop taking over), and the IP rules (an allow
+/// rule's end can block the address). Generous on purpose: an expiry that turns out not to
+/// matter only costs one check more.
+fn next_expiry(admission: &Admission) -> Option<chrono::DateTime<Utc>> {
+    let now = admission.now;
+    let credential = admission.caller.as_ref().and_then(|c| c.expires_at);
+    let principal = admission.principal.iter().flat_map(|p| {
+        let bindings = p.bindings.iter().filter_map(|b| b.expires_at);
+        bindings.chain(p.grants.iter().map(|g| g.expires_at))
+    });
+    let ip_rules = admission
+        .snapshot
+        .global_ip_rules
+        .iter()
+        .chain(&admission.route.ip_rules)
+        .filter_map(|rule| rule.expires_at);
+    credential
+        .into_iter()
+        .chain(principal)
+        .chain(ip_rules)
+        .filter(|at| *at > now)
+        .min()
+}
+
+/// Step 5 for an authenticated caller: the RBAC decision, recorded in `audit`. Returns the
+/// principal as decided on.
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site; the pieces come from earlier steps"
@@ -388,7 +425,7 @@ async fn authorize(
     client_ip: IpAddr,
     now: chrono::DateTime<Utc>,
     audit: &mut AuditRecord,
-) -> Result<(), ProxyError> {
+) -> Result<Arc<PrincipalEntry>, ProxyError> {
     audit.principal_id = Some(caller.principal_id);
     audit.api_key_id = caller.key_id;
     audit.grant_id = caller.grant_id;
@@ -450,7 +487,7 @@ async fn authorize(
     let _ = write!(audit.reason, "{}", decision.reason);
     audit.permission_id = decision.reason.permission_id();
     audit.decision = Some(AuditDecision::Allow);
-    Ok(())
+    Ok(principal)
 }
 
 async fn authenticate(
@@ -477,6 +514,7 @@ async fn authenticate(
                 has_quota: key.has_quota,
                 budget_key_id: Some(key.budget_id),
                 extra_group_ids: Vec::new(),
+                expires_at: key.expires_at,
             }))
         }
         Some(Presented::GrantToken(token)) if accepts(AuthMethod::Grant) => {
@@ -761,10 +799,19 @@ pub fn client_ip(
     headers: &HeaderMap,
     trusted: &[IpNet],
 ) -> Result<IpAddr, ProxyError> {
+    resolve_client(peer, headers, trusted).map(|(client, _)| client)
+}
+
+/// [`client_ip`], and whether the peer itself is a trusted proxy (one scan of the list).
+fn resolve_client(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+) -> Result<(IpAddr, bool), ProxyError> {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     let peer = peer.to_canonical();
     if !is_trusted(&peer) {
-        return Ok(peer);
+        return Ok((peer, false));
     }
     let mut client = peer;
     let entries = headers
@@ -786,7 +833,7 @@ pub fn client_ip(
             break;
         }
     }
-    Ok(client)
+    Ok((client, true))
 }
 
 #[cfg(test)]

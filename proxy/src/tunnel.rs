@@ -3,10 +3,15 @@
 //! longer be admitted, or the proxy stops.
 //!
 //! The tunnel itself is opaque, so the request is checked again (steps 1–5 of the pipeline:
-//! route, IP rules, credential, bindings) every [`RECHECK_EVERY`]: revoking the key, the
-//! binding or the grant, blocking the address or the credential expiring closes the tunnel
-//! as it would refuse a new request. Each tunnel ends with an audit event of its own, with
-//! the same request id as the request that opened it.
+//! route, IP rules, credential, bindings): revoking the key, the binding or the grant,
+//! blocking the address or the credential expiring closes the tunnel as it would refuse a
+//! new request. A tunnel does not poll for that. It sleeps until the policy cache or the
+//! OIDC key set reports a change, something the last check read expires (key, JWT,
+//! binding, grant, IP rule), the policy would go stale, the idle limit is reached, or
+//! [`FULL_RECHECK_EVERY`] has passed, and checks at most once per [`RECHECK_EVERY`]. So
+//! thousands of quiet tunnels cost almost nothing until the policy changes. Each tunnel
+//! ends with an audit event of its own, with the same request id as the request that
+//! opened it.
 
 use std::{
     io,
@@ -33,14 +38,20 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     audit::AuditRecord,
+    error::ProxyError,
     forward::X_API_KEY,
     pipeline::{self, Connection},
     state::ProxyState,
 };
 
-/// How often an open tunnel's request is checked again. Half the revocation target (1 s),
-/// so that with the change feed's poll a revocation closes the tunnel within about a second.
+/// The shortest time between two checks of one tunnel's request, however often the policy
+/// changes: bounds what a burst of changes costs with many tunnels open. Half the
+/// revocation target (1 s), so a revocation still closes the tunnel within about a second.
 pub const RECHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// How long a tunnel goes at most without a full re-check when nothing it depends on moved:
+/// a backstop, should a change ever reach the cache without moving its change counter.
+pub const FULL_RECHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// The longest one re-check may take before the tunnel is closed for want of it.
 pub const RECHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -169,22 +180,67 @@ async fn run(state: ProxyState, tunnel: Opened, closing: CancellationToken) {
             // Polled alongside the copy, so a slow check (a cache miss that goes to the
             // database) never holds up the traffic.
             let watch = async {
-                let mut recheck = tokio::time::interval_at(opened + RECHECK_EVERY, RECHECK_EVERY);
-                recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut policy = state.cache.subscribe();
+                let mut keys = state.oidc.as_ref().map(|o| o.subscribe_downloads());
+                let mut last_check: Option<Check> = None;
+                let mut wake_at = opened + RECHECK_EVERY;
                 loop {
-                    recheck.tick().await;
-                    let last = Duration::from_millis(traffic.last_ms.load(Ordering::Relaxed));
-                    if opened.elapsed().saturating_sub(last) >= idle_limit {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(wake_at) => {}
+                        () = changed(Some(&mut policy)) => {}
+                        () = changed(keys.as_mut()) => {}
+                    }
+                    // However often the policy changes, one check per RECHECK_EVERY at most.
+                    if let Some(check) = &last_check {
+                        tokio::time::sleep_until(check.at + RECHECK_EVERY).await;
+                    }
+                    let idle_until = opened
+                        + Duration::from_millis(traffic.last_ms.load(Ordering::Relaxed))
+                        + idle_limit;
+                    if Instant::now() >= idle_until {
                         return End::Idle;
                     }
-                    let check = pipeline::readmit(&state, connection.peer, &head, route_id);
-                    match tokio::time::timeout(RECHECK_TIMEOUT, check).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(refused)) => return End::Refused(refused.audit_reason()),
-                        // A check that cannot finish (a database that hangs) cannot vouch
-                        // for the tunnel either: fail closed.
-                        Err(_) => return End::RecheckTimeout,
+                    // Policy too old to trust closes the tunnel as it refuses new requests.
+                    if let Err(stale) = state.cache.check_fresh() {
+                        return End::Refused(ProxyError::from(stale).audit_reason());
                     }
+                    // Read (and marked seen) before the check: a change that lands during it
+                    // wakes the tunnel again.
+                    let versions = Versions {
+                        policy: *policy.borrow_and_update(),
+                        oidc_keys: keys.as_mut().map_or(0, |k| *k.borrow_and_update()),
+                    };
+                    let started = Instant::now();
+                    if !last_check
+                        .as_ref()
+                        .is_some_and(|c| c.still_holds(versions, started))
+                    {
+                        let check = pipeline::readmit(&state, connection.peer, &head, route_id);
+                        match tokio::time::timeout(RECHECK_TIMEOUT, check).await {
+                            Ok(Ok(admitted)) => {
+                                last_check = Some(Check {
+                                    versions,
+                                    at: started,
+                                    next_expiry: admitted.next_expiry,
+                                });
+                            }
+                            Ok(Err(refused)) => return End::Refused(refused.audit_reason()),
+                            // A check that cannot finish (a database that hangs) cannot vouch
+                            // for the tunnel either: fail closed.
+                            Err(_) => return End::RecheckTimeout,
+                        }
+                    }
+                    // Nothing to do until the policy changes or one of these comes.
+                    let Some(check) = &last_check else { continue };
+                    wake_at = [
+                        idle_until,
+                        Instant::from_std(state.cache.stale_at()),
+                        check.at + FULL_RECHECK_EVERY,
+                        check.expiry_instant().unwrap_or(idle_until),
+                    ]
+                    .into_iter()
+                    .min()
+                    .unwrap_or(idle_until);
                 }
             };
             tokio::select! {
@@ -224,6 +280,49 @@ async fn run(state: ProxyState, tunnel: Opened, closing: CancellationToken) {
         "tunnel_bytes_from_upstream": traffic.from_upstream.load(Ordering::Relaxed),
     });
     state.audit.record(audit).await;
+}
+
+/// Resolves when `receiver`'s value moves; never, without one (or once its sender is gone).
+async fn changed(receiver: Option<&mut tokio::sync::watch::Receiver<u64>>) {
+    if let Some(receiver) = receiver
+        && receiver.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// The change counters of what a re-check reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Versions {
+    policy: u64,
+    oidc_keys: u64,
+}
+
+/// A re-check that admitted the tunnel's request.
+struct Check {
+    /// The counters read just before it.
+    versions: Versions,
+    /// When it started.
+    at: Instant,
+    /// The first expiry after it among what it read.
+    next_expiry: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Check {
+    /// Whether a check now would read the same policy at a time when none of it has expired
+    /// since, and the backstop interval has not passed.
+    fn still_holds(&self, versions: Versions, now: Instant) -> bool {
+        self.versions == versions
+            && now.duration_since(self.at) < FULL_RECHECK_EVERY
+            && self.next_expiry.is_none_or(|at| chrono::Utc::now() < at)
+    }
+
+    /// `next_expiry` on the runtime's clock.
+    fn expiry_instant(&self) -> Option<Instant> {
+        let left = self.next_expiry? - chrono::Utc::now();
+        Some(Instant::now() + left.to_std().unwrap_or(Duration::ZERO))
+    }
 }
 
 /// What crossed a tunnel, and when it last did.
@@ -276,5 +375,44 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEEN: Versions = Versions {
+        policy: 7,
+        oidc_keys: 2,
+    };
+
+    fn check(at: Instant, next_expiry: Option<chrono::DateTime<chrono::Utc>>) -> Check {
+        Check {
+            versions: SEEN,
+            at,
+            next_expiry,
+        }
+    }
+
+    #[test]
+    fn a_check_stands_until_policy_moves_something_expires_or_the_backstop_is_due() {
+        let at = Instant::now();
+        let soon = at + Duration::from_secs(1);
+        let later = chrono::Utc::now() + chrono::Duration::hours(1);
+        assert!(check(at, None).still_holds(SEEN, soon));
+        assert!(check(at, Some(later)).still_holds(SEEN, soon));
+        for moved in [
+            Versions { policy: 8, ..SEEN },
+            Versions {
+                oidc_keys: 3,
+                ..SEEN
+            },
+        ] {
+            assert!(!check(at, None).still_holds(moved, soon));
+        }
+        let passed = chrono::Utc::now() - chrono::Duration::milliseconds(1);
+        assert!(!check(at, Some(passed)).still_holds(SEEN, soon));
+        assert!(!check(at, None).still_holds(SEEN, at + FULL_RECHECK_EVERY));
     }
 }

@@ -87,30 +87,40 @@ async fn ws_route(app: &TestApp, upstream: SocketAddr) -> Uuid {
     .insert(&app.db)
     .await
     .unwrap();
-    let admin = app.admin_id().await;
+    announce(app, proxy::cache::kind::ROUTE, route.id).await;
+    announce(app, proxy::cache::kind::ROLE, role.id).await;
+    bind(app, role.id, app.admin_id().await, None).await;
+    route.id
+}
+
+/// Binds `role` to `principal` until `expires_at`, and reports it on the change feed.
+async fn bind(
+    app: &TestApp,
+    role: Uuid,
+    principal: Uuid,
+    expires_at: Option<chrono::DateTime<Utc>>,
+) {
     role_binding::ActiveModel {
         id: Set(Uuid::now_v7()),
-        role_id: Set(role.id),
-        principal_id: Set(admin),
+        role_id: Set(role),
+        principal_id: Set(principal),
         conditions: Set(json!({})),
-        expires_at: Set(None),
+        expires_at: Set(expires_at),
         reason: Set(None),
         created_by: Set(None),
-        created_at: Set(now),
+        created_at: Set(Utc::now()),
     }
     .insert(&app.db)
     .await
     .unwrap();
-    for (kind, id) in [
-        (proxy::cache::kind::ROUTE, route.id),
-        (proxy::cache::kind::ROLE, role.id),
-        (proxy::cache::kind::ROLE_BINDING, admin),
-    ] {
-        api::service::feed::record(&app.db, kind, id, PolicyChangeOp::Upsert)
-            .await
-            .unwrap();
-    }
-    route.id
+    announce(app, proxy::cache::kind::ROLE_BINDING, principal).await;
+}
+
+/// Reports a change to `id` on the change feed, as the API would.
+async fn announce(app: &TestApp, kind: &str, id: Uuid) {
+    api::service::feed::record(&app.db, kind, id, PolicyChangeOp::Upsert)
+        .await
+        .unwrap();
 }
 
 fn handshake(key: Option<&str>) -> String {
@@ -276,6 +286,9 @@ async fn revoking_the_key_closes_its_open_tunnel_and_the_audit_says_why() {
 
     let mut stream = open_tunnel(proxy, &key).await;
     echo(&mut stream, "before").await;
+    // Past the tunnel's first re-check: from then on it checks again only when the policy
+    // cache reports a change, so this also shows that the revocation is reported.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     app.update_key(key_id, |row| {
         row.revoked_at = Set(Some(Utc::now()));
         row.revoked_reason = Set(Some("leaked".into()));
@@ -349,6 +362,8 @@ async fn a_tunnel_closes_when_its_route_goes_even_if_a_wider_route_would_admit_i
 
     let mut stream = open_tunnel(proxy, &key).await;
     echo(&mut stream, "on the ws route").await;
+    // Past the first re-check, as in the revocation test: the snapshot reload must be reported.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let mut route: route::ActiveModel = route::Entity::find_by_id(ws)
         .one(&app.db)
         .await
@@ -357,14 +372,7 @@ async fn a_tunnel_closes_when_its_route_goes_even_if_a_wider_route_would_admit_i
         .into();
     route.enabled = Set(false);
     route.update(&app.db).await.unwrap();
-    api::service::feed::record(
-        &app.db,
-        proxy::cache::kind::ROUTE,
-        ws,
-        PolicyChangeOp::Upsert,
-    )
-    .await
-    .unwrap();
+    announce(&app, proxy::cache::kind::ROUTE, ws).await;
     assert!(
         closed_within(&mut stream, Duration::from_secs(3)).await,
         "the tunnel outlived its route under the catch-all's rules"
@@ -411,4 +419,82 @@ async fn an_open_tunnel_holds_its_connection_slot() {
         .expect("the waiting connection was never served");
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     app.stop().await;
+}
+
+/// Opens a tunnel with `key`, which stops admitting at `expires` with nothing on the change
+/// feed to say so, and checks that the tunnel closes right after that moment: not before,
+/// and not as late as the periodic full re-check (`FULL_RECHECK_EVERY`, 10 s). Returns the
+/// audit reason it closed with.
+async fn closes_when_it_expires(app: TestApp, key: &str, expires: chrono::DateTime<Utc>) -> String {
+    let proxy = app.dev.proxy_addr;
+    let mut stream = open_tunnel(proxy, key).await;
+    echo(&mut stream, "before expiry").await;
+    let left = (expires - Utc::now())
+        .to_std()
+        .expect("opened before expiry");
+    assert!(
+        closed_within(&mut stream, left + Duration::from_millis(1500)).await,
+        "the tunnel outlived what admitted it by more than a second"
+    );
+    assert!(Utc::now() >= expires, "the tunnel closed before expiry");
+    let db = app.stop().await;
+    let ended = tunnel_ends(&db).await;
+    db.drop_database().await;
+    // The others are `answers`' handshakes, closed by the client.
+    let refused: Vec<_> = ended
+        .iter()
+        .filter(|e| e.decision == Some(entity::audit_event::AuditDecision::Deny))
+        .collect();
+    assert_eq!(refused.len(), 1, "{ended:?}");
+    refused[0].reason.clone()
+}
+
+#[tokio::test]
+async fn a_tunnel_closes_when_its_key_expires_though_no_policy_changed() {
+    let app = TestApp::spawn(migration::testing::TestDatabase::sqlite().await).await;
+    ws_route(&app, echo_server().await).await;
+    let (key_id, key) = app.insert_key(app.admin_id().await).await;
+    let expires = Utc::now() + chrono::Duration::seconds(4);
+    app.update_key(key_id, |row| row.expires_at = Set(Some(expires)))
+        .await;
+    assert!(answers(app.dev.proxy_addr, &key, "HTTP/1.1 101").await);
+    let reason = closes_when_it_expires(app, &key, expires).await;
+    assert_eq!(reason, "tunnel_closed: key_expired");
+}
+
+#[tokio::test]
+async fn a_tunnel_closes_when_the_binding_that_admitted_it_expires() {
+    let app = TestApp::spawn(migration::testing::TestDatabase::sqlite().await).await;
+    ws_route(&app, echo_server().await).await;
+    let now = Utc::now();
+    let user = entity::principal::ActiveModel::new_principal(
+        Uuid::now_v7(),
+        entity::principal::PrincipalKind::User,
+        "contractor",
+        "Contractor with a week's access",
+        now,
+    )
+    .insert(&app.db)
+    .await
+    .unwrap()
+    .id;
+    let ws_role = {
+        use sea_orm::{ColumnTrait, QueryFilter};
+        role::Entity::find()
+            .filter(role::Column::Name.eq("ws-user"))
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap()
+            .id
+    };
+    let expires = now + chrono::Duration::seconds(4);
+    bind(&app, ws_role, user, Some(expires)).await;
+    let (_, key) = app.insert_key(user).await;
+    assert!(answers(app.dev.proxy_addr, &key, "HTTP/1.1 101").await);
+    let reason = closes_when_it_expires(app, &key, expires).await;
+    assert!(
+        reason.starts_with("tunnel_closed: binding_expired: "),
+        "{reason}"
+    );
 }

@@ -388,3 +388,26 @@ fn host_headers_must_be_a_host_and_an_optional_port() {
         assert_eq!(check_host(bad), Err(BadTarget::BadHost), "{bad:?}");
     }
 }
+
+#[test]
+fn split_host_port_takes_only_a_digit_port_and_keeps_anything_else_in_the_host() {
+    assert_eq!(
+        split_host_port("api.example:8443"),
+        ("api.example", Some(8443))
+    );
+    assert_eq!(
+        split_host_port("[2001:db8::1]:443"),
+        ("[2001:db8::1]", Some(443))
+    );
+    assert_eq!(split_host_port("[2001:db8::1]"), ("[2001:db8::1]", None));
+    // A suffix that is not a port can only make the comparison fail, never match more.
+    assert_eq!(
+        split_host_port("api.example:+80"),
+        ("api.example:+80", None)
+    );
+    assert_eq!(
+        split_host_port("api.example:70000"),
+        ("api.example:70000", None)
+    );
+    assert_eq!(split_host_port("api.example:"), ("api.example:", None));
+}
