@@ -109,6 +109,21 @@ pub struct KeyEntry {
     pub budget_id: Uuid,
 }
 
+impl KeyEntry {
+    /// Whether two loads of a key admit and refuse the same requests (presence, owner,
+    /// revoked, suspended, expiry).
+    fn decides_alike(a: &Option<Arc<Self>>, b: &Option<Arc<Self>>) -> bool {
+        match (a, b) {
+            (None, None) => true,
+            (Some(a), Some(b)) => {
+                (a.id, a.principal_id, a.revoked, a.suspended, a.expires_at)
+                    == (b.id, b.principal_id, b.revoked, b.suspended, b.expires_at)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// An incident-grant token as enforced.
 #[derive(Debug, Clone)]
 pub struct GrantTokenEntry {
@@ -137,6 +152,16 @@ pub struct PrincipalEntry {
     /// Incident grants that are approved and not yet expired or revoked.
     pub grants: Vec<Grant>,
     loaded_at: Instant,
+}
+
+impl PrincipalEntry {
+    /// Whether two loads of a principal admit and refuse the same requests.
+    fn decides_alike(&self, other: &Self) -> bool {
+        self.disabled == other.disabled
+            && self.group_ids == other.group_ids
+            && self.bindings == other.bindings
+            && self.grants == other.grants
+    }
 }
 
 /// Everything cached is reloaded at least this often unless [`PolicyCache::with_max_age`]
@@ -287,6 +312,7 @@ impl PolicyCache {
             return;
         }
         match self.reload_snapshot().await {
+            // Forgetting moves the change counter too, after the new snapshot is in place.
             Ok(()) => self.forget_oidc_identities(),
             Err(error) => {
                 tracing::warn!(%error, "periodic policy reload failed; retrying shortly");
@@ -305,7 +331,6 @@ impl PolicyCache {
         let snapshot = load_snapshot(&self.db).await?;
         self.snapshot.store(Arc::new(snapshot));
         self.snapshot_loaded_ms.store(loaded_ms, Ordering::Relaxed);
-        self.changed();
         Ok(())
     }
 
@@ -381,13 +406,18 @@ impl PolicyCache {
             if entry.is_none() && keys.len() >= MAX_NEGATIVE_KEYS {
                 keys.retain(|_, cached| cached.entry.is_some());
             }
-            keys.insert(
+            let replaced = keys.insert(
                 prefix.to_owned(),
                 CachedKey {
                     entry: entry.clone(),
                     loaded_at: Instant::now(),
                 },
             );
+            drop(keys);
+            // Reloaded for its age and found different: a change the feed never reported.
+            if replaced.is_some_and(|old| !KeyEntry::decides_alike(&old.entry, &entry)) {
+                self.changed();
+            }
         }
         Ok(entry)
     }
@@ -453,7 +483,12 @@ impl PolicyCache {
         // stale entry.
         let mut principals = write(&self.principals);
         if self.generation.load(Ordering::Acquire) == generation {
-            principals.insert(id, entry.clone());
+            let replaced = principals.insert(id, entry.clone());
+            drop(principals);
+            // Reloaded for its age and found different: a change the feed never reported.
+            if replaced.is_some_and(|old| !old.decides_alike(&entry)) {
+                self.changed();
+            }
         }
         Ok(Some(entry))
     }
@@ -575,11 +610,15 @@ impl PolicyCache {
         {
             self.credential_epoch.fetch_add(1, Ordering::AcqRel);
         }
+        let reloaded = if reload_snapshot {
+            self.reload_snapshot().await
+        } else {
+            Ok(())
+        };
+        // Once, after everything above took effect (and also when the reload failed: the
+        // evictions stand).
         self.changed();
-        if reload_snapshot {
-            self.reload_snapshot().await?;
-        }
-        Ok(())
+        reloaded
     }
 
     /// Polls the feed until `stop` resolves.

@@ -428,6 +428,8 @@ pub struct OidcVerifier {
     /// Prebuilt per allowed algorithm (jsonwebtoken wants one key family per `Validation`):
     /// iss, aud, exp, nbf with leeway, required claims, and exactly that algorithm.
     validations: Vec<(Algorithm, Validation)>,
+    /// How long past `exp` a token is still accepted.
+    leeway: chrono::Duration,
     cooldown: Duration,
     max_age: Duration,
     http: reqwest::Client,
@@ -503,6 +505,7 @@ impl OidcVerifier {
             authorized_parties: config.authorized_parties.clone(),
             algorithms,
             validations,
+            leeway: chrono::Duration::seconds(i64::try_from(config.leeway_secs).unwrap_or(300)),
             cooldown: Duration::from_secs(config.jwks_refresh_cooldown_secs),
             max_age: Duration::from_secs(config.jwks_max_age_secs),
             http,
@@ -1028,7 +1031,8 @@ pub async fn authenticate(
         has_quota: false,
         budget_key_id: None,
         extra_group_ids: groups,
-        expires_at: Some(identity.expires_at),
+        // jsonwebtoken refuses a token once whole seconds past `exp` exceed the leeway.
+        expires_at: Some(identity.expires_at + verifier.leeway + chrono::Duration::seconds(1)),
     })
 }
 

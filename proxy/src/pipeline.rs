@@ -587,6 +587,19 @@ async fn forward_request(
     body: Body,
     audit: &AuditRecord,
 ) -> Result<Response, ProxyError> {
+    // WebSocket: the client's side of the upgrade, joined to the upstream's after its 101.
+    // Only a GET opens one (RFC 6455 §4.1), and only with a key the upstream must answer.
+    let upgrade = forward::websocket_upgrade(&parts.headers)
+        .filter(|_| parts.method == Method::GET)
+        .filter(|_| parts.headers.contains_key(header::SEC_WEBSOCKET_KEY));
+    let websocket_key = upgrade
+        .as_ref()
+        .and_then(|_| parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned());
+    let client_upgrade = upgrade
+        .as_ref()
+        .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    // A tunnel's first check is due at the first expiry among what admitted it.
+    let tunnel_expiry = upgrade.as_ref().and_then(|_| next_expiry(&admission));
     let Admission {
         host,
         path,
@@ -600,17 +613,6 @@ async fn forward_request(
     } = admission;
     drop(snapshot);
     let max = state.config.max_body_bytes;
-    // WebSocket: the client's side of the upgrade, joined to the upstream's after its 101.
-    // Only a GET opens one (RFC 6455 §4.1), and only with a key the upstream must answer.
-    let upgrade = forward::websocket_upgrade(&parts.headers)
-        .filter(|_| parts.method == Method::GET)
-        .filter(|_| parts.headers.contains_key(header::SEC_WEBSOCKET_KEY));
-    let websocket_key = upgrade
-        .as_ref()
-        .and_then(|_| parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned());
-    let client_upgrade = upgrade
-        .as_ref()
-        .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -715,6 +717,7 @@ async fn forward_request(
                 connection: connection.clone(),
                 head,
                 audit: opened,
+                next_expiry: tunnel_expiry,
             },
         );
     }

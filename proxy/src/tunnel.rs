@@ -91,6 +91,10 @@ pub(crate) struct Opened {
     pub head: http::request::Parts,
     /// The opening request's audit event: the closing event starts as a copy.
     pub audit: AuditRecord,
+    /// The first expiry among what admitted the opening request (see
+    /// [`pipeline::readmit`]): the first check is due then if that comes before
+    /// [`RECHECK_EVERY`].
+    pub next_expiry: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What the re-check needs of the head that opened a tunnel: method, target, and the
@@ -158,6 +162,7 @@ async fn run(state: ProxyState, tunnel: Opened, closing: CancellationToken) {
         connection,
         head,
         mut audit,
+        next_expiry,
     } = tunnel;
     let route_id = audit.route_id;
     let traffic = Traffic::default();
@@ -183,15 +188,17 @@ async fn run(state: ProxyState, tunnel: Opened, closing: CancellationToken) {
                 let mut policy = state.cache.subscribe();
                 let mut keys = state.oidc.as_ref().map(|o| o.subscribe_downloads());
                 let mut last_check: Option<Check> = None;
-                let mut wake_at = opened + RECHECK_EVERY;
+                let mut wake_at = (opened + RECHECK_EVERY)
+                    .min(instant_of(next_expiry).unwrap_or(opened + RECHECK_EVERY));
                 loop {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(wake_at) => {}
-                        () = changed(Some(&mut policy)) => {}
-                        () = changed(keys.as_mut()) => {}
-                    }
+                    let by_change = tokio::select! {
+                        () = tokio::time::sleep_until(wake_at) => false,
+                        () = changed(Some(&mut policy)) => true,
+                        () = changed(keys.as_mut()) => true,
+                    };
                     // However often the policy changes, one check per RECHECK_EVERY at most.
-                    if let Some(check) = &last_check {
+                    // A deadline of the tunnel's own (an expiry, staleness) is not held back.
+                    if by_change && let Some(check) = &last_check {
                         tokio::time::sleep_until(check.at + RECHECK_EVERY).await;
                     }
                     let idle_until = opened
@@ -236,7 +243,7 @@ async fn run(state: ProxyState, tunnel: Opened, closing: CancellationToken) {
                         idle_until,
                         Instant::from_std(state.cache.stale_at()),
                         check.at + FULL_RECHECK_EVERY,
-                        check.expiry_instant().unwrap_or(idle_until),
+                        instant_of(check.next_expiry).unwrap_or(idle_until),
                     ]
                     .into_iter()
                     .min()
@@ -282,6 +289,12 @@ async fn run(state: ProxyState, tunnel: Opened, closing: CancellationToken) {
     state.audit.record(audit).await;
 }
 
+/// A wall-clock moment on the runtime's clock (now, if it has passed).
+fn instant_of(at: Option<chrono::DateTime<chrono::Utc>>) -> Option<Instant> {
+    let left = at? - chrono::Utc::now();
+    Some(Instant::now() + left.to_std().unwrap_or(Duration::ZERO))
+}
+
 /// Resolves when `receiver`'s value moves; never, without one (or once its sender is gone).
 async fn changed(receiver: Option<&mut tokio::sync::watch::Receiver<u64>>) {
     if let Some(receiver) = receiver
@@ -316,12 +329,6 @@ impl Check {
         self.versions == versions
             && now.duration_since(self.at) < FULL_RECHECK_EVERY
             && self.next_expiry.is_none_or(|at| chrono::Utc::now() < at)
-    }
-
-    /// `next_expiry` on the runtime's clock.
-    fn expiry_instant(&self) -> Option<Instant> {
-        let left = self.next_expiry? - chrono::Utc::now();
-        Some(Instant::now() + left.to_std().unwrap_or(Duration::ZERO))
     }
 }
 

@@ -432,6 +432,12 @@ async fn closes_when_it_expires(app: TestApp, key: &str, expires: chrono::DateTi
     let left = (expires - Utc::now())
         .to_std()
         .expect("opened before expiry");
+    // With less left, the tunnel's first check (0.5 s after opening) would catch the expiry
+    // anyway and the test would not show that the expiry itself is watched.
+    assert!(
+        left >= Duration::from_secs(1),
+        "set-up took too long: {left:?}"
+    );
     assert!(
         closed_within(&mut stream, left + Duration::from_millis(1500)).await,
         "the tunnel outlived what admitted it by more than a second"
