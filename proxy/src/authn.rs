@@ -332,41 +332,22 @@ mod tests {
     /// refill amount once the interval has passed since the last refill, and not before.
     #[tokio::test]
     async fn a_quota_refills_once_its_interval_has_passed() {
-        use entity::{api_key, principal};
+        use entity::api_key;
         use sea_orm::{ActiveModelTrait, EntityTrait, Set};
         for db in migration::testing::TestDatabase::all().await {
             let db = db.migrated().await;
             let now = Utc::now();
-            let owner = Uuid::now_v7();
-            principal::ActiveModel::new_principal(
-                owner,
-                principal::PrincipalKind::ServiceAccount,
-                "svc",
-                "svc",
-                now,
-            )
-            .insert(&db.conn)
-            .await
-            .expect("principal");
-            let key = Uuid::now_v7();
-            api_key::ActiveModel {
+            let key = api_key::ActiveModel {
                 remaining_uses: Set(Some(0)),
                 refill_amount: Set(Some(5)),
                 refill_interval_seconds: Set(Some(60)),
                 last_refill_at: Set(Some(now - chrono::Duration::seconds(30))),
-                ..api_key::ActiveModel::new_key(api_key::NewKey {
-                    id: key,
-                    principal_id: owner,
-                    name: "quota",
-                    prefix: "pcl_test_quota",
-                    hash: "00".repeat(32),
-                    environment: "test",
-                    now,
-                })
+                ..crate::test_rows::service_account_key(&db.conn, "pcl_test_quota", now).await
             }
             .insert(&db.conn)
             .await
-            .expect("key");
+            .expect("key")
+            .id;
             let left = || async {
                 api_key::Entity::find_by_id(key)
                     .one(&db.conn)

@@ -1306,6 +1306,53 @@ mod tests {
         ));
     }
 
+    /// The feed is the usual way changes arrive; an entry reloaded for its age is the
+    /// backstop. When that reload finds the key different, open tunnels must hear of it.
+    #[tokio::test]
+    async fn a_key_reloaded_for_its_age_moves_the_change_counter_only_when_it_changed() {
+        use sea_orm::{ActiveModelTrait, Set};
+        let db = migration::testing::TestDatabase::sqlite()
+            .await
+            .migrated()
+            .await;
+        let now = Utc::now();
+        let key = crate::test_rows::service_account_key(&db.conn, "pcl_test_aged", now)
+            .await
+            .insert(&db.conn)
+            .await
+            .expect("key");
+        let cache = PolicyCache::load(db.conn.clone(), Duration::from_secs(60))
+            .await
+            .expect("load")
+            .with_max_age(Duration::from_millis(1));
+        let mut changes = cache.subscribe();
+        let revoked = |entry: Option<Arc<KeyEntry>>| entry.map(|e| e.revoked);
+        assert_eq!(
+            revoked(cache.key("pcl_test_aged").await.ok().flatten()),
+            Some(false)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(
+            revoked(cache.key("pcl_test_aged").await.ok().flatten()),
+            Some(false)
+        );
+        assert!(!changes.has_changed().unwrap_or(true), "reloaded the same");
+
+        // Revoked behind the feed's back.
+        let mut row: entity::api_key::ActiveModel = key.into();
+        row.revoked_at = Set(Some(now));
+        row.update(&db.conn).await.expect("revoke");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(
+            revoked(cache.key("pcl_test_aged").await.ok().flatten()),
+            Some(true)
+        );
+        assert!(
+            changes.has_changed().unwrap_or(false),
+            "the revocation went unheard"
+        );
+    }
+
     #[test]
     fn grant_permissions_with_unreadable_methods_are_dropped() {
         let permissions = grant_permissions(&json!([

@@ -25,6 +25,8 @@ pub mod ratelimit;
 pub mod request_id;
 pub mod routes;
 pub mod state;
+#[cfg(test)]
+mod test_rows;
 pub mod tunnel;
 
 use std::convert::Infallible;

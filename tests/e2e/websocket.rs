@@ -93,6 +93,42 @@ async fn ws_route(app: &TestApp, upstream: SocketAddr) -> Uuid {
     route.id
 }
 
+/// A user (linked to an OIDC issuer and subject, if given) bound to the role [`ws_route`]
+/// creates until `expires_at`; returns its id.
+async fn ws_user(
+    app: &TestApp,
+    name: &str,
+    oidc: Option<(&str, &str)>,
+    expires_at: Option<chrono::DateTime<Utc>>,
+) -> Uuid {
+    use sea_orm::{ColumnTrait, QueryFilter};
+    let user = entity::principal::ActiveModel {
+        oidc_issuer: Set(oidc.map(|(issuer, _)| issuer.to_owned())),
+        oidc_subject: Set(oidc.map(|(_, subject)| subject.to_owned())),
+        ..entity::principal::ActiveModel::new_principal(
+            Uuid::now_v7(),
+            entity::principal::PrincipalKind::User,
+            name,
+            name,
+            Utc::now(),
+        )
+    }
+    .insert(&app.db)
+    .await
+    .unwrap()
+    .id;
+    announce(app, proxy::cache::kind::PRINCIPAL, user).await;
+    let role = role::Entity::find()
+        .filter(role::Column::Name.eq("ws-user"))
+        .one(&app.db)
+        .await
+        .unwrap()
+        .expect("ws_route ran")
+        .id;
+    bind(app, role, user, expires_at).await;
+    user
+}
+
 /// Binds `role` to `principal` until `expires_at`, and reports it on the change feed.
 async fn bind(
     app: &TestApp,
@@ -114,6 +150,19 @@ async fn bind(
     .await
     .unwrap();
     announce(app, proxy::cache::kind::ROLE_BINDING, principal).await;
+}
+
+/// Changes route `id` and reports it on the change feed.
+async fn change_route(app: &TestApp, id: Uuid, change: impl FnOnce(&mut route::ActiveModel)) {
+    let mut route: route::ActiveModel = route::Entity::find_by_id(id)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .expect("route exists")
+        .into();
+    change(&mut route);
+    route.update(&app.db).await.unwrap();
+    announce(app, proxy::cache::kind::ROUTE, id).await;
 }
 
 /// Reports a change to `id` on the change feed, as the API would.
@@ -364,15 +413,7 @@ async fn a_tunnel_closes_when_its_route_goes_even_if_a_wider_route_would_admit_i
     echo(&mut stream, "on the ws route").await;
     // Past the first re-check, as in the revocation test: the snapshot reload must be reported.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let mut route: route::ActiveModel = route::Entity::find_by_id(ws)
-        .one(&app.db)
-        .await
-        .unwrap()
-        .unwrap()
-        .into();
-    route.enabled = Set(false);
-    route.update(&app.db).await.unwrap();
-    announce(&app, proxy::cache::kind::ROUTE, ws).await;
+    change_route(&app, ws, |route| route.enabled = Set(false)).await;
     assert!(
         closed_within(&mut stream, Duration::from_secs(3)).await,
         "the tunnel outlived its route under the catch-all's rules"
@@ -472,30 +513,8 @@ async fn a_tunnel_closes_when_its_key_expires_though_no_policy_changed() {
 async fn a_tunnel_closes_when_the_binding_that_admitted_it_expires() {
     let app = TestApp::spawn(migration::testing::TestDatabase::sqlite().await).await;
     ws_route(&app, echo_server().await).await;
-    let now = Utc::now();
-    let user = entity::principal::ActiveModel::new_principal(
-        Uuid::now_v7(),
-        entity::principal::PrincipalKind::User,
-        "contractor",
-        "Contractor with a week's access",
-        now,
-    )
-    .insert(&app.db)
-    .await
-    .unwrap()
-    .id;
-    let ws_role = {
-        use sea_orm::{ColumnTrait, QueryFilter};
-        role::Entity::find()
-            .filter(role::Column::Name.eq("ws-user"))
-            .one(&app.db)
-            .await
-            .unwrap()
-            .unwrap()
-            .id
-    };
-    let expires = now + chrono::Duration::seconds(4);
-    bind(&app, ws_role, user, Some(expires)).await;
+    let expires = Utc::now() + chrono::Duration::seconds(4);
+    let user = ws_user(&app, "contractor", None, Some(expires)).await;
     let (_, key) = app.insert_key(user).await;
     assert!(answers(app.dev.proxy_addr, &key, "HTTP/1.1 101").await);
     let reason = closes_when_it_expires(app, &key, expires).await;
@@ -503,4 +522,36 @@ async fn a_tunnel_closes_when_the_binding_that_admitted_it_expires() {
         reason.starts_with("tunnel_closed: binding_expired: "),
         "{reason}"
     );
+}
+
+#[tokio::test]
+async fn a_tunnel_opened_with_a_jwt_closes_when_the_token_is_refused_after_exp_and_leeway() {
+    use proxy::oidc::{
+        OidcConfig,
+        testing::{FakeProvider, TestKey},
+    };
+    const AUDIENCE: &str = "portcullis-ws";
+    let key = TestKey::rsa("ws-rsa");
+    let provider = FakeProvider::start().await;
+    provider.serve(&[&key]).await;
+    let issuer = provider.issuer();
+    let app = TestApp::spawn_with(migration::testing::TestDatabase::sqlite().await, |config| {
+        let mut oidc = OidcConfig::new(issuer.clone(), vec![AUDIENCE.into()]);
+        oidc.leeway_secs = 2;
+        config.proxy.oidc = Some(oidc);
+    })
+    .await;
+    let ws = ws_route(&app, echo_server().await).await;
+    change_route(&app, ws, |route| route.auth_methods = Set(json!(["oidc"]))).await;
+    let now = Utc::now();
+    ws_user(&app, "carol", Some((&issuer, "carol-sub")), None).await;
+    // A token that expires in 3 s; with 2 s of leeway it is refused from exp + 3 s.
+    let mut claims = provider.claims("carol-sub", AUDIENCE, &[]);
+    let exp = now.timestamp() + 3;
+    claims["exp"] = json!(exp);
+    let token = key.sign(&claims);
+    assert!(answers(app.dev.proxy_addr, &token, "HTTP/1.1 101").await);
+    let refused_from = chrono::DateTime::from_timestamp(exp + 3, 0).unwrap();
+    let reason = closes_when_it_expires(app, &token, refused_from).await;
+    assert_eq!(reason, "tunnel_closed: jwt_expired");
 }
