@@ -6,11 +6,11 @@
 # that costs per tunnel. Prints tunnels open, CPU (% of one core), and RSS.
 #
 # Needs: python3, a release build (cargo build --release). Usage:
-#   bench/tunnels.sh [tunnels...]        (default: 1000 5000)
+#   bench/tunnels.sh [tunnels...]        (default: 0 1000 8000; 0 is the proxy's own idle cost)
 #   BIN=/path/to/other/portcullis WINDOW=10 bench/tunnels.sh 5000
 set -euo pipefail
 cd "$(dirname "$0")/.."
-COUNTS=("${@:-1000 5000}")
+COUNTS=("${@:-0 1000 8000}")
 read -r -a COUNTS <<<"${COUNTS[*]}"
 BIN=${BIN:-target/release/portcullis}
 WINDOW=${WINDOW:-10}
@@ -93,23 +93,27 @@ python3 -c 'import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); db.executesc
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$1/status"; }
+fail() { echo "$1; the end of the proxy's log:" >&2; tail -5 "$WORK/proxy.log" >&2; exit 1; }
 printf '%-8s %-16s %s\n' tunnels "proxy CPU" RSS
-for n in "${COUNTS[@]}"; do
-  PORTCULLIS_PROXY_ADDR=$PROXY "$BIN" proxy >"$WORK/proxy.log" 2>&1 & PROXY_PID=$!
-  for i in $(seq 1 200); do
-    curl -fs -o /dev/null -H "x-api-key: $KEY" "http://$PROXY/healthz" 2>/dev/null && break
-    (exec 3<>"/dev/tcp/${PROXY%:*}/${PROXY#*:}") 2>/dev/null && break
+for i in "${!COUNTS[@]}"; do
+  n=${COUNTS[$i]}
+  PORTCULLIS_PROXY_ADDR=$PROXY PORTCULLIS_PROXY__MAX_CONNECTIONS=$((n + 1000)) \
+    "$BIN" proxy >"$WORK/proxy.log" 2>&1 & PROXY_PID=$!; PIDS+=($PROXY_PID)
+  ready=
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/${PROXY%:*}/${PROXY#*:}") 2>/dev/null && { ready=1; break; }
     sleep 0.05
   done
-  mkfifo "$WORK/opened.$n"
-  python3 "$WORK/clients.py" "$PROXY" "$KEY" "$n" >"$WORK/opened.$n" & CLIENTS=$!
-  read -r _ opened <"$WORK/opened.$n"
+  [ -n "$ready" ] || fail "portcullis proxy never listened on $PROXY"
+  mkfifo "$WORK/opened.$i"
+  python3 "$WORK/clients.py" "$PROXY" "$KEY" "$n" >"$WORK/opened.$i" & CLIENTS=$!; PIDS+=($CLIENTS)
+  read -r -t 300 _ opened <"$WORK/opened.$i" || fail "the $n tunnels did not all open"
   sleep 2  # past every tunnel's first re-check
   before=$(ticks $PROXY_PID)
   sleep "$WINDOW"
   after=$(ticks $PROXY_PID)
   cpu=$(python3 -c "import os,sys; print('%.1f %%' % ((int(sys.argv[2]) - int(sys.argv[1])) * 100.0 / os.sysconf('SC_CLK_TCK') / float(sys.argv[3])))" "$before" "$after" "$WINDOW")
   printf '%-8s %-16s %s\n' "$opened" "$cpu" "$(rss $PROXY_PID)"
-  kill $CLIENTS 2>/dev/null; wait $CLIENTS 2>/dev/null || true
-  kill -TERM $PROXY_PID; wait $PROXY_PID 2>/dev/null || true
+  kill $CLIENTS 2>/dev/null || true; wait $CLIENTS 2>/dev/null || true
+  kill -TERM $PROXY_PID 2>/dev/null || true; wait $PROXY_PID 2>/dev/null || true
 done

@@ -141,7 +141,8 @@ pub struct Authenticated {
     /// Groups the credential itself proves (OIDC groups claim), added to the stored
     /// memberships for this request only. Empty for API keys.
     pub extra_group_ids: Vec<crate::policy::PrincipalId>,
-    /// When the credential itself stops being valid: the key's expiry, the JWT's `exp`.
+    /// When the credential itself stops being accepted: the key's expiry; for a JWT, the
+    /// first whole second past `exp` plus the configured leeway.
     /// `None` for a grant token, whose grant's expiry is the principal's to report.
     pub expires_at: Option<DateTime<Utc>>,
 }

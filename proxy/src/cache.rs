@@ -358,11 +358,15 @@ impl PolicyCache {
         self.credential_epoch.load(Ordering::Acquire)
     }
 
-    /// The first moment [`Self::check_fresh`] fails, unless the database is reached before.
-    pub fn stale_at(&self) -> Instant {
+    /// The first moment [`Self::check_fresh`] fails, unless the database is reached before
+    /// (`None`: a staleness limit too large to reach).
+    pub fn stale_at(&self) -> Option<Instant> {
         let last = Duration::from_millis(self.last_sync_ms.load(Ordering::Relaxed));
         // `check_fresh` counts whole milliseconds and fails only past the limit.
-        self.started + last + self.max_staleness + Duration::from_millis(1)
+        let after = last
+            .saturating_add(self.max_staleness)
+            .saturating_add(Duration::from_millis(1));
+        self.started.checked_add(after)
     }
 
     /// Fails when the database has not been reachable for longer than the allowed staleness.

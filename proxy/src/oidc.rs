@@ -437,7 +437,7 @@ pub struct OidcVerifier {
     refresh: Arc<tokio::sync::Mutex<RefreshState>>,
     /// Completed download attempts; a waiter that sees it move knows a refresh happened.
     attempts: AtomicU64,
-    /// `attempts`, for those who wait for it to move.
+    /// Counts key sets stored, for those who wait for it to move.
     downloaded: tokio::sync::watch::Sender<u64>,
     clock: Clock,
     /// Tokens that already verified, by SHA-256 of the token; see [`OidcVerifier::verify`].
@@ -769,8 +769,8 @@ impl OidcVerifier {
         tokio::spawn(async move { this.download_locked(state).await })
     }
 
-    /// Moves after every completed key download, successful or not: a token verified
-    /// before it moved may verify differently now (an open tunnel checks it again).
+    /// Moves after every key set downloaded and stored: a token verified before it moved
+    /// may verify differently now (an open tunnel checks it again).
     pub fn subscribe_downloads(&self) -> tokio::sync::watch::Receiver<u64> {
         self.downloaded.subscribe()
     }
@@ -786,6 +786,8 @@ impl OidcVerifier {
                 metrics::counter!("portcullis_oidc_jwks_refresh_total", "result" => "ok")
                     .increment(1);
                 self.keys.store(Arc::new(set));
+                // Only a new key set can change a verdict: failed attempts wake no tunnel.
+                self.downloaded.send_modify(|n| *n = n.wrapping_add(1));
                 Ok(())
             }
             Err(error) => {
@@ -801,8 +803,7 @@ impl OidcVerifier {
                 Err(OidcError::ProviderUnavailable)
             }
         };
-        let attempts = self.attempts.fetch_add(1, Ordering::AcqRel) + 1;
-        self.downloaded.send_replace(attempts);
+        self.attempts.fetch_add(1, Ordering::AcqRel);
         outcome
     }
 
@@ -1032,7 +1033,12 @@ pub async fn authenticate(
         budget_key_id: None,
         extra_group_ids: groups,
         // jsonwebtoken refuses a token once whole seconds past `exp` exceed the leeway.
-        expires_at: Some(identity.expires_at + verifier.leeway + chrono::Duration::seconds(1)),
+        expires_at: Some(
+            identity
+                .expires_at
+                .checked_add_signed(verifier.leeway + chrono::Duration::seconds(1))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        ),
     })
 }
 

@@ -8,7 +8,7 @@
 //! new request. A tunnel does not poll for that. It sleeps until the policy cache or the
 //! OIDC key set reports a change, something the last check read expires (key, JWT,
 //! binding, grant, IP rule), the policy would go stale, the idle limit is reached, or
-//! [`FULL_RECHECK_EVERY`] has passed, and checks at most once per [`RECHECK_EVERY`]. So
+//! about [`FULL_RECHECK_EVERY`] has passed, and checks at most once per [`RECHECK_EVERY`]. So
 //! thousands of quiet tunnels cost almost nothing until the policy changes. Each tunnel
 //! ends with an audit event of its own, with the same request id as the request that
 //! opened it.
@@ -49,9 +49,15 @@ use crate::{
 /// revocation target (1 s), so a revocation still closes the tunnel within about a second.
 pub const RECHECK_EVERY: Duration = Duration::from_millis(500);
 
-/// How long a tunnel goes at most without a full re-check when nothing it depends on moved:
-/// a backstop, should a change ever reach the cache without moving its change counter.
-pub const FULL_RECHECK_EVERY: Duration = Duration::from_secs(10);
+/// How long a tunnel goes without a full re-check when nothing it depends on moved: a
+/// backstop, should a change ever reach the cache without moving its change counter. Each
+/// tunnel has its own interval within ±20 % of this, so that tunnels woken together (by a
+/// policy change) do not stay in step and check all at once every time.
+pub const FULL_RECHECK_EVERY: Duration = Duration::from_secs(30);
+
+/// After a policy change, how long at most a tunnel waits (its own share of it) before
+/// checking: spreads the database loads of thousands of tunnels woken together.
+const CHANGE_SPREAD: Duration = Duration::from_millis(100);
 
 /// The longest one re-check may take before the tunnel is closed for want of it.
 pub const RECHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -188,6 +194,9 @@ async fn run(state: ProxyState, tunnel: Opened, closing: CancellationToken) {
                 let mut policy = state.cache.subscribe();
                 let mut keys = state.oidc.as_ref().map(|o| o.subscribe_downloads());
                 let mut last_check: Option<Check> = None;
+                // Where this tunnel sits among the others, for spreading their checks.
+                let place = place_of(connection.peer);
+                let backstop_every = FULL_RECHECK_EVERY.mul_f64(0.8 + 0.4 * place);
                 let mut wake_at = (opened + RECHECK_EVERY)
                     .min(instant_of(next_expiry).unwrap_or(opened + RECHECK_EVERY));
                 loop {
@@ -198,13 +207,16 @@ async fn run(state: ProxyState, tunnel: Opened, closing: CancellationToken) {
                     };
                     // However often the policy changes, one check per RECHECK_EVERY at most.
                     // A deadline of the tunnel's own (an expiry, staleness) is not held back.
-                    if by_change && let Some(check) = &last_check {
-                        tokio::time::sleep_until(check.at + RECHECK_EVERY).await;
+                    if by_change {
+                        let spread = CHANGE_SPREAD.mul_f64(place);
+                        let not_before = last_check.as_ref().map(|c| c.at + RECHECK_EVERY);
+                        let now = Instant::now();
+                        tokio::time::sleep_until(not_before.unwrap_or(now).max(now) + spread).await;
                     }
-                    let idle_until = opened
-                        + Duration::from_millis(traffic.last_ms.load(Ordering::Relaxed))
-                        + idle_limit;
-                    if Instant::now() >= idle_until {
+                    let last = Duration::from_millis(traffic.last_ms.load(Ordering::Relaxed));
+                    // `None`: a limit too large to reach (configured as "never").
+                    let idle_until = opened.checked_add(last.saturating_add(idle_limit));
+                    if idle_until.is_some_and(|at| Instant::now() >= at) {
                         return End::Idle;
                     }
                     // Policy too old to trust closes the tunnel as it refuses new requests.
@@ -228,6 +240,7 @@ async fn run(state: ProxyState, tunnel: Opened, closing: CancellationToken) {
                                 last_check = Some(Check {
                                     versions,
                                     at: started,
+                                    recheck_by: started + backstop_every,
                                     next_expiry: admitted.next_expiry,
                                 });
                             }
@@ -239,15 +252,15 @@ async fn run(state: ProxyState, tunnel: Opened, closing: CancellationToken) {
                     }
                     // Nothing to do until the policy changes or one of these comes.
                     let Some(check) = &last_check else { continue };
+                    let backstop = check.recheck_by;
                     wake_at = [
                         idle_until,
-                        Instant::from_std(state.cache.stale_at()),
-                        check.at + FULL_RECHECK_EVERY,
-                        instant_of(check.next_expiry).unwrap_or(idle_until),
+                        state.cache.stale_at().map(Instant::from_std),
+                        instant_of(check.next_expiry),
                     ]
                     .into_iter()
-                    .min()
-                    .unwrap_or(idle_until);
+                    .flatten()
+                    .fold(backstop, Instant::min);
                 }
             };
             tokio::select! {
@@ -289,10 +302,18 @@ async fn run(state: ProxyState, tunnel: Opened, closing: CancellationToken) {
     state.audit.record(audit).await;
 }
 
-/// A wall-clock moment on the runtime's clock (now, if it has passed).
+/// A number in [0, 1) that differs between the tunnels of one proxy (from the client's
+/// port, Fibonacci-hashed): enough to keep their checks apart, with nothing to draw or seed.
+fn place_of(peer: std::net::SocketAddr) -> f64 {
+    let hashed = u64::from(peer.port()).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+    hashed as f64 / (1u64 << 24) as f64
+}
+
+/// A wall-clock moment on the runtime's clock (now, if it has passed; `None` if it is too
+/// far ahead to represent, or not given).
 fn instant_of(at: Option<chrono::DateTime<chrono::Utc>>) -> Option<Instant> {
     let left = at? - chrono::Utc::now();
-    Some(Instant::now() + left.to_std().unwrap_or(Duration::ZERO))
+    Instant::now().checked_add(left.to_std().unwrap_or(Duration::ZERO))
 }
 
 /// Resolves when `receiver`'s value moves; never, without one (or once its sender is gone).
@@ -318,6 +339,8 @@ struct Check {
     versions: Versions,
     /// When it started.
     at: Instant,
+    /// When the backstop wants the next full check.
+    recheck_by: Instant,
     /// The first expiry after it among what it read.
     next_expiry: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -327,7 +350,7 @@ impl Check {
     /// since, and the backstop interval has not passed.
     fn still_holds(&self, versions: Versions, now: Instant) -> bool {
         self.versions == versions
-            && now.duration_since(self.at) < FULL_RECHECK_EVERY
+            && now < self.recheck_by
             && self.next_expiry.is_none_or(|at| chrono::Utc::now() < at)
     }
 }
@@ -398,6 +421,7 @@ mod tests {
         Check {
             versions: SEEN,
             at,
+            recheck_by: at + FULL_RECHECK_EVERY,
             next_expiry,
         }
     }
@@ -421,5 +445,28 @@ mod tests {
         let passed = chrono::Utc::now() - chrono::Duration::milliseconds(1);
         assert!(!check(at, Some(passed)).still_holds(SEEN, soon));
         assert!(!check(at, None).still_holds(SEEN, at + FULL_RECHECK_EVERY));
+    }
+
+    #[test]
+    fn expiries_in_the_past_are_due_now_and_far_ones_do_not_overflow() {
+        let before = Instant::now();
+        let passed = instant_of(Some(chrono::Utc::now() - chrono::Duration::hours(1)));
+        assert!(passed.is_some_and(|at| at >= before && at <= Instant::now()));
+        // A key that "never" expires, written as the year 262143: no panic either way.
+        let _ = instant_of(Some(chrono::DateTime::<chrono::Utc>::MAX_UTC));
+        assert_eq!(instant_of(None), None);
+    }
+
+    #[test]
+    fn neighbouring_client_ports_are_placed_apart_within_zero_to_one() {
+        let places: Vec<f64> = (40_000..40_100)
+            .map(|port| place_of(std::net::SocketAddr::from(([127, 0, 0, 1], port))))
+            .collect();
+        assert!(places.iter().all(|p| (0.0..1.0).contains(p)));
+        // Spread over the whole range: every tenth of it holds some of 100 consecutive ports.
+        for tenth in 0..10 {
+            let (low, high) = (f64::from(tenth) / 10.0, f64::from(tenth + 1) / 10.0);
+            assert!(places.iter().any(|p| (low..high).contains(p)), "{tenth}");
+        }
     }
 }
