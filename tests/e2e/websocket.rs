@@ -93,6 +93,19 @@ async fn ws_route(app: &TestApp, upstream: SocketAddr) -> Uuid {
     route.id
 }
 
+/// A stack configured by `adjust` with [`ws_route`] to an echo server, live through the
+/// proxy for the seeded admin; returns it and the admin's key.
+async fn ws_app(
+    database: migration::testing::TestDatabase,
+    adjust: impl FnOnce(&mut portcullis::config::Config),
+) -> (TestApp, String) {
+    let app = TestApp::spawn_with(database, adjust).await;
+    ws_route(&app, echo_server().await).await;
+    let key = app.admin_key().to_owned();
+    assert!(answers(app.dev.proxy_addr, &key, "HTTP/1.1 101").await);
+    (app, key)
+}
+
 /// A user (linked to an OIDC issuer and subject, if given) bound to the role [`ws_route`]
 /// creates until `expires_at`; returns its id.
 async fn ws_user(
@@ -367,14 +380,11 @@ async fn revoking_the_key_closes_its_open_tunnel_and_the_audit_says_why() {
 
 #[tokio::test]
 async fn a_tunnel_closes_after_its_idle_timeout_but_not_while_in_use() {
-    let app = TestApp::spawn_with(migration::testing::TestDatabase::sqlite().await, |config| {
+    let (app, key) = ws_app(migration::testing::TestDatabase::sqlite().await, |config| {
         config.proxy.tunnel_idle_timeout_secs = 1;
     })
     .await;
-    ws_route(&app, echo_server().await).await;
-    let key = app.admin_key().to_owned();
     let proxy = app.dev.proxy_addr;
-    assert!(answers(proxy, &key, "HTTP/1.1 101").await);
 
     let mut stream = open_tunnel(proxy, &key).await;
     // 2.4 s of traffic, a message every 400 ms: longer than the limit, never idle that long.
@@ -431,14 +441,11 @@ async fn a_tunnel_closes_when_its_route_goes_even_if_a_wider_route_would_admit_i
 
 #[tokio::test]
 async fn an_open_tunnel_holds_its_connection_slot() {
-    let app = TestApp::spawn_with(migration::testing::TestDatabase::sqlite().await, |config| {
+    let (app, key) = ws_app(migration::testing::TestDatabase::sqlite().await, |config| {
         config.proxy.max_connections = 1;
     })
     .await;
-    ws_route(&app, echo_server().await).await;
-    let key = app.admin_key().to_owned();
     let proxy = app.dev.proxy_addr;
-    assert!(answers(proxy, &key, "HTTP/1.1 101").await);
 
     let mut tunnel = open_tunnel(proxy, &key).await;
     echo(&mut tunnel, "holding the slot").await;
@@ -554,4 +561,65 @@ async fn a_tunnel_opened_with_a_jwt_closes_when_the_token_is_refused_after_exp_a
     let refused_from = chrono::DateTime::from_timestamp(exp + 3, 0).unwrap();
     let reason = closes_when_it_expires(app, &token, refused_from).await;
     assert_eq!(reason, "tunnel_closed: jwt_expired");
+}
+
+/// PostgreSQL only (`TEST_DATABASE_URL`): the database refuses every connection, so the
+/// proxy's policy goes stale while a tunnel is open.
+#[tokio::test]
+async fn a_tunnel_closes_when_policy_goes_stale_with_the_database_unreachable() {
+    use sea_orm::ConnectionTrait;
+    let Some(database) = migration::testing::TestDatabase::postgres().await else {
+        return;
+    };
+    let name = database
+        .url
+        .rsplit('/')
+        .next()
+        .and_then(|tail| tail.split('?').next())
+        .expect("database name in the URL")
+        .to_owned();
+    let admin = migration::connect(&std::env::var("TEST_DATABASE_URL").unwrap())
+        .await
+        .unwrap();
+    let (app, key) = ws_app(database, |config| {
+        config.proxy.policy_max_staleness_secs = 2;
+    })
+    .await;
+    let proxy = app.dev.proxy_addr;
+    let mut stream = open_tunnel(proxy, &key).await;
+    echo(&mut stream, "before the outage").await;
+    // Past the first check: from now on only the staleness deadline can close the tunnel
+    // before its 24–36 s backstop.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let cut = Utc::now();
+    for statement in [
+        format!(r#"ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false"#),
+        format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        ),
+    ] {
+        admin.execute_unprepared(&statement).await.unwrap();
+    }
+    let closed = closed_within(&mut stream, Duration::from_secs(6)).await;
+    admin
+        .execute_unprepared(&format!(
+            r#"ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true"#
+        ))
+        .await
+        .unwrap();
+    assert!(closed, "the tunnel outlived the policy's staleness limit");
+    assert!(
+        Utc::now() - cut >= chrono::Duration::seconds(1),
+        "closed before the policy could be stale"
+    );
+    let db = app.stop().await;
+    let ended = tunnel_ends(&db).await;
+    db.drop_database().await;
+    assert!(
+        ended
+            .iter()
+            .any(|e| e.reason == "tunnel_closed: policy_stale"),
+        "{ended:?}"
+    );
 }
