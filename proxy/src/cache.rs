@@ -1329,7 +1329,7 @@ mod tests {
             .await
             .expect("load")
             .with_max_age(Duration::from_millis(1));
-        let mut changes = cache.subscribe();
+        let changes = cache.subscribe();
         let revoked = |entry: Option<Arc<KeyEntry>>| entry.map(|e| e.revoked);
         assert_eq!(
             revoked(cache.key("pcl_test_aged").await.ok().flatten()),
