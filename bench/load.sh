@@ -79,33 +79,8 @@ TARGETS+=(portcullis)
 # --- Portcullis: seed a database with `dev`, then run `portcullis proxy` alone ------------
 # DB=postgres uses a fresh database `portcullis_bench` on PG_URL instead of the SQLite file.
 DB=${DB:-sqlite}
-PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
-export PORTCULLIS_DATA_DIR="$WORK/data" PORTCULLIS_LOG=warn
-if [ "$DB" = postgres ]; then
-  psql -q "$PG_URL/postgres" -c "DROP DATABASE IF EXISTS portcullis_bench WITH (FORCE)" \
-    -c "CREATE DATABASE portcullis_bench"
-  export DATABASE_URL="$PG_URL/portcullis_bench"
-fi
-# No instance metadata lookups at start-up (this is not an EC2 host).
-export AWS_REGION=${AWS_REGION:-us-east-1} AWS_EC2_METADATA_DISABLED=true
-"$BIN" dev --api-addr 127.0.0.1:19090 --proxy-addr 127.0.0.1:19091 --demo-upstream-addr 127.0.0.1:19092 >/dev/null 2>&1 &
-DEV=$!
-for _ in $(seq 1 100); do curl -fs 127.0.0.1:19090/healthz >/dev/null 2>&1 && break; sleep 0.1; done
-kill -TERM $DEV; wait $DEV || true
-KEY=$(cat "$WORK/data/admin-key")
-# Point the demo route at the nginx upstream and lift the key's rate limit (we measure the
-# pipeline, not the limiter refusing requests). The dev stack's demo route injects a
-# credential from its mocked Secrets Manager, which a standalone `portcullis proxy` cannot
-# read; the nginx upstream needs none, so the route drops it.
-SEED="UPDATE route SET upstream_url = 'http://$UPSTREAM', upstream_credential_secret_id = NULL,
-        upstream_credential_header = NULL WHERE name = 'demo';
-      UPDATE api_key SET rate_limit_per_minute = 1000000000, rate_limit_burst = 10000000;"
-if [ "$DB" = postgres ]; then
-  psql -q "$DATABASE_URL" -c "$SEED"
-else
-  python3 -c 'import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); db.executescript(sys.argv[2]); db.commit()' \
-    "$WORK/data/portcullis.db" "$SEED"
-fi
+source bench/seed.sh
+seed_demo "$UPSTREAM"
 
 START_NS=$(date +%s%N)
 RUNNER=()

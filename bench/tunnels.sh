@@ -78,18 +78,8 @@ asyncio.run(main())
 PY
 python3 "$WORK/upstream.py" "$UPSTREAM" & PIDS+=($!)
 
-# Seed a database with `dev`, as bench/load.sh does, and point the demo route at the upstream.
-export PORTCULLIS_DATA_DIR="$WORK/data" PORTCULLIS_LOG=warn
-export AWS_REGION=${AWS_REGION:-us-east-1} AWS_EC2_METADATA_DISABLED=true
-"$BIN" dev --api-addr 127.0.0.1:19090 --proxy-addr 127.0.0.1:19091 --demo-upstream-addr 127.0.0.1:19092 >/dev/null 2>&1 &
-DEV=$!
-for _ in $(seq 1 100); do curl -fs 127.0.0.1:19090/healthz >/dev/null 2>&1 && break; sleep 0.1; done
-kill -TERM $DEV; wait $DEV || true
-KEY=$(cat "$WORK/data/admin-key")
-python3 -c 'import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); db.executescript(sys.argv[2]); db.commit()' \
-  "$WORK/data/portcullis.db" "UPDATE route SET upstream_url = 'http://$UPSTREAM',
-     upstream_credential_secret_id = NULL, upstream_credential_header = NULL WHERE name = 'demo';
-   UPDATE api_key SET rate_limit_per_minute = 1000000000, rate_limit_burst = 10000000;"
+source bench/seed.sh
+seed_demo "$UPSTREAM"
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$1/status"; }

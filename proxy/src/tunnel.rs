@@ -197,8 +197,8 @@ async fn run(state: ProxyState, tunnel: Opened, closing: CancellationToken) {
                 // Where this tunnel sits among the others, for spreading their checks.
                 let place = place_of(connection.peer);
                 let backstop_every = FULL_RECHECK_EVERY.mul_f64(0.8 + 0.4 * place);
-                let mut wake_at = (opened + RECHECK_EVERY)
-                    .min(instant_of(next_expiry).unwrap_or(opened + RECHECK_EVERY));
+                let first = opened + RECHECK_EVERY;
+                let mut wake_at = instant_of(next_expiry).map_or(first, |at| at.min(first));
                 loop {
                     let by_change = tokio::select! {
                         () = tokio::time::sleep_until(wake_at) => false,
@@ -252,7 +252,6 @@ async fn run(state: ProxyState, tunnel: Opened, closing: CancellationToken) {
                     }
                     // Nothing to do until the policy changes or one of these comes.
                     let Some(check) = &last_check else { continue };
-                    let backstop = check.recheck_by;
                     wake_at = [
                         idle_until,
                         state.cache.stale_at().map(Instant::from_std),
@@ -260,7 +259,7 @@ async fn run(state: ProxyState, tunnel: Opened, closing: CancellationToken) {
                     ]
                     .into_iter()
                     .flatten()
-                    .fold(backstop, Instant::min);
+                    .fold(check.recheck_by, Instant::min);
                 }
             };
             tokio::select! {
