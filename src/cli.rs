@@ -182,9 +182,10 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
                 serve::serve_proxy(listener, state.clone(), shutdown, &config.proxy).await?;
             serve::termination_signal().await;
             trigger.trigger();
-            server.await.context("proxy server task panicked")??;
+            let served = server.await.context("proxy server task panicked");
+            // Flush the audit queue whatever became of the server, then report it.
             state.shutdown().await;
-            Ok(())
+            served?
         }
         Command::Worker => {
             let db = connect(&config).await?;

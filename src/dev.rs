@@ -266,9 +266,18 @@ impl RunningDev {
         // Longer than the drain, so that the writer below is shut down only after every
         // request has finished or been cancelled and has queued its event.
         let patience = crate::serve::DRAIN_TIMEOUT + Duration::from_secs(5);
+        // Every server is awaited and the audit queue flushed even if one failed; the first
+        // failure is reported after.
+        let mut outcome = Ok(());
         for server in self.servers {
             match tokio::time::timeout(patience, server).await {
-                Ok(joined) => joined.context("server task panicked")??,
+                Ok(joined) => {
+                    if let Err(error) = joined.context("server task panicked").and_then(|r| r)
+                        && outcome.is_ok()
+                    {
+                        outcome = Err(error);
+                    }
+                }
                 Err(_) => {
                     tracing::warn!("a server did not stop within its drain timeout")
                 }
@@ -278,7 +287,7 @@ impl RunningDev {
             worker.shutdown().await;
         }
         self.proxy_state.shutdown().await;
-        Ok(())
+        outcome
     }
 }
 

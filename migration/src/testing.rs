@@ -135,6 +135,12 @@ impl TestDatabase {
         })
     }
 
+    /// The PostgreSQL database's name (`None` for SQLite), for statements such as
+    /// `ALTER DATABASE` that a test runs from another connection.
+    pub fn postgres_name(&self) -> Option<&str> {
+        self.created.as_ref().map(|created| created.name.as_str())
+    }
+
     /// SQLite, then PostgreSQL when `TEST_DATABASE_URL` is set: run a test on each.
     pub async fn all() -> Vec<Self> {
         let mut all = vec![Self::sqlite().await];

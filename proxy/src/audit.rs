@@ -418,11 +418,13 @@ async fn append_noting(
     stored.map_err(|error| DbErr::Exec(RuntimeErr::SqlxError(std::sync::Arc::new(error))))
 }
 
-/// `records` as both databases can store them. PostgreSQL refuses U+0000 in text and in
-/// `jsonb`, so a record holding one (a NUL in a GraphQL argument the API audits, say) would
-/// fail its batch on every retry and stall the writer, and with it every request waiting to
-/// be audited. Such characters become U+FFFD before the row is hashed, so the stored row and
-/// its hash agree, on SQLite too. Records without one (all but never) are not copied.
+/// `records` as both databases can store them and give them back. PostgreSQL refuses U+0000
+/// in text and in `jsonb`, so a record holding one (a NUL in a GraphQL argument the API
+/// audits, say) would fail its batch on every retry and stall the writer, and with it every
+/// request waiting to be audited. Such characters become U+FFFD before the row is hashed, so
+/// the stored row and its hash agree, on SQLite too. Likewise a number in `detail` that
+/// `jsonb` would give back changed ([`as_postgres_returns`]) is stored and hashed as it will
+/// come back. Records with neither (all but never) are not copied.
 fn storable(records: &[AuditRecord]) -> Cow<'_, [AuditRecord]> {
     const NUL: char = '\0';
     fn clean(text: &mut String) {
@@ -430,19 +432,25 @@ fn storable(records: &[AuditRecord]) -> Cow<'_, [AuditRecord]> {
             *text = text.replace(NUL, "\u{fffd}");
         }
     }
-    fn value_has_nul(value: &Value) -> bool {
+    fn needs_cleaning(value: &Value) -> bool {
         match value {
             Value::String(text) => text.contains(NUL),
-            Value::Array(items) => items.iter().any(value_has_nul),
+            Value::Number(number) => as_postgres_returns(number).is_some(),
+            Value::Array(items) => items.iter().any(needs_cleaning),
             Value::Object(map) => map
                 .iter()
-                .any(|(key, item)| key.contains(NUL) || value_has_nul(item)),
+                .any(|(key, item)| key.contains(NUL) || needs_cleaning(item)),
             _ => false,
         }
     }
     fn clean_value(value: &mut Value) {
         match value {
             Value::String(text) => clean(text),
+            Value::Number(number) => {
+                if let Some(returned) = as_postgres_returns(number) {
+                    *number = returned;
+                }
+            }
             Value::Array(items) => items.iter_mut().for_each(clean_value),
             Value::Object(map) => {
                 *map = std::mem::take(map)
@@ -469,7 +477,7 @@ fn storable(records: &[AuditRecord]) -> Cow<'_, [AuditRecord]> {
     let has_nul = |r: &AuditRecord| texts!(&r).any(|text| text.contains(NUL));
     if !records
         .iter()
-        .any(|r| has_nul(r) || value_has_nul(&r.detail))
+        .any(|r| has_nul(r) || needs_cleaning(&r.detail))
     {
         return Cow::Borrowed(records);
     }
@@ -486,16 +494,45 @@ fn storable(records: &[AuditRecord]) -> Cow<'_, [AuditRecord]> {
     )
 }
 
+/// The number PostgreSQL's `jsonb` gives back for `number`, where serde_json then reads it
+/// as a different one: `-0.0` comes back as `0.0` (`numeric` has no negative zero), and an
+/// integral float from 1e16 up, which serde_json writes with an exponent (`1e16`), comes back
+/// as digits, which it reads as an integer when one fits. `None` when it comes back as is.
+fn as_postgres_returns(number: &serde_json::Number) -> Option<serde_json::Number> {
+    // 2^64 and -2^63: the bounds of u64 and i64, exact as floats.
+    const U64_END: f64 = 18_446_744_073_709_551_616.0;
+    const I64_MIN: f64 = -9_223_372_036_854_775_808.0;
+    let float = number.as_f64().filter(|_| number.is_f64())?;
+    if float == 0.0 && float.is_sign_negative() {
+        return serde_json::Number::from_f64(0.0);
+    }
+    if float.fract() != 0.0 || float.abs() < 1e16 {
+        return None;
+    }
+    if (0.0..U64_END).contains(&float) {
+        Some((float as u64).into())
+    } else if (I64_MIN..0.0).contains(&float) {
+        Some((float as i64).into())
+    } else {
+        None
+    }
+}
+
 /// The chain tail's id and hash, with a literal `LIMIT 1`: SQLite re-prepares a statement
 /// whose LIMIT is a bound parameter every time it is rebound (it plans with the value).
 const TAIL_SQL: &str = r#"SELECT "id", "hash" FROM "audit_event" ORDER BY "id" DESC LIMIT 1"#;
 
 /// Takes the chain lock on PostgreSQL, an advisory lock whose key is "PORTAUDT" read as a
-/// big-endian i64 (one round trip for both statements). A transaction
-/// holding it is cut off after 30 s idle: should a COMMIT be lost on a half-open connection,
-/// the server would otherwise keep the lock, and stall every audit append, until TCP
-/// keepalive gave up on the client, hours later by default.
-const PG_CHAIN_LOCK_SQL: &str = "SET LOCAL idle_in_transaction_session_timeout = '30s'; \
+/// big-endian i64 (one round trip for the three statements).
+///
+/// READ COMMITTED whatever the database's default: under REPEATABLE READ or SERIALIZABLE the
+/// snapshot is taken as the lock is first waited for, so the tail read after it is granted
+/// would miss the batch the lock's previous holder committed, and the chain would fork.
+/// A transaction holding the lock is cut off after 30 s idle: should a COMMIT be lost on a
+/// half-open connection, the server would otherwise keep the lock, and stall every audit
+/// append, until TCP keepalive gave up on the client, hours later by default.
+const PG_CHAIN_LOCK_SQL: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; \
+     SET LOCAL idle_in_transaction_session_timeout = '30s'; \
      SELECT pg_advisory_xact_lock(5786934568021214292)";
 
 /// Whether an earlier attempt's rows are stored: a row after its tail with its last hash.
@@ -817,7 +854,8 @@ fn size_class(rows: usize) -> usize {
     }
 }
 
-/// Sets the last use (time, address) of `rows` keys, bound as (key id, time, address) each.
+/// Sets the last use (time, address) of `rows` keys, bound as (key id, time, address) each,
+/// unless the key was used later already (a batch from another instance committed first).
 /// One key (a batch from a single client, the usual case at low rates) takes a plain UPDATE:
 /// SQLite materialises the `VALUES` table and joins it, which callgrind counted at 2.6k more
 /// instructions per request on SQLite's thread with the few-row batches of `bench/load.sh`.
@@ -826,15 +864,22 @@ fn touch_keys_sql(backend: DatabaseBackend, rows: usize) -> Arc<str> {
     TEXTS.get(backend, size_class(rows), || {
         if rows == 1 {
             // `$N` works on both databases (SQLite maps the names; three are cheap to look up).
-            return r#"UPDATE "api_key" SET "last_used_at" = $2, "last_used_ip" = $3 WHERE "id" = $1"#
-                .to_owned();
+            return concat!(
+                r#"UPDATE "api_key" SET "last_used_at" = $2, "last_used_ip" = $3 "#,
+                r#"WHERE "id" = $1 AND ("last_used_at" IS NULL OR "last_used_at" <= $2)"#
+            )
+            .to_owned();
         }
         values_sql(
             backend,
             r#"WITH "used" ("id", "at", "ip") AS (VALUES "#,
             3,
             rows,
-            r#") UPDATE "api_key" SET "last_used_at" = "used"."at", "last_used_ip" = "used"."ip" FROM "used" WHERE "api_key"."id" = "used"."id""#,
+            concat!(
+                r#") UPDATE "api_key" SET "last_used_at" = "used"."at", "last_used_ip" = "used"."ip" "#,
+                r#"FROM "used" WHERE "api_key"."id" = "used"."id" "#,
+                r#"AND ("api_key"."last_used_at" IS NULL OR "api_key"."last_used_at" <= "used"."at")"#,
+            ),
         )
     })
 }
@@ -848,7 +893,11 @@ fn latest_use_per_key(records: &[AuditRecord]) -> HashMap<Uuid, &AuditRecord> {
         .filter(|r| r.decision == Some(AuditDecision::Allow))
     {
         if let Some(key) = record.api_key_id {
-            latest.insert(key, record);
+            // By time, not batch order: a long request is queued after newer ones.
+            let newest = latest.entry(key).or_insert(record);
+            if record.occurred_at >= newest.occurred_at {
+                *newest = record;
+            }
         }
     }
     latest
@@ -908,14 +957,16 @@ fn usage_per_permission(records: &[AuditRecord]) -> impl Iterator<Item = Usage> 
                 last: record.occurred_at,
             });
         entry.count += 1;
+        entry.first = Ord::min(entry.first, record.occurred_at);
         entry.last = Ord::max(entry.last, record.occurred_at);
         entry.route_id = record.route_id.or(entry.route_id);
     }
     usage.into_values()
 }
 
-/// Inserts `rows` counters or adds to them: `request_count` grows by the batch's count, and
-/// the last use and route are the batch's. Bound per row in the column order below.
+/// Inserts `rows` counters or adds to them: `request_count` grows by the batch's count, the
+/// first and last uses widen to take in the batch's (batches from several instances commit in
+/// any order), and the route is the batch's. Bound per row in the column order below.
 fn count_usage_sql(backend: DatabaseBackend, rows: usize) -> Arc<str> {
     static TEXTS: StatementTexts<SET_SIZE_CLASSES> = StatementTexts::new();
     TEXTS.get(backend, size_class(rows), || {
@@ -931,7 +982,11 @@ fn count_usage_sql(backend: DatabaseBackend, rows: usize) -> Arc<str> {
             concat!(
                 r#" ON CONFLICT ("scope_key") DO UPDATE SET "#,
                 r#""request_count" = "usage_counter"."request_count" + excluded."request_count", "#,
-                r#""last_used_at" = excluded."last_used_at", "route_id" = excluded."route_id""#,
+                r#""first_used_at" = CASE WHEN excluded."first_used_at" < "usage_counter"."first_used_at" "#,
+                r#"THEN excluded."first_used_at" ELSE "usage_counter"."first_used_at" END, "#,
+                r#""last_used_at" = CASE WHEN excluded."last_used_at" > "usage_counter"."last_used_at" "#,
+                r#"THEN excluded."last_used_at" ELSE "usage_counter"."last_used_at" END, "#,
+                r#""route_id" = excluded."route_id""#,
             ),
         )
     })
@@ -957,35 +1012,11 @@ impl AuditSink {
 
 impl AuditSink {
     /// Waits for room for one event; `None` after shutdown. Holding the permit, the event can
-    /// then be queued without waiting, so a caller that may be cancelled keeps its event
-    /// until it is certainly queued (see [`AuditSink::record_detached`]).
+    /// then be queued without waiting, so a caller that may be cancelled (the proxy's request
+    /// future, dropped when its client goes away) reserves first and still queues its event
+    /// from its `Drop`.
     pub async fn reserve(&self) -> Option<mpsc::Permit<'_, AuditRecord>> {
         self.tx.reserve().await.ok()
-    }
-
-    /// Queues `record` without waiting, from code that cannot (a `Drop`): when the queue is
-    /// full, a task waits for room instead, so the event is still not lost.
-    pub fn record_detached(&self, record: AuditRecord) {
-        match self.tx.try_send(record) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(record)) => {
-                match tokio::runtime::Handle::try_current() {
-                    Ok(runtime) => {
-                        let sink = self.clone();
-                        runtime.spawn(async move { sink.record(record).await });
-                    }
-                    Err(_) => {
-                        tracing::error!(
-                            ?record,
-                            "audit event outside the runtime could not be queued"
-                        );
-                    }
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(record)) => {
-                tracing::error!(?record, "audit event after shutdown could not be queued");
-            }
-        }
     }
 
     /// A sink over a bare channel, for callers that consume events themselves (benchmarks,
@@ -1102,7 +1133,7 @@ async fn run(
                 }
             }
         }
-        write_with_retry(&db, &batch).await;
+        append_until_stored(&db, &batch).await;
         metrics::counter!("portcullis_audit_events_written_total").increment(batch.len() as u64);
         batch.clear();
         if checkpointed.elapsed() >= CHECKPOINT_EVERY {
@@ -1112,8 +1143,10 @@ async fn run(
     }
 }
 
-/// Retries until the batch is stored: while it waits, the queue fills and senders wait.
-async fn write_with_retry(db: &DatabaseConnection, batch: &[AuditRecord]) {
+/// Appends `batch`, retrying with backoff (50 ms doubling to 5 s) until it is stored, never
+/// twice (a retry first looks for the rows of the attempt before). The writer's queue fills
+/// while it waits, and its senders wait.
+pub async fn append_until_stored(db: &DatabaseConnection, batch: &[AuditRecord]) {
     let mut delay = Duration::from_millis(50);
     let mut attempt = None;
     loop {
@@ -1307,6 +1340,68 @@ mod tests {
             .await
             .expect("rows");
         assert_eq!(stored.len(), 2, "the batch is stored once");
+        db.drop_database().await;
+    }
+
+    /// Needs PostgreSQL (`TEST_DATABASE_URL`). With REPEATABLE READ as the database's default,
+    /// an appender's snapshot would be taken as it starts waiting for the chain lock, and the
+    /// tail read once the lock is granted would miss the rows the lock's previous holder (here
+    /// another instance, played by the test) committed: the chain would fork.
+    #[tokio::test]
+    async fn an_append_sees_the_tail_committed_while_it_waited_under_repeatable_read() {
+        use entity::audit_event;
+        use sea_orm::TransactionTrait;
+        use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, QueryOrder, Set};
+        let Some(db) = migration::testing::TestDatabase::postgres().await else {
+            return;
+        };
+        let db = db.migrated().await;
+        let name = db.postgres_name().expect("PostgreSQL").to_owned();
+        db.conn
+            .execute_unprepared(&format!(
+                r#"ALTER DATABASE "{name}" SET default_transaction_isolation = 'repeatable read'"#
+            ))
+            .await
+            .expect("alter database");
+        // A pool opened after the change: its sessions default to REPEATABLE READ.
+        let repeatable = migration::connect(&db.url).await.expect("connect");
+        let other_instance = repeatable.begin().await.expect("begin");
+        other_instance
+            .execute_unprepared(&format!("SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY})"))
+            .await
+            .expect("chain lock");
+        let first = AuditRecord::new(AuditEventKind::ProxyRequest, "the other instance's");
+        let hash = chain_hash(GENESIS, &first);
+        audit_event::ActiveModel {
+            occurred_at: Set(first.occurred_at),
+            kind: Set(first.kind),
+            reason: Set(first.reason.clone()),
+            detail: Set(first.detail.clone()),
+            prev_hash: Set(GENESIS.to_owned()),
+            hash: Set(hash),
+            ..Default::default()
+        }
+        .insert(&other_instance)
+        .await
+        .expect("insert");
+        let conn = repeatable.clone();
+        let ours = tokio::spawn(async move {
+            let record = AuditRecord::new(AuditEventKind::ProxyRequest, "ours");
+            append(&conn, &[record])
+                .await
+                .map_err(|error| error.to_string())
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!ours.is_finished(), "the append waits for the chain lock");
+        other_instance.commit().await.expect("commit");
+        assert_eq!(ours.await.expect("join"), Ok(()));
+        let rows = audit_event::Entity::find()
+            .order_by_asc(audit_event::Column::Id)
+            .all(&repeatable)
+            .await
+            .expect("rows");
+        assert_eq!(verify_rows(GENESIS, &rows), Ok(2), "the chain forked");
+        repeatable.close().await.expect("close");
         db.drop_database().await;
     }
 

@@ -31,6 +31,12 @@ pub enum Stalled {
     ResponseBody,
 }
 
+/// An error of the client's request body, marked as the client's on its way through the
+/// upstream client (which reports it as its own failure to send).
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed: {0}")]
+pub struct ClientBodyError(#[source] pub axum::Error);
+
 /// `inner`, failing with [`Stalled`] once it has been pending for `limit` without a frame.
 pub struct IdleTimeout<B> {
     inner: B,

@@ -169,6 +169,13 @@ impl KnownNetworks {
         new
     }
 
+    /// Forgets that `key` was seen from `net`.
+    fn forget(&mut self, key: Uuid, net: IpNet) {
+        if let Some(nets) = self.0.get_mut(&key) {
+            nets.remove(&net);
+        }
+    }
+
     /// Forgets networks not seen for [`NETWORK_MEMORY`], and keys left with none.
     fn sweep(&mut self, now: Instant) {
         self.0.retain(|_, nets| {
@@ -336,8 +343,16 @@ impl Detectors {
             }
         }
         for job in detections.into_iter().map(Job::Store).chain(network_check) {
-            if self.jobs.try_send(job).is_err() {
+            if let Err(dropped) = self.jobs.try_send(job) {
                 metrics::counter!("portcullis_detector_jobs_dropped_total").increment(1);
+                // Unchecked, the network must not count as known: its next use checks again.
+                if let Job::CheckNetwork { key_id, net, .. } = dropped.into_inner() {
+                    self.state
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .networks
+                        .forget(key_id, net);
+                }
             }
         }
     }
@@ -477,7 +492,11 @@ async fn run(
                 ip,
                 net,
                 route_id,
-            } if new_network => match seen_before(&db, key_id, net, before).await {
+            } if new_network => match retried(&stop, "new-network check", || {
+                seen_before(&db, key_id, net, before)
+            })
+            .await
+            {
                 Ok(History::Seen) | Ok(History::FirstUse) => None,
                 Ok(History::NewNetwork(known)) => Some(Detection {
                     kind: "key_new_network",
@@ -490,16 +509,53 @@ async fn run(
                     detail: json!({ "network": net.to_string(), "known_networks": known }),
                 }),
                 Err(error) => {
-                    tracing::warn!(%error, "new-network check failed");
+                    tracing::error!(%error, %key_id, %net, "new-network check failed at shutdown");
                     None
                 }
             },
             Job::CheckNetwork { .. } => None,
         };
         if let Some(detection) = detection
-            && let Err(error) = store(&db, &detection).await
+            && let Err(error) = retried(&stop, "security event", || store(&db, &detection)).await
         {
-            tracing::error!(%error, kind = detection.kind, "security event not stored");
+            // Only at shutdown, with the database still failing: the log keeps the event.
+            tracing::error!(
+                %error,
+                kind = detection.kind,
+                fingerprint = %detection.fingerprint,
+                detail = %detection.detail,
+                "security event not stored"
+            );
+        }
+    }
+}
+
+/// Runs `attempt` until it succeeds, backing off from 100 ms to 5 s, so that a database
+/// outage delays detections instead of losing them (meanwhile new jobs queue, and beyond
+/// [`JOB_QUEUE`] are dropped and counted). Once `stop` is set, a failure is final.
+async fn retried<T, Fut>(
+    stop: &tokio::sync::watch::Receiver<bool>,
+    what: &'static str,
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, sea_orm::DbErr>
+where
+    Fut: Future<Output = Result<T, sea_orm::DbErr>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(done) => return Ok(done),
+            Err(error) if *stop.borrow() => return Err(error),
+            Err(error) => {
+                tracing::warn!(%error, what, "detector database work failed; retrying");
+                metrics::counter!("portcullis_detector_retries_total").increment(1);
+                let mut stop = stop.clone();
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = stop.wait_for(|stopped| *stopped) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
         }
     }
 }

@@ -68,6 +68,14 @@ pub enum ProxyError {
     /// The request body is larger than allowed.
     #[error("request body too large")]
     PayloadTooLarge,
+    /// The client's request body broke off or was malformed (a bad chunk, fewer bytes than its
+    /// `Content-Length`): the client's failure, not the upstream's.
+    #[error("the request body could not be read")]
+    BadRequestBody,
+    /// A transfer coding other than `chunked`: hyper removes the chunking only, and the
+    /// upstream, without the header, would take the still-coded bytes for the body.
+    #[error("only the chunked transfer coding is accepted")]
+    TransferCodingNotSupported,
     /// The client stopped sending its request body for longer than the upstream timeout.
     #[error("the request body stalled")]
     RequestBodyTimeout,
@@ -102,6 +110,8 @@ impl ProxyError {
             Self::QuotaExhausted => "quota_exhausted",
             Self::RateLimited { .. } => "rate_limited",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::BadRequestBody => "bad_request_body",
+            Self::TransferCodingNotSupported => "transfer_coding_not_supported",
             Self::RequestBodyTimeout => "request_body_timeout",
             Self::PolicyStale => "policy_stale",
             Self::UpstreamUnavailable(_) => "upstream_unavailable",
@@ -114,8 +124,12 @@ impl ProxyError {
     /// The HTTP status for this failure.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadTarget(_) | Self::AmbiguousRequest(_) => StatusCode::BAD_REQUEST,
-            Self::MethodNotSupported => StatusCode::NOT_IMPLEMENTED,
+            Self::BadTarget(_) | Self::AmbiguousRequest(_) | Self::BadRequestBody => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::MethodNotSupported | Self::TransferCodingNotSupported => {
+                StatusCode::NOT_IMPLEMENTED
+            }
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::IpBlocked | Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,

@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::{
     body_timeout::{BodyProgress, Detach, IdleTimeout, Stalled},
     error::{ProxyError, source_of},
+    normalize::BadTarget,
 };
 
 /// The pooled upstream clients: plain HTTP, and HTTPS built on first use, so a proxy whose
@@ -311,7 +312,49 @@ pub fn upstream_headers(
             set(name, id.hyphenated().encode_lower(&mut buf));
         }
     }
+    join_cookies(&mut out);
     out
+}
+
+/// Joins several `Cookie` fields into one with `"; "`: HTTP/2 clients send each cookie as a
+/// field of its own, and HTTP/1.1 upstreams expect one line (RFC 9113 §8.2.3); some read
+/// only the first, others join with `,` and misparse.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Sets the route's upstream credential header, first removing any client header that
+/// spells its name with `_` for `-`: CGI-style servers (WSGI, Rack, PHP) read both names as
+/// one variable, so the client's copy could shadow the credential.
+pub fn insert_credential(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
+    let shadows: Vec<HeaderName> = headers
+        .keys()
+        .filter(|other| {
+            let other = other.as_str();
+            other.contains('_')
+                && other.len() == name.as_str().len()
+                && other
+                    .bytes()
+                    .map(|b| if b == b'_' { b'-' } else { b })
+                    .eq(name.as_str().bytes())
+        })
+        .cloned()
+        .collect();
+    for shadow in shadows {
+        headers.remove(shadow);
+    }
+    headers.insert(name.clone(), value);
 }
 
 /// The upstream URI for a route's base and the path/query to forward.
@@ -321,10 +364,12 @@ pub fn upstream_uri(base: &Uri, path: &str, query: Option<&str>) -> Result<Uri, 
         None => path.to_owned(),
     };
     let mut parts = base.clone().into_parts();
+    // The path is normalised and the query was part of a valid target: the one way left to
+    // fail is length, the client's (a long target plus the route's base path).
     parts.path_and_query = Some(
         path_and_query
             .parse()
-            .map_err(|e: http::uri::InvalidUri| ProxyError::Internal(Box::new(e)))?,
+            .map_err(|_: http::uri::InvalidUri| BadTarget::TooLong)?,
     );
     Uri::from_parts(parts).map_err(|e| ProxyError::Internal(Box::new(e)))
 }
@@ -383,11 +428,31 @@ pub async fn send(
             }
         });
     }
+    if !only_chunked(response.headers()) {
+        return Err(ProxyError::UpstreamUnavailable(
+            "the upstream's response uses a transfer coding other than chunked".into(),
+        ));
+    }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     // After the head, the same limit applies between two reads of the body.
     let body = IdleTimeout::new(body, timeout, Stalled::ResponseBody);
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// Whether the message's transfer codings, if any, are `chunked` alone. hyper takes off only
+/// the chunking; another coding (`gzip, chunked`) would stay on the body that travels on
+/// without the header, so the far side would read coded bytes as the content.
+pub fn only_chunked(headers: &HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii);
+    match codings.next() {
+        None => true,
+        Some(first) => first.eq_ignore_ascii_case(b"chunked") && codings.next().is_none(),
+    }
 }
 
 /// The protocol of a WebSocket upgrade request (`Connection: upgrade` + `Upgrade: websocket`).
@@ -588,5 +653,71 @@ mod tests {
             .map(|u| u.to_string())
             .ok();
         assert_eq!(uri.as_deref(), Some("http://127.0.0.1:9/a/b?x=1&y=%2F"));
+    }
+
+    #[test]
+    fn a_target_too_long_for_the_upstream_is_the_clients_error() {
+        let base: Uri = "http://127.0.0.1:9/".parse().unwrap_or_default();
+        let long = format!("/v1/{}", "a".repeat(70_000));
+        assert!(matches!(
+            upstream_uri(&base, &long, None),
+            Err(ProxyError::BadTarget(BadTarget::TooLong))
+        ));
+    }
+
+    #[test]
+    fn cookie_fields_reach_the_upstream_as_one_line() {
+        let out = upstream_headers(
+            headers(&[("cookie", "a=1"), ("accept", "*/*"), ("cookie", "b=2")]),
+            "10.0.0.7",
+            None,
+            "http",
+            &Identity::default(),
+            "rid",
+        );
+        let cookies: Vec<_> = out.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2"]);
+        let single = upstream_headers(
+            headers(&[("cookie", "a=1; b=2")]),
+            "10.0.0.7",
+            None,
+            "http",
+            &Identity::default(),
+            "rid",
+        );
+        assert_eq!(single.get_all(header::COOKIE).iter().count(), 1);
+    }
+
+    #[test]
+    fn the_injected_credential_replaces_every_spelling_of_its_header() {
+        let mut out = headers(&[
+            ("x_upstream_token", "from the client"),
+            ("x-upstream-token", "from the client too"),
+            ("x_upstream_tokens", "another header"),
+            ("accept", "*/*"),
+        ]);
+        let name = HeaderName::from_static("x-upstream-token");
+        insert_credential(&mut out, &name, HeaderValue::from_static("secret"));
+        assert!(out.get("x_upstream_token").is_none());
+        let values: Vec<_> = out.get_all(&name).iter().collect();
+        assert_eq!(values, ["secret"]);
+        assert!(out.get("x_upstream_tokens").is_some());
+        assert!(out.get("accept").is_some());
+    }
+
+    #[test]
+    fn only_the_chunked_transfer_coding_passes() {
+        for (values, passes) in [
+            (&[][..], true),
+            (&["chunked"][..], true),
+            (&["Chunked "][..], true),
+            (&["gzip, chunked"][..], false),
+            (&["gzip", "chunked"][..], false),
+            (&["chunked, chunked"][..], false),
+            (&["identity"][..], false),
+        ] {
+            let entries: Vec<_> = values.iter().map(|v| ("transfer-encoding", *v)).collect();
+            assert_eq!(only_chunked(&headers(&entries)), passes, "{values:?}");
+        }
     }
 }

@@ -95,6 +95,10 @@ pub enum BadTarget {
     /// would get it as `X-Forwarded-Host` and might build links from it.
     #[error("Host (or :authority) is not a valid host[:port]")]
     BadHost,
+    /// The target, once joined to the route's upstream path, is longer than a URI may be
+    /// (64 KiB).
+    #[error("request target too long for the upstream")]
+    TooLong,
 }
 
 /// Checks a `Host` header value (or an HTTP/2 `:authority`): a DNS-style name (letters,

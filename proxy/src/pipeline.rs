@@ -19,13 +19,16 @@ use axum::{
 use chrono::Utc;
 use entity::audit_event::{AuditDecision, AuditEventKind};
 use http::{HeaderMap, Method, header};
+use http_body_util::BodyExt as _;
+use hyper::body::Body as _;
 use ipnet::IpNet;
+use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::{
     audit::AuditRecord,
     authn::{self, AuthFailure, Authenticated, Presented, Refused},
-    body_timeout::{Detachable, IdleTimeout, Stalled},
+    body_timeout::{ClientBodyError, Detachable, IdleTimeout, Stalled},
     cache::{PrincipalEntry, Snapshot},
     error::{ProxyError, rescue, source_of},
     forward::{self, Identity},
@@ -74,7 +77,14 @@ pub async fn process(
     let request_id_header = request_id::assign(request.headers_mut());
     let request_id = request_id_header.to_str().unwrap_or("-").to_owned();
     let span = request_id::span("proxy", &request_id, request.method(), request.uri().path());
-    let mut pending = PendingAudit::new(state, started);
+    // Room for the event first, so that however the request ends its event is queued without
+    // waiting. When the audit writer is behind, requests wait here, before anything is decided
+    // or forwarded: back-pressure instead of loss, and at most the queue's capacity of events
+    // (queued or in flight) in memory. A client that leaves while waiting was never served
+    // and leaves no event.
+    let record = AuditRecord::new(AuditEventKind::ProxyRequest, "");
+    let permit = state.audit.reserve().await;
+    let mut pending = PendingAudit::new(state, started, record, permit);
     let audit = pending.record();
     audit.request_id = Some(request_id.clone());
     audit.method = Some(request.method().as_str().to_owned());
@@ -123,13 +133,7 @@ pub async fn process(
     )
     .increment(1);
     state.detectors.observe(audit);
-    // Waits when the audit writer is behind: back-pressure instead of loss. If the client
-    // goes away meanwhile, `pending` still queues the event when it is dropped.
-    match state.audit.reserve().await {
-        Some(permit) => permit.send(pending.disarm()),
-        // After shutdown: the sink logs the event rather than dropping it silently.
-        None => state.audit.record_detached(pending.disarm()),
-    }
+    pending.queue();
     response
 }
 
@@ -141,16 +145,25 @@ struct PendingAudit<'a> {
     state: &'a ProxyState,
     started: Instant,
     record: AuditRecord,
-    armed: bool,
+    /// Room in the audit queue, reserved before the request was processed; `None` only after
+    /// the writer has shut down.
+    permit: Option<mpsc::Permit<'a, AuditRecord>>,
+    queued: bool,
 }
 
 impl<'a> PendingAudit<'a> {
-    fn new(state: &'a ProxyState, started: Instant) -> Self {
+    fn new(
+        state: &'a ProxyState,
+        started: Instant,
+        record: AuditRecord,
+        permit: Option<mpsc::Permit<'a, AuditRecord>>,
+    ) -> Self {
         Self {
             state,
             started,
-            record: AuditRecord::new(AuditEventKind::ProxyRequest, ""),
-            armed: true,
+            record,
+            permit,
+            queued: false,
         }
     }
 
@@ -158,26 +171,35 @@ impl<'a> PendingAudit<'a> {
         &mut self.record
     }
 
-    /// The event, for the caller to queue; the drop no longer does.
-    fn disarm(mut self) -> AuditRecord {
-        self.take()
-    }
-
-    fn take(&mut self) -> AuditRecord {
-        self.armed = false;
-        std::mem::replace(
+    /// Queues the event, without waiting; the drop then does nothing.
+    fn queue(mut self) {
+        self.queued = true;
+        let record = std::mem::replace(
             &mut self.record,
             AuditRecord::new(AuditEventKind::ProxyRequest, ""),
-        )
+        );
+        send(self.permit.take(), record);
+    }
+}
+
+/// Queues `record` in the room `permit` holds. Without one the writer has shut down: the event
+/// then goes to the log, the only place left.
+fn send(permit: Option<mpsc::Permit<'_, AuditRecord>>, record: AuditRecord) {
+    match permit {
+        Some(permit) => permit.send(record),
+        None => tracing::error!(?record, "audit event after shutdown could not be queued"),
     }
 }
 
 impl Drop for PendingAudit<'_> {
     fn drop(&mut self) {
-        if !self.armed {
+        if self.queued {
             return;
         }
-        let mut audit = self.take();
+        let mut audit = std::mem::replace(
+            &mut self.record,
+            AuditRecord::new(AuditEventKind::ProxyRequest, ""),
+        );
         // Whatever was decided stays (an allowed request may have reached the upstream).
         audit.reason = if audit.reason.is_empty() {
             CLIENT_CLOSED.to_owned()
@@ -188,7 +210,7 @@ impl Drop for PendingAudit<'_> {
         audit.status = Some(499);
         audit.latency_us = Some(self.started.elapsed().as_micros() as i64);
         self.state.detectors.observe(&audit);
-        self.state.audit.record_detached(audit);
+        send(self.permit.take(), audit);
     }
 }
 
@@ -283,6 +305,9 @@ async fn admit(
     // upstream credential injected on the way out.
     if request.method == Method::CONNECT || request.method == Method::TRACE {
         return Err(ProxyError::MethodNotSupported);
+    }
+    if !forward::only_chunked(&request.headers) {
+        return Err(ProxyError::TransferCodingNotSupported);
     }
 
     // 1. Normalise the target; the rest of the pipeline and the upstream see only this.
@@ -653,14 +678,14 @@ async fn forward_request(
             .credentials
             .header_value(&credential.secret_id, state.cache.credential_epoch())
             .await?;
-        headers.insert(credential.header.clone(), value);
+        forward::insert_credential(&mut headers, &credential.header, value);
     }
     let timeout = route
         .timeout
         .unwrap_or_else(|| state.config.upstream_timeout());
     // A client that stops sending its body mid-way must not hold the upstream forever.
     let mut body = IdleTimeout::new(
-        http_body_util::Limited::new(body, max as usize),
+        http_body_util::Limited::new(body.map_err(ClientBodyError), max as usize),
         timeout,
         Stalled::RequestBody,
     );
@@ -672,6 +697,17 @@ async fn forward_request(
         // Nothing to send: nothing to wait for or let go of.
         None => (Body::new(body), None),
     };
+    // hyper's client sends a GET or HEAD whose body length it does not know without a body;
+    // one the client did send (chunked, or HTTP/2 DATA without a length) goes on chunked.
+    if (parts.method == Method::GET || parts.method == Method::HEAD)
+        && !body.is_end_stream()
+        && body.size_hint().exact().is_none()
+    {
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            http::HeaderValue::from_static("chunked"),
+        );
+    }
     let mut upstream = http::Request::builder()
         .method(parts.method)
         .uri(uri)
@@ -690,6 +726,11 @@ async fn forward_request(
                 if source_of::<Stalled>(source.as_ref()) == Some(&Stalled::RequestBody) =>
             {
                 ProxyError::RequestBodyTimeout
+            }
+            ProxyError::UpstreamUnavailable(source)
+                if source_of::<ClientBodyError>(source.as_ref()).is_some() =>
+            {
+                ProxyError::BadRequestBody
             }
             other => other,
         })?;

@@ -192,9 +192,17 @@ async fn a_batch_over_many_keys_touches_every_key_and_counts_every_permission() 
             }
             records
         };
-        let (first, second) = (batch(0), batch(1));
+        // The second batch in reverse order: the latest use is not the last in the batch
+        // (a long request finishes after newer ones). A third batch of older uses comes last,
+        // as from another instance whose batch committed late: last uses never move back.
+        let (first, second, older) = (
+            batch(0),
+            batch(1).into_iter().rev().collect::<Vec<_>>(),
+            batch(-1),
+        );
         append(&app.db, &first).await.unwrap();
         append(&app.db, &second).await.unwrap();
+        append(&app.db, &older).await.unwrap();
 
         let stored = entity::api_key::Entity::find().all(&app.db).await.unwrap();
         let stored: HashMap<Uuid, _> = stored.into_iter().map(|k| (k.id, k)).collect();
@@ -222,7 +230,7 @@ async fn a_batch_over_many_keys_touches_every_key_and_counts_every_permission() 
             .map(|c| ((c.api_key_id, c.permission_id), c.request_count))
             .collect();
         let mut expected: HashMap<(Option<Uuid>, Option<Uuid>), i64> = HashMap::new();
-        for record in first.iter().chain(&second) {
+        for record in first.iter().chain(&second).chain(&older) {
             *expected
                 .entry((record.api_key_id, record.permission_id))
                 .or_default() += 1;
@@ -234,7 +242,17 @@ async fn a_batch_over_many_keys_touches_every_key_and_counts_every_permission() 
             .iter()
             .find(|c| c.api_key_id == Some(keys[0]))
             .unwrap();
-        assert_eq!(first_use.first_used_at, first[0].occurred_at);
+        // Key 0 is used once per batch, always with the first permission.
+        let uses_of_key_0 = || {
+            first
+                .iter()
+                .chain(&second)
+                .chain(&older)
+                .filter(|r| r.api_key_id == Some(keys[0]))
+                .map(|r| r.occurred_at)
+        };
+        assert_eq!(Some(first_use.first_used_at), uses_of_key_0().min());
+        assert_eq!(Some(first_use.last_used_at), uses_of_key_0().max());
         // The rows themselves: all stored, and the chain intact across both batches.
         let rows = audit_event::Entity::find()
             .order_by_asc(audit_event::Column::Id)
@@ -245,7 +263,7 @@ async fn a_batch_over_many_keys_touches_every_key_and_counts_every_permission() 
             .iter()
             .filter(|r| r.api_key_id.is_some_and(|k| keys.contains(&k)))
             .count();
-        assert_eq!(ours, first.len() + second.len());
+        assert_eq!(ours, first.len() + second.len() + older.len());
         assert_eq!(verify_rows(GENESIS, &rows), Ok(rows.len()));
         app.stop().await.drop_database().await;
     })
@@ -288,6 +306,7 @@ async fn awkward_values_are_stored_exactly_and_chain_across_batches() {
             "unicode": "é🦀",
             "big": u64::MAX,
             "small": i64::MIN,
+            "floats": [1e16, -1e16, -0.0, 1.5e17, 1e20, 0.25],
             "": [],
             "key\u{0}": "nul"
         });
@@ -314,6 +333,15 @@ async fn awkward_values_are_stored_exactly_and_chain_across_batches() {
         expected.detail =
             serde_json::from_str(&expected.detail.to_string().replace("\\u0000", "\u{fffd}"))
                 .unwrap();
+        // Floats as PostgreSQL's jsonb gives them back, on both backends.
+        expected.detail["floats"] = serde_json::json!([
+            10_000_000_000_000_000_u64,
+            -10_000_000_000_000_000_i64,
+            0.0,
+            150_000_000_000_000_000_u64,
+            1e20,
+            0.25
+        ]);
         assert!(expected.reason.ends_with("nul \u{fffd}"));
         assert_eq!(stored, [expected, empty, later]);
 
@@ -415,4 +443,92 @@ async fn a_request_whose_client_goes_away_is_still_audited() {
         event.reason
     );
     assert_eq!(verify_rows(GENESIS, &rows), Ok(rows.len()));
+}
+
+/// When the audit writer is behind, a request waits for room in the queue before anything is
+/// decided or forwarded. A client that gives up meanwhile was never served: its request never
+/// reached the upstream and leaves nothing behind (before, the request was forwarded first and
+/// each abandoned one left a task waiting to queue its event, without bound).
+#[tokio::test]
+async fn a_full_audit_queue_holds_requests_before_the_upstream() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use futures_util::{StreamExt, stream};
+
+    let app = TestApp::spawn_with(migration::testing::TestDatabase::sqlite().await, |config| {
+        config.proxy.audit_queue_capacity = 4;
+        config.proxy.default_rate_limit_per_minute = 10_000_000;
+        config.proxy.default_rate_limit_burst = 100_000;
+    })
+    .await;
+    // An upstream that counts what reaches it.
+    let reached = Arc::new(AtomicUsize::new(0));
+    let counter = reached.clone();
+    let upstream = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, upstream).await });
+    crate::support::change_demo_route(&app, |route| {
+        route.upstream_url = Set(format!("http://{upstream_addr}"));
+        route.upstream_credential_secret_id = Set(None);
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
+    // Another connection holds SQLite's write lock: the writer's batches fail until it lets go.
+    let lock = app.hold_sqlite_write_lock().await;
+
+    // More requests than the writer's batch (512) and the queue (4) can take; the rest wait
+    // until their clients give up.
+    let total = 700;
+    let url = format!("{}/demo/held", app.dev.proxy_url());
+    let key = app.admin_key().to_owned();
+    let statuses: Vec<u16> = stream::iter(0..total)
+        .map(|_| {
+            let request = app
+                .http
+                .get(&url)
+                .bearer_auth(&key)
+                .timeout(std::time::Duration::from_secs(2));
+            async move {
+                request
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    let abandoned = statuses.iter().filter(|s| **s == 0).count();
+    assert_eq!(served + abandoned, total, "{statuses:?}");
+    assert!(abandoned > 0, "the queue never filled");
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        served,
+        "requests reached the upstream while the audit queue was full"
+    );
+
+    lock.rollback().await.unwrap();
+    let db = app.stop().await;
+    let rows: Vec<_> = rows_in_order(&db.conn)
+        .await
+        .into_iter()
+        .filter(|r| r.path.as_deref() == Some("/demo/held"))
+        .collect();
+    assert_eq!(rows.len(), served, "one event per request served");
+    assert!(rows.iter().all(|r| r.status == Some(200)), "{rows:?}");
+    let all = rows_in_order(&db.conn).await;
+    assert_eq!(verify_rows(GENESIS, &all), Ok(all.len()));
 }

@@ -246,3 +246,44 @@ async fn header_tricks_are_refused_or_neutralised() {
     assert!(body.contains("method_not_supported"), "{body}");
     app.stop().await;
 }
+
+/// A request body reaches the upstream as sent, or the request is refused with the client's
+/// error: never dropped, never passed on still coded, never blamed on the upstream.
+#[tokio::test]
+async fn request_bodies_reach_the_upstream_as_sent_or_are_refused() {
+    let app = TestApp::spawn(migration::testing::TestDatabase::sqlite().await).await;
+    let key = app.admin_key().to_owned();
+    let addr = app.dev.proxy_addr;
+    let with_body = |method: &str, framing: &str, body: &str| {
+        format!(
+            "{method} /demo/body HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\n{framing}Connection: close\r\n\r\n{body}"
+        )
+    };
+
+    // hyper's client would send a GET body of unknown length as no body at all.
+    let chunked_get = with_body(
+        "GET",
+        "Transfer-Encoding: chunked\r\n",
+        "5\r\nhello\r\n0\r\n\r\n",
+    );
+    let (status, body) = raw_http(addr, &chunked_get).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json_body(&body).unwrap()["body_bytes"], 5, "{body}");
+
+    // hyper takes off the chunking only; the gzip would reach the upstream as the content.
+    let gzip = with_body(
+        "POST",
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "5\r\nhello\r\n0\r\n\r\n",
+    );
+    let (status, body) = raw_http(addr, &gzip).await;
+    assert_eq!(status, 501, "{body}");
+    assert!(body.contains("transfer_coding_not_supported"), "{body}");
+
+    // A malformed chunk is the client's fault (400), not an unavailable upstream (502).
+    let bad_chunk = with_body("POST", "Transfer-Encoding: chunked\r\n", "zz\r\nhello\r\n");
+    let (status, body) = raw_http(addr, &bad_chunk).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("bad_request_body"), "{body}");
+    app.stop().await;
+}

@@ -74,6 +74,37 @@ async fn a_revoked_key_presented_again_is_reported() {
     app.stop().await;
 }
 
+/// A database that refuses writes for longer than SQLite's busy timeout (5 s) delays the
+/// security event; it is stored once writes succeed again, not dropped after one failure.
+#[tokio::test]
+async fn a_security_event_outlives_a_database_refusing_writes() {
+    let app = TestApp::spawn(migration::testing::TestDatabase::sqlite().await).await;
+    let (key_id, key) = app.insert_key(app.admin_id().await).await;
+    app.update_key(key_id, |row| {
+        row.revoked_at = Set(Some(Utc::now()));
+    })
+    .await;
+    // Another connection holds SQLite's write lock; reads (the key's lookup) still work.
+    let lock = app.hold_sqlite_write_lock().await;
+    assert_eq!(
+        app.proxy_get("/demo/x", Some(&key)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Past the first attempt's busy timeout.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(events_of_kind(&app, "revoked_key_used").await.is_empty());
+    lock.rollback().await.unwrap();
+    let found = eventually(Duration::from_secs(10), || async {
+        !events_of_kind(&app, "revoked_key_used").await.is_empty()
+    })
+    .await;
+    assert!(found.is_some(), "the event was lost to the failed write");
+    let events = events_of_kind(&app, "revoked_key_used").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].api_key_id, Some(key_id));
+    app.stop().await;
+}
+
 /// One proxied request with `key`, from `client_ip` as a trusted proxy reports it.
 async fn call_from(app: &TestApp, key: &str, client_ip: &str) -> StatusCode {
     app.http

@@ -571,13 +571,7 @@ async fn a_tunnel_closes_when_policy_goes_stale_with_the_database_unreachable() 
     let Some(database) = migration::testing::TestDatabase::postgres().await else {
         return;
     };
-    let name = database
-        .url
-        .rsplit('/')
-        .next()
-        .and_then(|tail| tail.split('?').next())
-        .expect("database name in the URL")
-        .to_owned();
+    let name = database.postgres_name().expect("PostgreSQL").to_owned();
     let admin = migration::connect(&std::env::var("TEST_DATABASE_URL").unwrap())
         .await
         .unwrap();

@@ -355,9 +355,12 @@ pub async fn record_mutation(
     record.path = Some(mutation.to_owned());
     record.decision = Some(decision);
     record.detail = detail;
-    if let Err(error) = chain::append(db, &[record]).await {
-        // The change itself is committed; losing its audit record must at least be loud.
-        tracing::error!(%error, mutation, "failed to audit a management mutation");
+    // The change itself is committed: its record is retried until stored, and the response
+    // waits for it. A task of its own finishes the job should the caller go away meanwhile.
+    let db = db.clone();
+    let stored = tokio::spawn(async move { chain::append_until_stored(&db, &[record]).await });
+    if let Err(error) = stored.await {
+        tracing::error!(%error, mutation, "the audit of a management mutation did not finish");
         metrics::counter!("portcullis_management_audit_failures_total").increment(1);
     }
 }
