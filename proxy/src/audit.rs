@@ -37,6 +37,8 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// Events per database transaction.
 const BATCH_SIZE: usize = 512;
+/// How long a stopping writer keeps retrying what is queued before it logs it instead.
+const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(30);
 /// A batch smaller than this waits [`LINGER`] for more events before it is written.
 const LINGER_BELOW: usize = 256;
 /// How long a small batch waits to grow: the longest an event stays unwritten for that reason.
@@ -1035,9 +1037,23 @@ pub struct AuditWriter {
 
 /// Starts the writer over `db`; `capacity` events may wait before senders block.
 pub fn spawn(db: DatabaseConnection, capacity: usize) -> (AuditSink, AuditWriter) {
+    spawn_with_patience(db, capacity, SHUTDOWN_PATIENCE)
+}
+
+/// [`spawn`], with the time a stopping writer waits for a failing database.
+fn spawn_with_patience(
+    db: DatabaseConnection,
+    capacity: usize,
+    patience: Duration,
+) -> (AuditSink, AuditWriter) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let (stop_tx, stop_rx) = oneshot::channel();
-    let task = tokio::spawn(run(db, rx, stop_rx));
+    let shutdown = Shutdown {
+        signal: stop_rx,
+        patience,
+        give_up_at: None,
+    };
+    let task = tokio::spawn(run(db, rx, shutdown));
     (
         AuditSink { tx },
         AuditWriter {
@@ -1095,24 +1111,22 @@ async fn log_checkpoint(db: &DatabaseConnection) {
     }
 }
 
-async fn run(
-    db: DatabaseConnection,
-    mut rx: mpsc::Receiver<AuditRecord>,
-    mut stop: oneshot::Receiver<()>,
-) {
+async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<AuditRecord>, mut shutdown: Shutdown) {
     let mut batch = Vec::with_capacity(BATCH_SIZE);
-    let mut stopping = false;
     let mut checkpointed = tokio::time::Instant::now();
     loop {
-        let received = if stopping {
+        if shutdown.stopping() {
+            // Refuse new events; everything already queued is still received. (The signal
+            // may have come while a batch was being stored.)
+            rx.close();
+        }
+        let received = if shutdown.stopping() {
             rx.recv_many(&mut batch, BATCH_SIZE).await
         } else {
             tokio::select! {
                 n = rx.recv_many(&mut batch, BATCH_SIZE) => n,
-                _ = &mut stop => {
-                    stopping = true;
-                    // Refuse new events; everything already queued is still received.
-                    rx.close();
+                _ = &mut shutdown.signal => {
+                    shutdown.begin();
                     continue;
                 }
             }
@@ -1121,7 +1135,7 @@ async fn run(
             log_checkpoint(&db).await;
             return;
         }
-        if !stopping && batch.len() < LINGER_BELOW {
+        if !shutdown.stopping() && batch.len() < LINGER_BELOW {
             // Under moderate load events trickle in a few at a time, and every transaction
             // rewrites the same handful of index pages in the WAL. Waiting a moment lets a
             // batch form; senders are not held up (they only wait when the queue is full).
@@ -1133,8 +1147,21 @@ async fn run(
                 }
             }
         }
-        append_until_stored(&db, &batch).await;
-        metrics::counter!("portcullis_audit_events_written_total").increment(batch.len() as u64);
+        if store(&db, &batch, Some(&mut shutdown)).await.is_err() {
+            // A process that must stop cannot wait for the database forever (its supervisor
+            // would kill it and the events would be gone): the log keeps them instead.
+            metrics::counter!("portcullis_audit_events_unstored_at_shutdown_total")
+                .increment(batch.len() as u64);
+            for record in &batch {
+                tracing::error!(
+                    ?record,
+                    "audit event not stored before shutdown; logged instead"
+                );
+            }
+        } else {
+            metrics::counter!("portcullis_audit_events_written_total")
+                .increment(batch.len() as u64);
+        }
         batch.clear();
         if checkpointed.elapsed() >= CHECKPOINT_EVERY {
             checkpointed = tokio::time::Instant::now();
@@ -1143,22 +1170,74 @@ async fn run(
     }
 }
 
+/// The writer's stop signal, and how long it still waits for the database once it came.
+struct Shutdown {
+    signal: oneshot::Receiver<()>,
+    /// [`SHUTDOWN_PATIENCE`] but in tests.
+    patience: Duration,
+    /// Set when the signal comes: `patience` later.
+    give_up_at: Option<tokio::time::Instant>,
+}
+
+impl Shutdown {
+    fn stopping(&self) -> bool {
+        self.give_up_at.is_some()
+    }
+
+    fn begin(&mut self) {
+        self.give_up_at = Some(tokio::time::Instant::now() + self.patience);
+    }
+}
+
 /// Appends `batch`, retrying with backoff (50 ms doubling to 5 s) until it is stored, never
 /// twice (a retry first looks for the rows of the attempt before). The writer's queue fills
 /// while it waits, and its senders wait.
 pub async fn append_until_stored(db: &DatabaseConnection, batch: &[AuditRecord]) {
+    // Without a shutdown to run out of patience for, only success ends it.
+    let _ = store(db, batch, None).await;
+}
+
+/// [`append_until_stored`], giving up (`Err`) once `shutdown` has begun and its patience is
+/// spent; after that, without trying. An attempt is never cut short: what it did decides
+/// what its retry looks for.
+async fn store(
+    db: &DatabaseConnection,
+    batch: &[AuditRecord],
+    mut shutdown: Option<&mut Shutdown>,
+) -> Result<(), ()> {
     let mut delay = Duration::from_millis(50);
     let mut attempt = None;
     loop {
-        match append_noting(db, batch, &mut attempt).await {
-            Ok(()) => return,
-            Err(error) => {
-                tracing::error!(%error, events = batch.len(), "audit batch not stored yet; retrying");
-                metrics::counter!("portcullis_audit_write_failures_total").increment(1);
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+        let spent = |shutdown: &Option<&mut Shutdown>| {
+            shutdown
+                .as_ref()
+                .and_then(|s| s.give_up_at)
+                .is_some_and(|at| tokio::time::Instant::now() >= at)
+        };
+        if spent(&shutdown) {
+            return Err(());
+        }
+        let error = match append_noting(db, batch, &mut attempt).await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        tracing::error!(%error, events = batch.len(), "audit batch not stored yet; retrying");
+        metrics::counter!("portcullis_audit_write_failures_total").increment(1);
+        let pause = tokio::time::Instant::now() + delay;
+        match shutdown.as_deref_mut() {
+            None => tokio::time::sleep_until(pause).await,
+            Some(shutdown) => {
+                if let Some(give_up_at) = shutdown.give_up_at {
+                    tokio::time::sleep_until(pause.min(give_up_at)).await;
+                } else {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(pause) => {}
+                        _ = &mut shutdown.signal => shutdown.begin(),
+                    }
+                }
             }
         }
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -1230,6 +1309,35 @@ mod tests {
         assert!(!Arc::ptr_eq(&custom, &shared_text("PROPFIND")));
         // Methods are case-sensitive (RFC 9110 §9.1): `get` is not `GET`.
         assert_eq!(&*shared_text("get"), "get");
+    }
+
+    /// A stopping writer whose database keeps failing gives up after its patience (the
+    /// events go to the log) instead of holding the process until it is killed. SQLite's
+    /// 5 s busy timeout makes each attempt last 5 s here.
+    #[tokio::test]
+    async fn a_stopping_writer_gives_up_on_a_failing_database_in_time() {
+        use sea_orm::{ConnectionTrait, EntityTrait, TransactionTrait};
+        let db = migration::testing::TestDatabase::sqlite()
+            .await
+            .migrated()
+            .await;
+        // Another connection holds SQLite's write lock for the whole test.
+        let blocker = migration::connect(&db.url).await.expect("connect");
+        let lock = blocker.begin().await.expect("begin");
+        lock.execute_unprepared("CREATE TABLE hold_the_write_lock (x INTEGER)")
+            .await
+            .expect("write lock");
+        let (sink, writer) = spawn_with_patience(db.conn.clone(), 16, Duration::from_secs(1));
+        sink.record(AuditRecord::new(AuditEventKind::ProxyRequest, "stuck"))
+            .await;
+        let stopped = tokio::time::timeout(Duration::from_secs(40), writer.shutdown()).await;
+        assert!(stopped.is_ok(), "the writer never gave up");
+        lock.rollback().await.expect("rollback");
+        let rows = entity::audit_event::Entity::find()
+            .all(&db.conn)
+            .await
+            .expect("rows");
+        assert!(rows.is_empty(), "logged, not stored: {rows:?}");
     }
 
     #[tokio::test]

@@ -172,6 +172,11 @@ impl From<CacheError> for ProxyError {
     fn from(error: CacheError) -> Self {
         match error {
             CacheError::Stale => ProxyError::PolicyStale,
+            CacheError::LookupsLimited(decision) => ProxyError::RateLimited {
+                retry_after: decision.retry_after.unwrap_or_default(),
+                limit: decision.limit,
+                reset: decision.reset,
+            },
             // Cannot tell who is calling without the database: fail closed.
             CacheError::Database(e) => {
                 tracing::warn!(error = %e, "policy lookup failed");
@@ -191,6 +196,7 @@ pub async fn verify_api_key(
     cache: &PolicyCache,
     hasher: &KeyHasher,
     raw: &str,
+    client: std::net::IpAddr,
     now: DateTime<Utc>,
 ) -> Result<std::sync::Arc<KeyEntry>, Refused> {
     let token =
@@ -201,7 +207,7 @@ pub async fn verify_api_key(
         );
     }
     let Some(entry) = cache
-        .key(token.lookup_prefix())
+        .key(token.lookup_prefix(), client)
         .await
         .map_err(ProxyError::from)?
     else {
@@ -234,6 +240,7 @@ pub async fn verify_grant_token(
     cache: &PolicyCache,
     hasher: &KeyHasher,
     raw: &str,
+    client: std::net::IpAddr,
     now: DateTime<Utc>,
 ) -> Result<Authenticated, Refused> {
     let token =
@@ -244,7 +251,7 @@ pub async fn verify_grant_token(
         );
     }
     let Some(entry) = cache
-        .grant_token(token.lookup_prefix())
+        .grant_token(token.lookup_prefix(), client)
         .await
         .map_err(ProxyError::from)?
     else {

@@ -31,7 +31,8 @@ use entity::{
 };
 use ipnet::IpNet;
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
 };
 use uuid::Uuid;
 
@@ -41,8 +42,8 @@ use crate::{
         Binding, BindingId, Grant, GrantId, MethodSet, PathGlob, Permission, PrincipalId, Role,
         RoleId, Roles,
     },
-    ratelimit::{Limit, RateLimitOverride},
-    routes::{AuthMethod, IpRule, Route, RouteTable, UpstreamCredential},
+    ratelimit::{Limit, LocalLimiter, RateDecision, RateLimitOverride},
+    routes::{AuthMethod, IpRule, Route, RouteTable, UpstreamCredential, canonical_net},
 };
 
 /// Entity kinds written to the change feed. THE API AND THE PROXY MUST AGREE ON THESE.
@@ -181,14 +182,86 @@ const RELOAD_RETRY: Duration = Duration::from_secs(5);
 
 /// Unknown prefixes remembered (so random keys cannot make every request hit the database).
 const MAX_NEGATIVE_KEYS: usize = 10_000;
+/// How many keys or grant tokens one client subnet (an IPv4 address, an IPv6 /64) may look up
+/// in the database: anyone can make up a well-formed key (its checksum is public), and each
+/// unknown one costs a query. Cache hits are not counted; a real key misses about once per
+/// [`DEFAULT_MAX_AGE`].
+pub const LOOKUPS_PER_CLIENT: Limit = Limit {
+    per_minute: 1_200,
+    burst: 200,
+};
+/// Database lookups of uncached keys and grant tokens running at once, across all clients, so
+/// that a flood of made-up keys from many networks queues here instead of taking every
+/// connection from the policy feed and the audit writer.
+const CONCURRENT_LOOKUPS: usize = 4;
 /// How long an id skipped by a poll is re-checked before it is assumed rolled back.
 const GAP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most skipped ids watched at once; beyond, all policy is reloaded instead.
+const MAX_GAPS: usize = 10_000;
+/// Skipped ids asked for per query (PostgreSQL takes at most 65,535 bound values).
+const GAP_QUERY_IDS: usize = 1_000;
+
+/// The bucket of `client`'s subnet for [`LOOKUPS_PER_CLIENT`].
+fn subnet_key(client: IpAddr) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    match client {
+        IpAddr::V4(v4) => key[1..5].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => {
+            key[0] = 6;
+            key[1..].copy_from_slice(&v6.octets()[..8]);
+        }
+    }
+    key
+}
+
+/// Cached keys by lookup prefix, known and unknown ones counted apart: unknown prefixes are
+/// bounded by [`MAX_NEGATIVE_KEYS`], real keys only by use.
+#[derive(Default)]
+struct KeyMap {
+    by_prefix: HashMap<String, CachedKey>,
+    /// Entries saying "no such key".
+    unknown: usize,
+}
+
+impl KeyMap {
+    fn get(&self, prefix: &str) -> Option<&CachedKey> {
+        self.by_prefix.get(prefix)
+    }
+
+    fn insert(&mut self, prefix: String, cached: CachedKey) -> Option<CachedKey> {
+        if cached.entry.is_none() && self.unknown >= MAX_NEGATIVE_KEYS {
+            self.retain(|_| true);
+        }
+        let added_unknown = cached.entry.is_none();
+        let replaced = self.by_prefix.insert(prefix, cached);
+        let removed_unknown = replaced.as_ref().is_some_and(|r| r.entry.is_none());
+        self.unknown = self.unknown + usize::from(added_unknown) - usize::from(removed_unknown);
+        replaced
+    }
+
+    /// Keeps the real keys `keep` accepts; forgets every unknown prefix.
+    fn retain(&mut self, mut keep: impl FnMut(&KeyEntry) -> bool) {
+        self.by_prefix
+            .retain(|_, cached| cached.entry.as_deref().is_some_and(&mut keep));
+        self.unknown = 0;
+    }
+
+    fn clear(&mut self) {
+        self.by_prefix.clear();
+        self.unknown = 0;
+    }
+}
 
 /// The cache shared by every request of one proxy instance.
 pub struct PolicyCache {
     db: DatabaseConnection,
     snapshot: ArcSwap<Snapshot>,
-    keys: RwLock<HashMap<String, CachedKey>>,
+    keys: RwLock<KeyMap>,
+    /// Database lookups per client subnet; see [`LOOKUPS_PER_CLIENT`].
+    lookups: LocalLimiter,
+    lookups_per_client: Limit,
+    /// See [`CONCURRENT_LOOKUPS`].
+    concurrent_lookups: tokio::sync::Semaphore,
     principals: RwLock<HashMap<Uuid, Arc<PrincipalEntry>>>,
     /// Incident-grant tokens by lookup prefix (`None` = known not to exist).
     grant_tokens: RwLock<HashMap<String, Option<Arc<GrantTokenEntry>>>>,
@@ -255,6 +328,9 @@ pub enum CacheError {
     /// Policy is older than the allowed staleness.
     #[error("policy is stale")]
     Stale,
+    /// The client's subnet looked up too many uncached keys or grant tokens.
+    #[error("too many lookups of unknown credentials from this network")]
+    LookupsLimited(RateDecision),
 }
 
 impl PolicyCache {
@@ -272,6 +348,9 @@ impl PolicyCache {
             db,
             snapshot: ArcSwap::from_pointee(snapshot),
             keys: RwLock::default(),
+            lookups: LocalLimiter::new(),
+            lookups_per_client: LOOKUPS_PER_CLIENT,
+            concurrent_lookups: tokio::sync::Semaphore::new(CONCURRENT_LOOKUPS),
             grant_tokens: RwLock::default(),
             principals: RwLock::default(),
             oidc_subjects: RwLock::default(),
@@ -288,6 +367,13 @@ impl PolicyCache {
             snapshot_loaded_ms: AtomicU64::new(0),
             credential_epoch: AtomicU64::new(0),
         })
+    }
+
+    /// Sets how many uncached keys and grant tokens one client subnet may look up (default
+    /// [`LOOKUPS_PER_CLIENT`]); benchmarks that load many keys from one address raise it.
+    pub fn with_lookups_per_client(mut self, limit: Limit) -> Self {
+        self.lookups_per_client = limit;
+        self
     }
 
     /// Reloads cached keys, principals, OIDC identities and the snapshot once they are
@@ -389,13 +475,42 @@ impl PolicyCache {
         }
     }
 
-    /// The key with this lookup prefix, loading it on a miss or once it is `max_age` old.
-    pub async fn key(&self, prefix: &str) -> Result<Option<Arc<KeyEntry>>, CacheError> {
-        if let Some(cached) = read(&self.keys).get(prefix)
-            && cached.loaded_at.elapsed() < self.max_age
-        {
-            return Ok(cached.entry.clone());
+    /// Admits one database lookup of something `client` presented that is not cached: within
+    /// its subnet's budget, then one of [`CONCURRENT_LOOKUPS`].
+    async fn lookup_for(
+        &self,
+        client: IpAddr,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, CacheError> {
+        let decision = self
+            .lookups
+            .check(subnet_key(client), self.lookups_per_client);
+        if !decision.allowed {
+            metrics::counter!("portcullis_proxy_lookups_refused_total").increment(1);
+            return Err(CacheError::LookupsLimited(decision));
         }
+        // The semaphore is never closed.
+        self.concurrent_lookups
+            .acquire()
+            .await
+            .map_err(|_| CacheError::Stale)
+    }
+
+    /// The key with this lookup prefix, loading it on a miss or once it is `max_age` old. A
+    /// prefix not cached at all is looked up within `client`'s budget ([`LOOKUPS_PER_CLIENT`]).
+    pub async fn key(
+        &self,
+        prefix: &str,
+        client: IpAddr,
+    ) -> Result<Option<Arc<KeyEntry>>, CacheError> {
+        let cached = read(&self.keys)
+            .get(prefix)
+            .map(|c| (c.loaded_at, c.entry.clone()));
+        let _lookup = match cached {
+            Some((loaded_at, entry)) if loaded_at.elapsed() < self.max_age => return Ok(entry),
+            // Reloaded for its age: a known prefix, at most once per `max_age`.
+            Some(_) => None,
+            None => Some(self.lookup_for(client).await?),
+        };
         let generation = self.generation.load(Ordering::Acquire);
         let entry = match load_key(&self.db, prefix).await {
             Ok(entry) => entry,
@@ -407,9 +522,6 @@ impl PolicyCache {
         let entry = entry.map(Arc::new);
         let mut keys = write(&self.keys);
         if self.generation.load(Ordering::Acquire) == generation {
-            if entry.is_none() && keys.len() >= MAX_NEGATIVE_KEYS {
-                keys.retain(|_, cached| cached.entry.is_some());
-            }
             let replaced = keys.insert(
                 prefix.to_owned(),
                 CachedKey {
@@ -432,10 +544,12 @@ impl PolicyCache {
     pub async fn grant_token(
         &self,
         prefix: &str,
+        client: IpAddr,
     ) -> Result<Option<Arc<GrantTokenEntry>>, CacheError> {
         if let Some(entry) = read(&self.grant_tokens).get(prefix) {
             return Ok(entry.clone());
         }
+        let _lookup = self.lookup_for(client).await?;
         let generation = self.generation.load(Ordering::Acquire);
         let row = incident_grant::Entity::find()
             .filter(incident_grant::Column::TokenPrefix.eq(prefix))
@@ -499,17 +613,24 @@ impl PolicyCache {
 
     /// Applies new feed entries. Returns how many were applied.
     pub async fn sync(&self) -> Result<usize, DbErr> {
+        // Fresh as of this read of the feed, not of the end of this sync: a snapshot reload
+        // that hangs after it must not make policy read minutes ago count as fresh.
+        let read_at = self.since_start_ms();
         let cursor = self.cursor.load(Ordering::Acquire);
-        let pending_gaps: Vec<i64> = lock(&self.gaps).0.keys().copied().collect();
+        let pending_gaps: Vec<i64> = {
+            let mut gaps = lock(&self.gaps);
+            gaps.0.retain(|_, since| since.elapsed() < GAP_TIMEOUT);
+            gaps.0.keys().copied().collect()
+        };
         let mut changes = policy_change::Entity::find()
             .filter(policy_change::Column::Id.gt(cursor))
             .order_by_asc(policy_change::Column::Id)
             .limit(1_000)
             .all(&self.db)
             .await?;
-        if !pending_gaps.is_empty() {
+        for ids in pending_gaps.chunks(GAP_QUERY_IDS) {
             let late = policy_change::Entity::find()
-                .filter(policy_change::Column::Id.is_in(pending_gaps))
+                .filter(policy_change::Column::Id.is_in(ids.iter().copied()))
                 .all(&self.db)
                 .await?;
             changes.extend(late);
@@ -523,19 +644,31 @@ impl PolicyCache {
         }
         // Only once applied: recorded before, a failed apply would have struck late entries
         // (below the cursor, so never fetched again) off the gap list unapplied.
-        self.record_gaps(cursor, &changes);
+        if self.record_gaps(cursor, &changes) {
+            // More ids skipped than are watched (a sequence moved far ahead, a huge rollback):
+            // a change among the unwatched ones would go unseen, so start over from the
+            // database instead.
+            tracing::warn!(
+                watched = MAX_GAPS,
+                "the policy feed skipped more ids than are watched; reloading all policy"
+            );
+            self.reload_snapshot().await?;
+            self.clear();
+        }
         self.reload_if_old().await;
-        self.last_sync_ms
-            .store(self.since_start_ms(), Ordering::Relaxed);
+        self.last_sync_ms.fetch_max(read_at, Ordering::Relaxed);
         Ok(applied)
     }
 
-    fn record_gaps(&self, cursor: i64, changes: &[policy_change::Model]) {
+    /// Strikes `changes` off the gaps and adds the ids they skipped; true when more were
+    /// skipped than [`MAX_GAPS`] (only that many are watched).
+    fn record_gaps(&self, cursor: i64, changes: &[policy_change::Model]) -> bool {
         let mut gaps = lock(&self.gaps);
         let now = Instant::now();
         for change in changes {
             gaps.0.remove(&change.id);
         }
+        gaps.0.retain(|_, since| since.elapsed() < GAP_TIMEOUT);
         let mut expected = cursor + 1;
         let mut fresh: Vec<i64> = changes
             .iter()
@@ -543,13 +676,18 @@ impl PolicyCache {
             .filter(|id| *id > cursor)
             .collect();
         fresh.sort_unstable();
+        let mut overflow = false;
         for id in fresh {
             for missing in expected..id {
+                if gaps.0.len() >= MAX_GAPS {
+                    overflow = true;
+                    break;
+                }
                 gaps.0.entry(missing).or_insert(now);
             }
             expected = id + 1;
         }
-        gaps.0.retain(|_, since| since.elapsed() < GAP_TIMEOUT);
+        overflow
     }
 
     async fn apply(&self, changes: &[policy_change::Model]) -> Result<(), DbErr> {
@@ -576,12 +714,10 @@ impl PolicyCache {
         if !keys_changed.is_empty() {
             self.generation.fetch_add(1, Ordering::AcqRel);
             let mut keys = write(&self.keys);
-            // Forget negative entries too: a changed key may be a new one.
-            keys.retain(|_, cached| {
-                cached
-                    .entry
-                    .as_ref()
-                    .is_some_and(|e| !keys_changed.contains(&e.id))
+            // Forget negative entries too: a changed key may be a new one. A key spending a
+            // changed key's budget (rotated into it) goes too: the budget may have moved.
+            keys.retain(|entry| {
+                !keys_changed.contains(&entry.id) && !keys_changed.contains(&entry.budget_id)
             });
         }
         if changes
@@ -889,8 +1025,9 @@ async fn load_key(db: &DatabaseConnection, prefix: &str) -> Result<Option<KeyEnt
 /// Rotations chained beyond this are not followed (each is one more query on a cache miss).
 const MAX_ROTATION_HOPS: usize = 8;
 
-/// The newest unrevoked successor of key `id` in its rotation chain, if any: the key whose
-/// budget a rotated key spends during its grace period.
+/// The newest successor of key `id` in its rotation chain, if any: the key whose budget a
+/// rotated key spends during its grace period. A revoked successor counts: its budget is what
+/// the chain has left (skipping it would hand the old key its own, unspent, counter again).
 async fn newest_successor(
     db: &DatabaseConnection,
     id: Uuid,
@@ -900,7 +1037,6 @@ async fn newest_successor(
     for _ in 0..MAX_ROTATION_HOPS {
         let next = api_key::Entity::find()
             .filter(api_key::Column::RotatedFrom.eq(current))
-            .filter(api_key::Column::RevokedAt.is_null())
             .order_by_desc(api_key::Column::CreatedAt)
             .one(db)
             .await?;
@@ -942,7 +1078,7 @@ fn binding_cidrs(conditions: &serde_json::Value) -> Option<Vec<ipnet::IpNet>> {
     };
     json_strings(cidrs)?
         .iter()
-        .map(|cidr| cidr.parse().ok())
+        .map(|cidr| cidr.parse().ok().map(canonical_net))
         .collect()
 }
 
@@ -976,7 +1112,7 @@ fn parse_ip_rule(row: &ip_rule::Model) -> Option<IpRule> {
     {
         Ok(net) => Some(IpRule {
             id: row.id,
-            net,
+            net: canonical_net(net),
             allow: row.action == ip_rule::IpRuleAction::Allow,
             expires_at: row.expires_at,
         }),
@@ -1005,7 +1141,17 @@ pub async fn load_snapshot(db: &DatabaseConnection) -> Result<Snapshot, DbErr> {
 
     let mut route_rules: HashMap<Uuid, Vec<IpRule>> = HashMap::new();
     let mut global_ip_rules = Vec::new();
-    for row in ip_rule::Entity::find().all(db).await? {
+    // Expired rules decide nothing (remediation leaves a row per blocked network behind).
+    let now = Utc::now();
+    for row in ip_rule::Entity::find()
+        .filter(
+            Condition::any()
+                .add(ip_rule::Column::ExpiresAt.is_null())
+                .add(ip_rule::Column::ExpiresAt.gt(now)),
+        )
+        .all(db)
+        .await?
+    {
         let Some(rule) = parse_ip_rule(&row) else {
             continue;
         };
@@ -1205,6 +1351,8 @@ mod tests {
 
     use super::*;
 
+    const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     #[test]
     fn unreadable_method_lists_are_refused_instead_of_widened_to_any() {
         assert_eq!(
@@ -1275,6 +1423,28 @@ mod tests {
         assert_eq!(cache.sync().await.ok(), Some(0), "and applied once");
     }
 
+    /// A feed whose ids jump far ahead (a sequence set forward, a huge rollback) is watched
+    /// for at most [`MAX_GAPS`] skipped ids; the rest is covered by reloading all policy. Each
+    /// skipped id watched was a bound value of one query, which both databases refuse past
+    /// some tens of thousands: the feed stopped for good, and policy went stale.
+    #[tokio::test]
+    async fn a_jump_in_feed_ids_reloads_policy_instead_of_stopping_the_feed() {
+        let db = migration::testing::TestDatabase::sqlite()
+            .await
+            .migrated()
+            .await;
+        feed_row(&db.conn, 1).await;
+        let cache = PolicyCache::load(db.conn.clone(), Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|error| panic!("load: {error}"));
+        feed_row(&db.conn, 100_000).await;
+        assert_eq!(cache.sync().await.ok(), Some(1));
+        assert!(lock(&cache.gaps).0.len() <= MAX_GAPS);
+        feed_row(&db.conn, 100_001).await;
+        assert_eq!(cache.sync().await.ok(), Some(1), "the feed goes on");
+        assert_eq!(cache.sync().await.ok(), Some(0));
+    }
+
     #[tokio::test]
     async fn an_entry_due_for_reload_is_served_through_an_outage_until_policy_is_stale() {
         let db = migration::testing::TestDatabase::sqlite()
@@ -1292,22 +1462,114 @@ mod tests {
         let within = load(&db.conn, Duration::from_secs(60)).await;
         let stale = load(&db.conn, Duration::ZERO).await;
         for cache in [&within, &stale] {
-            assert!(matches!(cache.key("pcl_test_known").await, Ok(None)));
+            assert!(matches!(
+                cache.key("pcl_test_known", LOOPBACK).await,
+                Ok(None)
+            ));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
         db.conn.get_sqlite_connection_pool().close().await;
         // Due for reload, the database gone: the cached answer stands while the feed is fresh.
-        assert!(matches!(within.key("pcl_test_known").await, Ok(None)));
+        assert!(matches!(
+            within.key("pcl_test_known", LOOPBACK).await,
+            Ok(None)
+        ));
         // Never cached: fails closed.
         assert!(matches!(
-            within.key("pcl_test_unknown").await,
+            within.key("pcl_test_unknown", LOOPBACK).await,
             Err(CacheError::Database(_))
         ));
         // Past the allowed staleness: fails closed too.
         assert!(matches!(
-            stale.key("pcl_test_known").await,
+            stale.key("pcl_test_known", LOOPBACK).await,
             Err(CacheError::Database(_))
         ));
+    }
+
+    /// Made-up keys (well formed: the checksum is public) cost a query each, so each client
+    /// subnet has a budget of lookups; prefixes already cached, known or not, cost nothing.
+    #[tokio::test]
+    async fn uncached_lookups_are_budgeted_per_client_subnet() {
+        let db = migration::testing::TestDatabase::sqlite()
+            .await
+            .migrated()
+            .await;
+        let cache = PolicyCache::load(db.conn.clone(), Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|error| panic!("load: {error}"))
+            .with_lookups_per_client(Limit::new(1, 3));
+        let v6 =
+            |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, last));
+        for i in 0..3 {
+            let prefix = format!("pcl_test_made_up_{i}");
+            assert!(matches!(cache.key(&prefix, v6(1)).await, Ok(None)));
+        }
+        // Another address of the same /64 shares the budget; a grant token counts too.
+        assert!(matches!(
+            cache.key("pcl_test_made_up_3", v6(2)).await,
+            Err(CacheError::LookupsLimited(decision)) if !decision.allowed
+        ));
+        assert!(matches!(
+            cache.grant_token("pig_test_made_up", v6(3)).await,
+            Err(CacheError::LookupsLimited(_))
+        ));
+        // A prefix already looked up is answered from the cache.
+        assert!(matches!(
+            cache.key("pcl_test_made_up_0", v6(1)).await,
+            Ok(None)
+        ));
+        // Other networks have budgets of their own.
+        assert!(matches!(
+            cache.key("pcl_test_made_up_3", LOOPBACK).await,
+            Ok(None)
+        ));
+    }
+
+    /// Unknown prefixes are bounded on their own: real keys cached do not count against them,
+    /// and making room forgets unknown prefixes only.
+    #[test]
+    fn unknown_prefixes_are_counted_apart_from_real_keys() {
+        let hash = TokenHash::from_hex(&"00".repeat(32)).unwrap_or_else(|_| panic!("hash"));
+        let cached = |known: bool| CachedKey {
+            entry: known.then(|| {
+                let id = Uuid::now_v7();
+                Arc::new(KeyEntry {
+                    id,
+                    principal_id: id,
+                    hash,
+                    expires_at: None,
+                    revoked: false,
+                    suspended: false,
+                    has_quota: false,
+                    rate_limit: None,
+                    budget_id: id,
+                })
+            }),
+            loaded_at: Instant::now(),
+        };
+        let mut keys = KeyMap::default();
+        for i in 0..MAX_NEGATIVE_KEYS + 10 {
+            keys.insert(format!("real_{i}"), cached(true));
+        }
+        for i in 0..MAX_NEGATIVE_KEYS {
+            keys.insert(format!("unknown_{i}"), cached(false));
+        }
+        assert_eq!(keys.unknown, MAX_NEGATIVE_KEYS);
+        assert_eq!(
+            keys.by_prefix.len(),
+            2 * MAX_NEGATIVE_KEYS + 10,
+            "all remembered"
+        );
+        // Replacing an unknown prefix by a real key, or by another answer, keeps the count.
+        keys.insert("unknown_0".into(), cached(true));
+        keys.insert("unknown_1".into(), cached(false));
+        assert_eq!(keys.unknown, MAX_NEGATIVE_KEYS - 1);
+        keys.insert("one_more".into(), cached(false));
+        assert_eq!(keys.unknown, MAX_NEGATIVE_KEYS);
+        // Full: the next unknown prefix makes room by forgetting unknown ones, not real keys.
+        keys.insert("over".into(), cached(false));
+        assert_eq!(keys.unknown, 1);
+        assert_eq!(keys.by_prefix.len(), MAX_NEGATIVE_KEYS + 10 + 1 + 1);
     }
 
     /// The feed is the usual way changes arrive; an entry reloaded for its age is the
@@ -1332,12 +1594,12 @@ mod tests {
         let changes = cache.subscribe();
         let revoked = |entry: Option<Arc<KeyEntry>>| entry.map(|e| e.revoked);
         assert_eq!(
-            revoked(cache.key("pcl_test_aged").await.ok().flatten()),
+            revoked(cache.key("pcl_test_aged", LOOPBACK).await.ok().flatten()),
             Some(false)
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(
-            revoked(cache.key("pcl_test_aged").await.ok().flatten()),
+            revoked(cache.key("pcl_test_aged", LOOPBACK).await.ok().flatten()),
             Some(false)
         );
         assert!(!changes.has_changed().unwrap_or(true), "reloaded the same");
@@ -1348,7 +1610,7 @@ mod tests {
         row.update(&db.conn).await.expect("revoke");
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(
-            revoked(cache.key("pcl_test_aged").await.ok().flatten()),
+            revoked(cache.key("pcl_test_aged", LOOPBACK).await.ok().flatten()),
             Some(true)
         );
         assert!(

@@ -92,32 +92,56 @@ pub struct Detection {
     pub detail: serde_json::Value,
 }
 
+/// Occurrences in a sliding window, estimated from two fixed windows: the current one and
+/// the one before it, weighted by how much of it is still less than a window ago. Counting
+/// only the current fixed window would miss a burst split across its boundary: up to twice
+/// the threshold, less two, in a few seconds.
 #[derive(Default)]
 struct Counter {
+    /// Start of the current fixed window.
     window_start: Option<Instant>,
     count: u32,
-    reported: bool,
+    /// The count of the fixed window before the current one.
+    previous: u32,
+    /// When this counter last fired: at most once per window.
+    reported_at: Option<Instant>,
 }
 
 impl Counter {
-    /// Counts one occurrence; true exactly once per window when `threshold` is reached.
-    fn hit(&mut self, now: Instant, window: Duration, threshold: u32) -> bool {
-        if self
+    /// Counts one occurrence; when the estimate reaches `threshold`, and the counter did not
+    /// fire within the last window, returns the estimate (what the event reports).
+    fn hit(&mut self, now: Instant, window: Duration, threshold: u32) -> Option<u32> {
+        match self
             .window_start
-            .is_none_or(|start| now.duration_since(start) >= window)
+            .map(|start| (start, now.duration_since(start)))
         {
-            *self = Self {
-                window_start: Some(now),
-                count: 0,
-                reported: false,
-            };
+            Some((_, into)) if into < window => {}
+            Some((start, into)) if into < window.saturating_mul(2) => {
+                self.previous = self.count;
+                self.count = 0;
+                self.window_start = Some(start.checked_add(window).unwrap_or(now));
+            }
+            _ => {
+                self.previous = 0;
+                self.count = 0;
+                self.window_start = Some(now);
+            }
         }
-        self.count += 1;
-        if self.count >= threshold && !self.reported {
-            self.reported = true;
-            return true;
+        self.count = self.count.saturating_add(1);
+        let into = self
+            .window_start
+            .map_or(0.0, |start| now.duration_since(start).as_secs_f64());
+        let still_recent = (1.0 - into / window.as_secs_f64()).clamp(0.0, 1.0);
+        let estimate = (f64::from(self.previous) * still_recent).floor() as u32 + self.count;
+        if estimate < threshold
+            || self
+                .reported_at
+                .is_some_and(|at| now.duration_since(at) < window)
+        {
+            return None;
         }
-        false
+        self.reported_at = Some(now);
+        Some(estimate)
     }
 }
 
@@ -251,7 +275,7 @@ impl Detectors {
             if auth_failure && let Some(ip) = ip {
                 let subnet = client_subnet(ip);
                 if let Some(counter) = ip_counter(&mut state, subnet)
-                    && counter.hit(now, window, self.config.failed_auth_per_ip)
+                    && let Some(failures) = counter.hit(now, window, self.config.failed_auth_per_ip)
                 {
                     detections.push(Detection {
                         kind: "failed_auth_burst",
@@ -264,7 +288,7 @@ impl Detectors {
                         route_id: record.route_id,
                         fingerprint: format!("failed_auth_burst:ip:{subnet}"),
                         detail: json!({
-                            "failures": counter.count,
+                            "failures": failures,
                             "window_secs": window.as_secs(),
                             "network": subnet.to_string(),
                         }),
@@ -275,7 +299,9 @@ impl Detectors {
                 match record.reason.as_str() {
                     "wrong_secret" => {
                         let counter = state.failures_by_key.entry(key_id).or_default();
-                        if counter.hit(now, window, self.config.failed_auth_per_key) {
+                        if let Some(failures) =
+                            counter.hit(now, window, self.config.failed_auth_per_key)
+                        {
                             detections.push(Detection {
                                 kind: "failed_auth_burst_key",
                                 severity: Severity::High,
@@ -284,7 +310,7 @@ impl Detectors {
                                 client_ip: record.client_ip.clone(),
                                 route_id: record.route_id,
                                 fingerprint: format!("failed_auth_burst:key:{key_id}"),
-                                detail: json!({ "failures": counter.count, "window_secs": window.as_secs() }),
+                                detail: json!({ "failures": failures, "window_secs": window.as_secs() }),
                             });
                         }
                     }
@@ -631,12 +657,35 @@ mod tests {
         let start = Instant::now();
         let window = Duration::from_secs(60);
         let mut counter = Counter::default();
-        let fired: Vec<bool> = (0..25).map(|_| counter.hit(start, window, 20)).collect();
-        assert_eq!(fired.iter().filter(|f| **f).count(), 1);
-        assert!(fired[19]);
-        // A new window starts over.
-        assert!(!counter.hit(start + window, window, 20));
-        assert_eq!(counter.count, 1);
+        let fired: Vec<Option<u32>> = (0..25).map(|_| counter.hit(start, window, 20)).collect();
+        assert_eq!(fired.iter().flatten().count(), 1);
+        assert_eq!(fired[19], Some(20));
+        // Two windows later the old failures no longer count.
+        assert_eq!(counter.hit(start + window * 2, window, 20), None);
+        assert_eq!((counter.count, counter.previous), (1, 0));
+    }
+
+    #[test]
+    fn a_burst_split_across_the_boundary_of_two_windows_is_one_burst() {
+        let start = Instant::now();
+        let window = Duration::from_secs(60);
+        let mut counter = Counter::default();
+        // The window starts with an unrelated failure; the burst comes at its very end.
+        assert_eq!(counter.hit(start, window, 20), None);
+        let late = start + Duration::from_secs(59);
+        for _ in 0..10 {
+            assert_eq!(counter.hit(late, window, 20), None);
+        }
+        // Ten more two seconds later, in the next fixed window: 20 within two seconds.
+        let next = start + Duration::from_secs(61);
+        let fired: Vec<Option<u32>> = (0..10).map(|_| counter.hit(next, window, 20)).collect();
+        assert!(fired.iter().flatten().count() == 1, "{fired:?}");
+        // A steady trickle below the threshold never fires.
+        let mut trickle = Counter::default();
+        for second in 0..600 {
+            let at = start + Duration::from_secs(second);
+            assert_eq!(trickle.hit(at, window, 120), None, "at {second} s");
+        }
     }
 
     #[test]

@@ -319,7 +319,7 @@ async fn admit(
     // 2. Route.
     let now = Utc::now();
     let snapshot = state.cache.snapshot();
-    let host_name = host.as_deref().map(strip_port);
+    let host_name = host.as_deref().map(route_host);
     let route = snapshot
         .routes
         .find(host_name, &path, &request.method)
@@ -334,7 +334,7 @@ async fn admit(
     }
 
     // 4. Authenticate.
-    let caller = match authenticate(state, &route, &request.headers, now).await {
+    let caller = match authenticate(state, &route, &request.headers, client_ip, now).await {
         Ok(caller) => caller,
         Err(refused) => {
             audit.api_key_id = refused.key_id;
@@ -519,6 +519,7 @@ async fn authenticate(
     state: &ProxyState,
     route: &Route,
     headers: &HeaderMap,
+    client_ip: IpAddr,
     now: chrono::DateTime<Utc>,
 ) -> Result<Option<Authenticated>, Refused> {
     let accepts = |m| route.auth_methods.contains(&m);
@@ -529,7 +530,8 @@ async fn authenticate(
             Err(ProxyError::Unauthenticated(AuthFailure::MethodNotAccepted).into())
         }
         Some(Presented::ApiKey(raw)) => {
-            let key = authn::verify_api_key(&state.cache, &state.hasher, raw, now).await?;
+            let key =
+                authn::verify_api_key(&state.cache, &state.hasher, raw, client_ip, now).await?;
             Ok(Some(Authenticated {
                 principal_id: key.principal_id,
                 key_id: Some(key.id),
@@ -543,7 +545,7 @@ async fn authenticate(
             }))
         }
         Some(Presented::GrantToken(token)) if accepts(AuthMethod::Grant) => {
-            authn::verify_grant_token(&state.cache, &state.hasher, token, now)
+            authn::verify_grant_token(&state.cache, &state.hasher, token, client_ip, now)
                 .await
                 .map(Some)
         }
@@ -805,12 +807,16 @@ fn host(request: &http::request::Parts) -> Result<Option<String>, ProxyError> {
     Ok(host.map(str::to_owned))
 }
 
-fn strip_port(host: &str) -> &str {
+/// The host name a route is matched on: without the port, and without the trailing dot of a
+/// fully qualified name (`admin.example.` is `admin.example`; matched apart, it would fall
+/// through to a route without a host and skip the host-bound route's rules).
+fn route_host(host: &str) -> &str {
     if host.starts_with('[') {
         // [v6]:port
         return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
     }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
+    let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    name.strip_suffix('.').unwrap_or(name)
 }
 
 /// `ip` as its `Display` writes it. IPv4 addresses (nearly every request) are written digit by
@@ -992,9 +998,11 @@ mod tests {
     }
 
     #[test]
-    fn ports_are_stripped_from_hosts() {
-        assert_eq!(strip_port("api.example:8081"), "api.example");
-        assert_eq!(strip_port("api.example"), "api.example");
-        assert_eq!(strip_port("[::1]:8081"), "::1");
+    fn routes_match_hosts_without_port_or_trailing_dot() {
+        assert_eq!(route_host("api.example:8081"), "api.example");
+        assert_eq!(route_host("api.example"), "api.example");
+        assert_eq!(route_host("[::1]:8081"), "::1");
+        assert_eq!(route_host("admin.example."), "admin.example");
+        assert_eq!(route_host("admin.example.:443"), "admin.example");
     }
 }

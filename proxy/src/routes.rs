@@ -168,6 +168,22 @@ impl RouteTable {
     }
 }
 
+/// `net` as the proxy compares addresses: an IPv4-mapped IPv6 network (`::ffff:a.b.c.d/n`,
+/// n ≥ 96, as a dual-stack log writes an IPv4 client) becomes the IPv4 network it names.
+/// Client addresses are made IPv4 before any rule sees them, so a mapped deny rule kept as
+/// IPv6 would never match.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(|v4| IpNet::V4(v4.trunc()))
+                .unwrap_or(net),
+            None => net,
+        },
+        other => other,
+    }
+}
+
 /// Whether `ip` may pass `rules` at `now`: any active deny that matches refuses; if there are
 /// active allow rules, one of them must match. Expired rules are ignored.
 pub fn ip_permitted(
@@ -298,5 +314,32 @@ mod tests {
         let table = RouteTable::new(vec![r]);
         assert!(table.find(None, "/x", &Method::GET).is_some());
         assert!(table.find(None, "/x", &Method::DELETE).is_none());
+    }
+
+    #[test]
+    fn ipv4_mapped_networks_are_read_as_ipv4() {
+        let net = |s: &str| s.parse::<IpNet>().unwrap_or_else(|_| panic!("{s}"));
+        assert_eq!(
+            canonical_net(net("::ffff:203.0.113.9/128")),
+            net("203.0.113.9/32")
+        );
+        assert_eq!(
+            canonical_net(net("::ffff:10.1.0.0/112")),
+            net("10.1.0.0/16")
+        );
+        // Too wide to be one IPv4 network, or not mapped at all: unchanged.
+        assert_eq!(canonical_net(net("::ffff:0:0/95")), net("::ffff:0:0/95"));
+        assert_eq!(canonical_net(net("2001:db8::/32")), net("2001:db8::/32"));
+        assert_eq!(canonical_net(net("10.0.0.0/8")), net("10.0.0.0/8"));
+        let mapped = IpRule {
+            id: uuid::Uuid::nil(),
+            net: canonical_net(net("::ffff:203.0.113.9/128")),
+            allow: false,
+            expires_at: None,
+        };
+        let client = "203.0.113.9"
+            .parse()
+            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        assert!(!ip_permitted(&[mapped], client, chrono::Utc::now()));
     }
 }

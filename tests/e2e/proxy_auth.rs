@@ -321,11 +321,15 @@ async fn a_rotated_key_and_its_successor_share_one_quota_and_one_rate_budget() {
                 let rotated = ok(
                     app,
                     &admin,
-                    "mutation($id: UUID!) { rotateApiKey(id: $id, gracePeriodSeconds: 3600) { secret } }",
+                    "mutation($id: UUID!) { rotateApiKey(id: $id, gracePeriodSeconds: 3600) { secret apiKey { id } } }",
                     serde_json::json!({ "id": key_id }),
                 )
                 .await;
-                rotated["rotateApiKey"]["secret"].as_str().unwrap().to_owned()
+                let issued = &rotated["rotateApiKey"];
+                (
+                    issued["secret"].as_str().unwrap().to_owned(),
+                    issued["apiKey"]["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap(),
+                )
             }
         };
         let code = |response| async { error_code(response).await };
@@ -334,13 +338,31 @@ async fn a_rotated_key_and_its_successor_share_one_quota_and_one_rate_budget() {
         let (quota_id, old) = app.insert_key(app.admin_id().await).await;
         app.update_key(quota_id, |row| row.remaining_uses = Set(Some(3)))
             .await;
-        let new = rotate(quota_id).await;
+        let (new, _) = rotate(quota_id).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         for key in [&old, &new, &old] {
             assert_eq!(app.proxy_get("/demo/q", Some(key)).await.status(), StatusCode::OK);
         }
         for key in [&new, &old] {
             let (status, code) = code(app.proxy_get("/demo/q", Some(key)).await).await;
+            assert_eq!((status, code.as_str()), (StatusCode::TOO_MANY_REQUESTS, "quota_exhausted"));
+        }
+
+        // The successor rotated in turn: the first key, still in its grace period, spends the
+        // newest key's budget, not a copy of the second's frozen at the second rotation.
+        let (chain_id, first) = app.insert_key(app.admin_id().await).await;
+        app.update_key(chain_id, |row| row.remaining_uses = Set(Some(4)))
+            .await;
+        let (second, second_id) = rotate(chain_id).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(app.proxy_get("/demo/c", Some(&first)).await.status(), StatusCode::OK);
+        let (third, _) = rotate(second_id).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for key in [&first, &third, &second] {
+            assert_eq!(app.proxy_get("/demo/c", Some(key)).await.status(), StatusCode::OK);
+        }
+        for key in [&first, &second, &third] {
+            let (status, code) = code(app.proxy_get("/demo/c", Some(key)).await).await;
             assert_eq!((status, code.as_str()), (StatusCode::TOO_MANY_REQUESTS, "quota_exhausted"));
         }
 
@@ -351,7 +373,7 @@ async fn a_rotated_key_and_its_successor_share_one_quota_and_one_rate_budget() {
             row.rate_limit_burst = Set(Some(2));
         })
         .await;
-        let new = rotate(limited_id).await;
+        let (new, _) = rotate(limited_id).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         for _ in 0..2 {
             assert_eq!(app.proxy_get("/demo/r", Some(&old)).await.status(), StatusCode::OK);

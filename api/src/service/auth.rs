@@ -59,7 +59,9 @@ pub async fn authenticate(
     let result = match authn::presented(headers) {
         Ok(None) => Err("missing_credential"),
         Ok(Some(Presented::ApiKey(raw))) => {
-            match authn::verify_api_key(&services.cache, &services.hasher, raw, now).await {
+            match authn::verify_api_key(&services.cache, &services.hasher, raw, client_ip, now)
+                .await
+            {
                 Ok(key) => Ok(Actor {
                     principal_id: key.principal_id,
                     key_id: Some(key.id),

@@ -68,7 +68,8 @@ pub fn cidr(field: &str, value: &str) -> ApiResult<IpNet> {
         .parse::<IpNet>()
         .or_else(|_| value.parse::<std::net::IpAddr>().map(IpNet::from))
         .map_err(|_| ApiError::invalid(field, format!("{value:?} is not a CIDR or IP address")))?;
-    Ok(net.trunc())
+    // `::ffff:a.b.c.d` is stored as the IPv4 address it is, as the proxy compares it.
+    Ok(proxy::routes::canonical_net(net.trunc()))
 }
 
 /// A path pattern the proxy accepts ([`PathGlob::parse`]).
