@@ -1049,7 +1049,7 @@ fn spawn_with_patience(
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let (stop_tx, stop_rx) = oneshot::channel();
     let shutdown = Shutdown {
-        signal: stop_rx,
+        signal: Some(stop_rx),
         patience,
         give_up_at: None,
     };
@@ -1125,7 +1125,7 @@ async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<AuditRecord>, mut sh
         } else {
             tokio::select! {
                 n = rx.recv_many(&mut batch, BATCH_SIZE) => n,
-                _ = &mut shutdown.signal => {
+                () = shutdown.signalled() => {
                     shutdown.begin();
                     continue;
                 }
@@ -1147,7 +1147,7 @@ async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<AuditRecord>, mut sh
                 }
             }
         }
-        if store(&db, &batch, Some(&mut shutdown)).await.is_err() {
+        if store(&db, &batch, &mut shutdown).await.is_err() {
             // A process that must stop cannot wait for the database forever (its supervisor
             // would kill it and the events would be gone): the log keeps them instead.
             metrics::counter!("portcullis_audit_events_unstored_at_shutdown_total")
@@ -1172,7 +1172,8 @@ async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<AuditRecord>, mut sh
 
 /// The writer's stop signal, and how long it still waits for the database once it came.
 struct Shutdown {
-    signal: oneshot::Receiver<()>,
+    /// `None` for a deadline set from the start ([`append_within`]).
+    signal: Option<oneshot::Receiver<()>>,
     /// [`SHUTDOWN_PATIENCE`] but in tests.
     patience: Duration,
     /// Set when the signal comes: `patience` later.
@@ -1187,34 +1188,50 @@ impl Shutdown {
     fn begin(&mut self) {
         self.give_up_at = Some(tokio::time::Instant::now() + self.patience);
     }
+
+    /// Resolves when the stop signal comes (or its sender is gone); never without one.
+    async fn signalled(&mut self) {
+        match &mut self.signal {
+            Some(signal) => {
+                let _ = signal.await;
+            }
+            None => std::future::pending().await,
+        }
+    }
 }
 
-/// Appends `batch`, retrying with backoff (50 ms doubling to 5 s) until it is stored, never
-/// twice (a retry first looks for the rows of the attempt before). The writer's queue fills
-/// while it waits, and its senders wait.
-pub async fn append_until_stored(db: &DatabaseConnection, batch: &[AuditRecord]) {
-    // Without a shutdown to run out of patience for, only success ends it.
-    let _ = store(db, batch, None).await;
+/// Appends `batch`, retrying with backoff (50 ms doubling to 5 s) for up to `patience`, never
+/// storing it twice (a retry first looks for the rows of the attempt before); `false` when
+/// the database kept failing for that long (the caller then logs the events).
+pub async fn append_within(
+    db: &DatabaseConnection,
+    batch: &[AuditRecord],
+    patience: Duration,
+) -> bool {
+    let mut deadline = Shutdown {
+        signal: None,
+        patience,
+        give_up_at: None,
+    };
+    deadline.begin();
+    store(db, batch, &mut deadline).await.is_ok()
 }
 
-/// [`append_until_stored`], giving up (`Err`) once `shutdown` has begun and its patience is
-/// spent; after that, without trying. An attempt is never cut short: what it did decides
-/// what its retry looks for.
+/// Appends `batch` until it is stored, retrying with backoff (50 ms doubling to 5 s), but
+/// gives up (`Err`) once `shutdown` has begun and its patience is spent; after that, without
+/// trying. An attempt is never cut short: what it did decides what its retry looks for.
 async fn store(
     db: &DatabaseConnection,
     batch: &[AuditRecord],
-    mut shutdown: Option<&mut Shutdown>,
+    shutdown: &mut Shutdown,
 ) -> Result<(), ()> {
     let mut delay = Duration::from_millis(50);
     let mut attempt = None;
     loop {
-        let spent = |shutdown: &Option<&mut Shutdown>| {
-            shutdown
-                .as_ref()
-                .and_then(|s| s.give_up_at)
-                .is_some_and(|at| tokio::time::Instant::now() >= at)
-        };
-        if spent(&shutdown) {
+        if shutdown
+            .give_up_at
+            .is_some_and(|at| tokio::time::Instant::now() >= at)
+        {
             return Err(());
         }
         let error = match append_noting(db, batch, &mut attempt).await {
@@ -1224,17 +1241,12 @@ async fn store(
         tracing::error!(%error, events = batch.len(), "audit batch not stored yet; retrying");
         metrics::counter!("portcullis_audit_write_failures_total").increment(1);
         let pause = tokio::time::Instant::now() + delay;
-        match shutdown.as_deref_mut() {
-            None => tokio::time::sleep_until(pause).await,
-            Some(shutdown) => {
-                if let Some(give_up_at) = shutdown.give_up_at {
-                    tokio::time::sleep_until(pause.min(give_up_at)).await;
-                } else {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(pause) => {}
-                        _ = &mut shutdown.signal => shutdown.begin(),
-                    }
-                }
+        if let Some(give_up_at) = shutdown.give_up_at {
+            tokio::time::sleep_until(pause.min(give_up_at)).await;
+        } else {
+            tokio::select! {
+                () = tokio::time::sleep_until(pause) => {}
+                () = shutdown.signalled() => shutdown.begin(),
             }
         }
         delay = (delay * 2).min(Duration::from_secs(5));

@@ -18,7 +18,7 @@ use std::{
     net::IpAddr,
     sync::{
         Arc, RwLock,
-        atomic::{AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -182,10 +182,11 @@ const RELOAD_RETRY: Duration = Duration::from_secs(5);
 
 /// Unknown prefixes remembered (so random keys cannot make every request hit the database).
 const MAX_NEGATIVE_KEYS: usize = 10_000;
-/// How many keys or grant tokens one client subnet (an IPv4 address, an IPv6 /64) may look up
-/// in the database: anyone can make up a well-formed key (its checksum is public), and each
-/// unknown one costs a query. Cache hits are not counted; a real key misses about once per
-/// [`DEFAULT_MAX_AGE`].
+/// How many unknown keys or grant tokens one client subnet (an IPv4 address, an IPv6 /64) may
+/// look up in the database: anyone can make up a well-formed key (its checksum is public), and
+/// each costs a query. Only lookups that find nothing are counted, so real keys behind one
+/// address (a NAT) are never refused for their number; once the budget is spent, that subnet's
+/// uncached lookups are refused until it refills.
 pub const LOOKUPS_PER_CLIENT: Limit = Limit {
     per_minute: 1_200,
     burst: 200,
@@ -194,6 +195,9 @@ pub const LOOKUPS_PER_CLIENT: Limit = Limit {
 /// that a flood of made-up keys from many networks queues here instead of taking every
 /// connection from the policy feed and the audit writer.
 const CONCURRENT_LOOKUPS: usize = 4;
+/// How long a lookup waits for one of [`CONCURRENT_LOOKUPS`] before it is refused (429): the
+/// request holds its place in the audit queue meanwhile.
+const LOOKUP_WAIT: Duration = Duration::from_secs(1);
 /// How long an id skipped by a poll is re-checked before it is assumed rolled back.
 const GAP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most skipped ids watched at once; beyond, all policy is reloaded instead.
@@ -271,6 +275,9 @@ pub struct PolicyCache {
     oidc_groups: arc_swap::ArcSwapOption<HashMap<String, Vec<PrincipalId>>>,
     /// Bumped by every eviction, so a load that raced with one is not cached.
     generation: AtomicU64,
+    /// Set when the feed skipped more ids than are watched: everything is reloaded at the next
+    /// sync, and again until that succeeds.
+    full_reload_due: AtomicBool,
     /// Bumped *after* every eviction and snapshot swap has taken effect; see [`Self::subscribe`].
     changes: tokio::sync::watch::Sender<u64>,
     cursor: AtomicI64,
@@ -356,6 +363,7 @@ impl PolicyCache {
             oidc_subjects: RwLock::default(),
             oidc_groups: arc_swap::ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
+            full_reload_due: AtomicBool::new(false),
             changes: tokio::sync::watch::Sender::new(0),
             cursor: AtomicI64::new(cursor),
             gaps: std::sync::Mutex::new(gaps),
@@ -475,24 +483,39 @@ impl PolicyCache {
         }
     }
 
-    /// Admits one database lookup of something `client` presented that is not cached: within
-    /// its subnet's budget, then one of [`CONCURRENT_LOOKUPS`].
+    /// Admits one database lookup of something `client` presented that is not cached: while
+    /// its subnet has budget left, then one of [`CONCURRENT_LOOKUPS`] within [`LOOKUP_WAIT`].
     async fn lookup_for(
         &self,
         client: IpAddr,
     ) -> Result<tokio::sync::SemaphorePermit<'_>, CacheError> {
         let decision = self
             .lookups
-            .check(subnet_key(client), self.lookups_per_client);
+            .peek(subnet_key(client), self.lookups_per_client);
         if !decision.allowed {
             metrics::counter!("portcullis_proxy_lookups_refused_total").increment(1);
             return Err(CacheError::LookupsLimited(decision));
         }
-        // The semaphore is never closed.
-        self.concurrent_lookups
-            .acquire()
-            .await
-            .map_err(|_| CacheError::Stale)
+        match tokio::time::timeout(LOOKUP_WAIT, self.concurrent_lookups.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; waiting too long is the refusal.
+            _ => {
+                metrics::counter!("portcullis_proxy_lookups_refused_total").increment(1);
+                Err(CacheError::LookupsLimited(RateDecision {
+                    allowed: false,
+                    limit: CONCURRENT_LOOKUPS as u32,
+                    remaining: 0,
+                    reset: LOOKUP_WAIT,
+                    retry_after: Some(LOOKUP_WAIT),
+                }))
+            }
+        }
+    }
+
+    /// Spends `client`'s budget for one lookup that found nothing.
+    fn found_nothing_for(&self, client: IpAddr) {
+        self.lookups
+            .check(subnet_key(client), self.lookups_per_client);
     }
 
     /// The key with this lookup prefix, loading it on a miss or once it is `max_age` old. A
@@ -502,14 +525,23 @@ impl PolicyCache {
         prefix: &str,
         client: IpAddr,
     ) -> Result<Option<Arc<KeyEntry>>, CacheError> {
-        let cached = read(&self.keys)
-            .get(prefix)
-            .map(|c| (c.loaded_at, c.entry.clone()));
-        let _lookup = match cached {
-            Some((loaded_at, entry)) if loaded_at.elapsed() < self.max_age => return Ok(entry),
+        let fresh = |keys: &KeyMap| {
+            keys.get(prefix)
+                .map(|c| (c.loaded_at.elapsed() < self.max_age, c.entry.clone()))
+        };
+        let cached = fresh(&read(&self.keys));
+        let lookup = match cached {
+            Some((true, entry)) => return Ok(entry),
             // Reloaded for its age: a known prefix, at most once per `max_age`.
-            Some(_) => None,
-            None => Some(self.lookup_for(client).await?),
+            Some((false, _)) => None,
+            None => {
+                let permit = self.lookup_for(client).await?;
+                // Another request may have loaded it while this one waited.
+                if let Some((true, entry)) = fresh(&read(&self.keys)) {
+                    return Ok(entry);
+                }
+                Some(permit)
+            }
         };
         let generation = self.generation.load(Ordering::Acquire);
         let entry = match load_key(&self.db, prefix).await {
@@ -520,6 +552,10 @@ impl PolicyCache {
             }
         };
         let entry = entry.map(Arc::new);
+        if lookup.is_some() && entry.is_none() {
+            self.found_nothing_for(client);
+        }
+        drop(lookup);
         let mut keys = write(&self.keys);
         if self.generation.load(Ordering::Acquire) == generation {
             let replaced = keys.insert(
@@ -549,7 +585,10 @@ impl PolicyCache {
         if let Some(entry) = read(&self.grant_tokens).get(prefix) {
             return Ok(entry.clone());
         }
-        let _lookup = self.lookup_for(client).await?;
+        let lookup = self.lookup_for(client).await?;
+        if let Some(entry) = read(&self.grant_tokens).get(prefix) {
+            return Ok(entry.clone());
+        }
         let generation = self.generation.load(Ordering::Acquire);
         let row = incident_grant::Entity::find()
             .filter(incident_grant::Column::TokenPrefix.eq(prefix))
@@ -563,6 +602,10 @@ impl PolicyCache {
                 hash,
             }))
         });
+        if entry.is_none() {
+            self.found_nothing_for(client);
+        }
+        drop(lookup);
         let mut tokens = write(&self.grant_tokens);
         if self.generation.load(Ordering::Acquire) == generation {
             if entry.is_none() && tokens.len() >= MAX_NEGATIVE_KEYS {
@@ -647,13 +690,17 @@ impl PolicyCache {
         if self.record_gaps(cursor, &changes) {
             // More ids skipped than are watched (a sequence moved far ahead, a huge rollback):
             // a change among the unwatched ones would go unseen, so start over from the
-            // database instead.
+            // database instead, until that succeeds.
             tracing::warn!(
                 watched = MAX_GAPS,
                 "the policy feed skipped more ids than are watched; reloading all policy"
             );
+            self.full_reload_due.store(true, Ordering::Release);
+        }
+        if self.full_reload_due.load(Ordering::Acquire) {
             self.reload_snapshot().await?;
             self.clear();
+            self.full_reload_due.store(false, Ordering::Release);
         }
         self.reload_if_old().await;
         self.last_sync_ms.fetch_max(read_at, Ordering::Relaxed);
@@ -661,7 +708,8 @@ impl PolicyCache {
     }
 
     /// Strikes `changes` off the gaps and adds the ids they skipped; true when more were
-    /// skipped than [`MAX_GAPS`] (only that many are watched).
+    /// skipped than [`MAX_GAPS`] can hold. Then the newest half are kept (an id still in
+    /// flight is likelier among them), leaving room for the gaps of the polls after.
     fn record_gaps(&self, cursor: i64, changes: &[policy_change::Model]) -> bool {
         let mut gaps = lock(&self.gaps);
         let now = Instant::now();
@@ -678,14 +726,24 @@ impl PolicyCache {
         fresh.sort_unstable();
         let mut overflow = false;
         for id in fresh {
-            for missing in expected..id {
-                if gaps.0.len() >= MAX_GAPS {
-                    overflow = true;
-                    break;
-                }
+            // At most MAX_GAPS of a run, the newest: a jump of millions adds no more.
+            let skipped = id.saturating_sub(expected);
+            let first = if skipped > MAX_GAPS as i64 {
+                overflow = true;
+                id - MAX_GAPS as i64
+            } else {
+                expected
+            };
+            for missing in first..id {
                 gaps.0.entry(missing).or_insert(now);
             }
             expected = id + 1;
+        }
+        if gaps.0.len() > MAX_GAPS {
+            overflow = true;
+            while gaps.0.len() > MAX_GAPS / 2 {
+                gaps.0.pop_first();
+            }
         }
         overflow
     }
@@ -1437,9 +1495,30 @@ mod tests {
         let cache = PolicyCache::load(db.conn.clone(), Duration::from_secs(60))
             .await
             .unwrap_or_else(|error| panic!("load: {error}"));
-        feed_row(&db.conn, 100_000).await;
+        assert!(matches!(
+            cache.key("pcl_test_cached", LOOPBACK).await,
+            Ok(None)
+        ));
+        // A change that evicts nothing by itself: only the full reload forgets the key above.
+        {
+            use sea_orm::{ActiveModelTrait, Set};
+            policy_change::ActiveModel {
+                id: Set(100_000),
+                entity_kind: Set(kind::UPSTREAM_CREDENTIAL.to_owned()),
+                entity_id: Set(Uuid::now_v7().to_string()),
+                op: Set(entity::policy_change::PolicyChangeOp::Upsert),
+                created_at: Set(Utc::now()),
+            }
+            .insert(&db.conn)
+            .await
+            .unwrap_or_else(|error| panic!("feed row: {error}"));
+        }
         assert_eq!(cache.sync().await.ok(), Some(1));
         assert!(lock(&cache.gaps).0.len() <= MAX_GAPS);
+        assert!(
+            read(&cache.keys).get("pcl_test_cached").is_none(),
+            "everything cached was reloaded"
+        );
         feed_row(&db.conn, 100_001).await;
         assert_eq!(cache.sync().await.ok(), Some(1), "the feed goes on");
         assert_eq!(cache.sync().await.ok(), Some(0));
@@ -1518,6 +1597,21 @@ mod tests {
             cache.key("pcl_test_made_up_0", v6(1)).await,
             Ok(None)
         ));
+        // Real keys found do not spend it: a NAT with many services is never refused.
+        use sea_orm::ActiveModelTrait;
+        let nat = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 7));
+        for i in 0..5 {
+            let prefix = format!("pcl_test_real_{i}");
+            crate::test_rows::service_account_key(&db.conn, &prefix, Utc::now())
+                .await
+                .insert(&db.conn)
+                .await
+                .unwrap_or_else(|error| panic!("key: {error}"));
+            assert!(
+                matches!(cache.key(&prefix, nat).await, Ok(Some(_))),
+                "{prefix}"
+            );
+        }
         // Other networks have budgets of their own.
         assert!(matches!(
             cache.key("pcl_test_made_up_3", LOOPBACK).await,

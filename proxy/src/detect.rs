@@ -499,6 +499,9 @@ async fn run(
     new_network: bool,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    // Once stopping, the database has until then to take what is queued; after it, what is
+    // left goes to the log (a process told to stop must not wait on a failing database).
+    let mut give_up_at: Option<tokio::time::Instant> = None;
     loop {
         let job = tokio::select! {
             job = jobs.recv() => job,
@@ -509,6 +512,16 @@ async fn run(
             }
         };
         let Some(job) = job else { return };
+        if *stop.borrow() || stop.has_changed().is_err() {
+            let deadline =
+                *give_up_at.get_or_insert_with(|| tokio::time::Instant::now() + SHUTDOWN_PATIENCE);
+            if tokio::time::Instant::now() >= deadline {
+                if let Job::Store(detection) = job {
+                    log_unstored(&detection, "the proxy stopped before it could be stored");
+                }
+                continue;
+            }
+        }
         let detection = match job {
             Job::Store(detection) => Some(detection),
             Job::CheckNetwork {
@@ -545,15 +558,22 @@ async fn run(
             && let Err(error) = retried(&stop, "security event", || store(&db, &detection)).await
         {
             // Only at shutdown, with the database still failing: the log keeps the event.
-            tracing::error!(
-                %error,
-                kind = detection.kind,
-                fingerprint = %detection.fingerprint,
-                detail = %detection.detail,
-                "security event not stored"
-            );
+            log_unstored(&detection, &error.to_string());
         }
     }
+}
+
+/// How long a stopping detector task keeps storing what is queued before it logs the rest.
+const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(10);
+
+fn log_unstored(detection: &Detection, why: &str) {
+    tracing::error!(
+        why,
+        kind = detection.kind,
+        fingerprint = %detection.fingerprint,
+        detail = %detection.detail,
+        "security event not stored; logged instead"
+    );
 }
 
 /// Runs `attempt` until it succeeds, backing off from 100 ms to 5 s, so that a database
@@ -571,14 +591,20 @@ where
     loop {
         match attempt().await {
             Ok(done) => return Ok(done),
-            Err(error) if *stop.borrow() => return Err(error),
+            Err(error) if *stop.borrow() || stop.has_changed().is_err() => return Err(error),
             Err(error) => {
                 tracing::warn!(%error, what, "detector database work failed; retrying");
                 metrics::counter!("portcullis_detector_retries_total").increment(1);
                 let mut stop = stop.clone();
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    _ = stop.wait_for(|stopped| *stopped) => {}
+                    gone = async { stop.wait_for(|stopped| *stopped).await.is_err() } => {
+                        // A dropped sender reads as stopped too, but must not turn this
+                        // into a loop without a pause.
+                        if gone {
+                            tokio::time::sleep(delay).await;
+                        }
+                    }
                 }
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

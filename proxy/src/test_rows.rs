@@ -5,7 +5,7 @@ use entity::{api_key, principal};
 use sea_orm::{ActiveModelTrait, DatabaseConnection};
 use uuid::Uuid;
 
-/// Inserts a service account and returns a key for it with lookup prefix `prefix`, not yet
+/// Inserts a service account named `prefix` and returns a key for it with lookup prefix `prefix`, not yet
 /// inserted, for the caller to adjust.
 pub(crate) async fn service_account_key(
     db: &DatabaseConnection,
@@ -16,8 +16,8 @@ pub(crate) async fn service_account_key(
     principal::ActiveModel::new_principal(
         owner,
         principal::PrincipalKind::ServiceAccount,
-        "svc",
-        "svc",
+        prefix,
+        prefix,
         now,
     )
     .insert(db)

@@ -298,8 +298,28 @@ async fn run(state: ProxyState, tunnel: Opened, closing: CancellationToken) {
         "tunnel_bytes_from_client": traffic.from_client.load(Ordering::Relaxed),
         "tunnel_bytes_from_upstream": traffic.from_upstream.load(Ordering::Relaxed),
     });
-    state.audit.record(audit).await;
+    // Wait for room in the audit queue while the writer is behind, but not past a stopping
+    // proxy's patience: its shutdown waits for every tunnel, and the writer is told to stop
+    // only after that, so a tunnel waiting on a failing database would hold the process.
+    let stopping = async {
+        closing.cancelled().await;
+        tokio::time::sleep(CLOSING_EVENT_PATIENCE).await;
+    };
+    let permit = tokio::select! {
+        permit = state.audit.reserve() => permit,
+        () = stopping => None,
+    };
+    match permit {
+        Some(permit) => permit.send(audit),
+        None => tracing::error!(
+            ?audit,
+            "tunnel's closing audit event not queued; logged instead"
+        ),
+    }
 }
+
+/// How long a tunnel closed by a stopping proxy waits for room for its closing audit event.
+const CLOSING_EVENT_PATIENCE: Duration = Duration::from_secs(5);
 
 /// A number in [0, 1) that differs between the tunnels of one proxy (from the client's
 /// port, Fibonacci-hashed): enough to keep their checks apart, with nothing to draw or seed.

@@ -355,12 +355,26 @@ pub async fn record_mutation(
     record.path = Some(mutation.to_owned());
     record.decision = Some(decision);
     record.detail = detail;
-    // The change itself is committed: its record is retried until stored, and the response
-    // waits for it. A task of its own finishes the job should the caller go away meanwhile.
+    // Retried for a while, the response waiting for it; a task of its own finishes the job
+    // should the caller go away meanwhile. A database down for longer gets the record in the
+    // log instead, rather than a management API that hangs.
     let db = db.clone();
-    let stored = tokio::spawn(async move { chain::append_until_stored(&db, &[record]).await });
+    let stored = tokio::spawn(async move {
+        let batch = [record];
+        if !chain::append_within(&db, &batch, MUTATION_AUDIT_PATIENCE).await {
+            let [record] = batch;
+            tracing::error!(
+                ?record,
+                "management mutation audit event not stored; logged instead"
+            );
+            metrics::counter!("portcullis_management_audit_failures_total").increment(1);
+        }
+    });
     if let Err(error) = stored.await {
         tracing::error!(%error, mutation, "the audit of a management mutation did not finish");
         metrics::counter!("portcullis_management_audit_failures_total").increment(1);
     }
 }
+
+/// How long a management mutation's audit event is retried before it goes to the log.
+const MUTATION_AUDIT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);

@@ -85,6 +85,16 @@ impl LocalLimiter {
         update(tat, now, limit)
     }
 
+    /// What [`Self::check`] would decide for bucket `key` now, without spending anything.
+    pub fn peek(&self, key: impl AsRef<[u8]>, limit: Limit) -> RateDecision {
+        let key = key.as_ref();
+        let now = self.now_ns();
+        let tat = read(&self.shard(key).buckets)
+            .get(key)
+            .map_or(0, |tat| tat.load(Ordering::Acquire));
+        gcra::decide(tat, now, limit).1
+    }
+
     /// Forgets every idle bucket and returns how many were forgotten.
     ///
     /// LOSSLESS: a bucket whose TAT is not in the future is full, which is exactly the state of
