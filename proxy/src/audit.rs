@@ -50,9 +50,37 @@ const LINGER: Duration = Duration::from_millis(5);
 /// How often the writer logs the chain's tail ([`checkpoint`]).
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
 
-/// Serialises chain appends within this process (a chain has one tail). Across processes on
-/// PostgreSQL an advisory transaction lock does the same.
-static CHAIN_TAIL: Mutex<()> = Mutex::const_new(());
+/// The lock that serialises chain appends to `db`'s database within this process (a chain
+/// has one tail). One per database, not one for the process: an append waiting on one
+/// database (its only SQLite connection busy) must not hold up appends to another. Across
+/// processes, PostgreSQL's advisory transaction lock does the same, and SQLite refuses a
+/// second writer (the append is retried).
+fn chain_tail(db: &DatabaseConnection) -> Arc<Mutex<()>> {
+    static TAILS: std::sync::LazyLock<std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>> =
+        std::sync::LazyLock::new(Default::default);
+    let database = match &db.inner {
+        DatabaseConnectionType::SqlxSqlitePoolConnection(_) => {
+            let options = db.get_sqlite_connection_pool().connect_options();
+            format!("sqlite:{}", options.get_filename().display())
+        }
+        DatabaseConnectionType::SqlxPostgresPoolConnection(_) => {
+            let options = db.get_postgres_connection_pool().connect_options();
+            format!(
+                "postgres:{}:{}/{}",
+                options.get_host(),
+                options.get_port(),
+                options.get_database().unwrap_or_default()
+            )
+        }
+        _ => String::new(),
+    };
+    TAILS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry(database)
+        .or_default()
+        .clone()
+}
 
 /// One audit event before it is chained and stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -403,7 +431,8 @@ async fn append_noting(
         return Ok(());
     }
     let records = &*storable(records);
-    let _tail = CHAIN_TAIL.lock().await;
+    let tail = chain_tail(db);
+    let _tail = tail.lock().await;
     let stored = match &db.inner {
         DatabaseConnectionType::SqlxSqlitePoolConnection(_) => {
             append_sqlite(db.get_sqlite_connection_pool(), records, attempt).await
