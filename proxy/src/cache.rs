@@ -497,7 +497,20 @@ impl PolicyCache {
             return Err(CacheError::LookupsLimited(decision));
         }
         match tokio::time::timeout(LOOKUP_WAIT, self.concurrent_lookups.acquire()).await {
-            Ok(Ok(permit)) => Ok(permit),
+            Ok(Ok(permit)) => {
+                // Again, now that it is this lookup's turn: many made up at once all passed
+                // the check above before any of them was charged. Refused here, they leave
+                // the queue at once, and a subnet overspends by at most the lookups running.
+                let decision = self
+                    .lookups
+                    .peek(subnet_key(client), self.lookups_per_client);
+                if decision.allowed {
+                    Ok(permit)
+                } else {
+                    metrics::counter!("portcullis_proxy_lookups_refused_total").increment(1);
+                    Err(CacheError::LookupsLimited(decision))
+                }
+            }
             // The semaphore is never closed; waiting too long is the refusal.
             _ => {
                 metrics::counter!("portcullis_proxy_lookups_refused_total").increment(1);
@@ -699,7 +712,7 @@ impl PolicyCache {
         }
         if self.full_reload_due.load(Ordering::Acquire) {
             self.reload_snapshot().await?;
-            self.clear();
+            self.age_all();
             self.full_reload_due.store(false, Ordering::Release);
         }
         self.reload_if_old().await;
@@ -717,30 +730,31 @@ impl PolicyCache {
             gaps.0.remove(&change.id);
         }
         gaps.0.retain(|_, since| since.elapsed() < GAP_TIMEOUT);
-        let mut expected = cursor + 1;
         let mut fresh: Vec<i64> = changes
             .iter()
             .map(|c| c.id)
             .filter(|id| *id > cursor)
             .collect();
         fresh.sort_unstable();
+        fresh.dedup();
+        // The runs of skipped ids between them, newest first, until the watch list is full:
+        // a jump of millions, or many runs in one poll, adds no more than it holds.
         let mut overflow = false;
-        for id in fresh {
-            // At most MAX_GAPS of a run, the newest: a jump of millions adds no more.
-            let skipped = id.saturating_sub(expected);
-            let first = if skipped > MAX_GAPS as i64 {
-                overflow = true;
-                id - MAX_GAPS as i64
-            } else {
-                expected
-            };
-            for missing in first..id {
-                gaps.0.entry(missing).or_insert(now);
+        let mut above = None;
+        'runs: for id in fresh.iter().rev().copied().chain([cursor]) {
+            if let Some(above) = above {
+                for missing in (id + 1..above).rev() {
+                    if gaps.0.len() >= MAX_GAPS {
+                        overflow = true;
+                        break 'runs;
+                    }
+                    gaps.0.entry(missing).or_insert(now);
+                }
             }
-            expected = id + 1;
+            above = Some(id);
         }
-        if gaps.0.len() > MAX_GAPS {
-            overflow = true;
+        if overflow {
+            // Room for the gaps of the polls after; the newest are the likelier still in flight.
             while gaps.0.len() > MAX_GAPS / 2 {
                 gaps.0.pop_first();
             }
@@ -874,6 +888,27 @@ impl PolicyCache {
                 _ = stop.wait_for(|s| *s) => return,
             }
         }
+    }
+
+    /// Makes every lazily loaded entry due for reload: after the feed may have missed changes.
+    /// Cached keys stay, to be reloaded on their next use the way entries that reached their
+    /// age are (that reload takes no lookup slot: after a restart-sized wave of misses, real
+    /// keys and open tunnels would otherwise queue for the four); everything else is dropped.
+    fn age_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        {
+            let aged = Instant::now().checked_sub(self.max_age + Duration::from_secs(1));
+            let mut keys = write(&self.keys);
+            keys.retain(|_| aged.is_some());
+            if let Some(aged) = aged {
+                for cached in keys.by_prefix.values_mut() {
+                    cached.loaded_at = aged;
+                }
+            }
+        }
+        write(&self.principals).clear();
+        write(&self.grant_tokens).clear();
+        self.forget_oidc_identities();
     }
 
     /// Forgets every lazily loaded entry (tests and emergency use).
@@ -1499,6 +1534,18 @@ mod tests {
             cache.key("pcl_test_cached", LOOPBACK).await,
             Ok(None)
         ));
+        {
+            use sea_orm::ActiveModelTrait;
+            crate::test_rows::service_account_key(&db.conn, "pcl_test_real", Utc::now())
+                .await
+                .insert(&db.conn)
+                .await
+                .unwrap_or_else(|error| panic!("key: {error}"));
+        }
+        assert!(matches!(
+            cache.key("pcl_test_real", LOOPBACK).await,
+            Ok(Some(_))
+        ));
         // A change that evicts nothing by itself: only the full reload forgets the key above.
         {
             use sea_orm::{ActiveModelTrait, Set};
@@ -1517,8 +1564,13 @@ mod tests {
         assert!(lock(&cache.gaps).0.len() <= MAX_GAPS);
         assert!(
             read(&cache.keys).get("pcl_test_cached").is_none(),
-            "everything cached was reloaded"
+            "unknown prefixes are forgotten"
         );
+        // A real key stays, due for reload on its next use (which takes no lookup slot).
+        let real = read(&cache.keys)
+            .get("pcl_test_real")
+            .map(|cached| cached.loaded_at.elapsed() >= cache.max_age);
+        assert_eq!(real, Some(true));
         feed_row(&db.conn, 100_001).await;
         assert_eq!(cache.sync().await.ok(), Some(1), "the feed goes on");
         assert_eq!(cache.sync().await.ok(), Some(0));
@@ -1612,6 +1664,24 @@ mod tests {
                 "{prefix}"
             );
         }
+        // Many made up at once from one subnet: all pass the first check before any is
+        // charged, but each is checked again when its turn comes, so only the lookups already
+        // running can overspend.
+        let burst = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 50));
+        let lookups = (0..50).map(|i| {
+            let prefix = format!("pcl_test_burst_{i}");
+            let cache = &cache;
+            async move { cache.key(&prefix, burst).await }
+        });
+        let answered = futures_util::future::join_all(lookups)
+            .await
+            .into_iter()
+            .filter(|answer| matches!(answer, Ok(None)))
+            .count();
+        assert!(
+            (3..=3 + CONCURRENT_LOOKUPS).contains(&answered),
+            "{answered} lookups ran for a budget of 3"
+        );
         // Other networks have budgets of their own.
         assert!(matches!(
             cache.key("pcl_test_made_up_3", LOOPBACK).await,

@@ -365,7 +365,7 @@ pub async fn record_mutation(
             let [record] = batch;
             tracing::error!(
                 ?record,
-                "management mutation audit event not stored; logged instead"
+                "management mutation audit event possibly not stored; logged instead"
             );
             metrics::counter!("portcullis_management_audit_failures_total").increment(1);
         }
