@@ -1381,6 +1381,36 @@ mod tests {
         assert!(rows.is_empty(), "logged, not stored: {rows:?}");
     }
 
+    /// `append_within` (the management API's audit) stores when it can and gives up, for the
+    /// caller to log the events, once its patience is spent, instead of retrying forever.
+    #[tokio::test]
+    async fn an_append_within_a_patience_stores_or_gives_up_in_time() {
+        use sea_orm::{ConnectionTrait, EntityTrait, TransactionTrait};
+        let db = migration::testing::TestDatabase::sqlite()
+            .await
+            .migrated()
+            .await;
+        let record = || AuditRecord::new(AuditEventKind::Management, "ok");
+        assert!(append_within(&db.conn, &[record()], Duration::from_secs(1)).await);
+        let blocker = migration::connect(&db.url).await.expect("connect");
+        let lock = blocker.begin().await.expect("begin");
+        lock.execute_unprepared("CREATE TABLE hold_the_write_lock (x INTEGER)")
+            .await
+            .expect("write lock");
+        let gave_up = tokio::time::timeout(
+            Duration::from_secs(20),
+            append_within(&db.conn, &[record()], Duration::from_secs(1)),
+        )
+        .await;
+        assert_eq!(gave_up, Ok(false), "gave up within its patience");
+        lock.rollback().await.expect("rollback");
+        let rows = entity::audit_event::Entity::find()
+            .all(&db.conn)
+            .await
+            .expect("rows");
+        assert_eq!(rows.len(), 1, "only the first was stored");
+    }
+
     #[tokio::test]
     async fn a_retry_after_a_commit_whose_acknowledgement_was_lost_stores_nothing_twice() {
         use entity::audit_event;
