@@ -810,7 +810,7 @@ fn host(request: &http::request::Parts) -> Result<Option<String>, ProxyError> {
 /// The host name a route is matched on: without the port, and without the trailing dot of a
 /// fully qualified name (`admin.example.` is `admin.example`; matched apart, it would fall
 /// through to a route without a host and skip the host-bound route's rules).
-fn route_host(host: &str) -> &str {
+pub fn route_host(host: &str) -> &str {
     if host.starts_with('[') {
         // [v6]:port
         return host.split_once(']').map_or(host, |(h, _)| &h[1..]);

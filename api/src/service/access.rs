@@ -40,7 +40,7 @@ pub struct SimulatedRequest {
     pub caller: SimulatedCaller,
     /// HTTP method.
     pub method: String,
-    /// Host header (without port), if any.
+    /// Host header, if any (a port or a trailing dot is ignored, as by the proxy).
     pub host: Option<String>,
     /// Raw request path, normalised as the proxy would.
     pub path: String,
@@ -119,7 +119,9 @@ pub async fn simulate(db: &DatabaseConnection, request: SimulatedRequest) -> Api
     let snapshot = cache::load_snapshot(db).await?;
     let mut outcome = Simulation::deny("", "");
     outcome.normalized_path = Some(path.clone());
-    let Some(route) = snapshot.routes.find(host.as_deref(), &path, &method) else {
+    // Matched as the proxy matches a `Host`: without a port or a trailing dot.
+    let host_name = host.as_deref().map(proxy::pipeline::route_host);
+    let Some(route) = snapshot.routes.find(host_name, &path, &method) else {
         outcome.reason_code = "no_route".into();
         outcome.reason = "no route matches the host, path and method".into();
         return Ok(outcome);
