@@ -141,6 +141,22 @@ impl TestDatabase {
         self.created.as_ref().map(|created| created.name.as_str())
     }
 
+    /// SQLite only: takes the write lock from a connection of the caller's own and holds it
+    /// until the returned transaction is rolled back. Writes through other connections then
+    /// fail (after the 5 s busy timeout where they wait); reads go on.
+    ///
+    /// # Panics
+    /// When the connection, the transaction or the write fails.
+    pub async fn hold_write_lock(&self) -> sea_orm::DatabaseTransaction {
+        use sea_orm::TransactionTrait;
+        let blocker = connect(&self.url).await.expect("second connection");
+        let lock = blocker.begin().await.expect("begin");
+        lock.execute_unprepared("CREATE TABLE hold_the_write_lock (x INTEGER)")
+            .await
+            .expect("write lock");
+        lock
+    }
+
     /// SQLite, then PostgreSQL when `TEST_DATABASE_URL` is set: run a test on each.
     pub async fn all() -> Vec<Self> {
         let mut all = vec![Self::sqlite().await];

@@ -1357,17 +1357,13 @@ mod tests {
     /// 5 s busy timeout makes each attempt last 5 s here.
     #[tokio::test]
     async fn a_stopping_writer_gives_up_on_a_failing_database_in_time() {
-        use sea_orm::{ConnectionTrait, EntityTrait, TransactionTrait};
+        use sea_orm::EntityTrait;
         let db = migration::testing::TestDatabase::sqlite()
             .await
             .migrated()
             .await;
         // Another connection holds SQLite's write lock for the whole test.
-        let blocker = migration::connect(&db.url).await.expect("connect");
-        let lock = blocker.begin().await.expect("begin");
-        lock.execute_unprepared("CREATE TABLE hold_the_write_lock (x INTEGER)")
-            .await
-            .expect("write lock");
+        let lock = db.hold_write_lock().await;
         let (sink, writer) = spawn_with_patience(db.conn.clone(), 16, Duration::from_secs(1));
         sink.record(AuditRecord::new(AuditEventKind::ProxyRequest, "stuck"))
             .await;
@@ -1385,18 +1381,14 @@ mod tests {
     /// caller to log the events, once its patience is spent, instead of retrying forever.
     #[tokio::test]
     async fn an_append_within_a_patience_stores_or_gives_up_in_time() {
-        use sea_orm::{ConnectionTrait, EntityTrait, TransactionTrait};
+        use sea_orm::EntityTrait;
         let db = migration::testing::TestDatabase::sqlite()
             .await
             .migrated()
             .await;
         let record = || AuditRecord::new(AuditEventKind::Management, "ok");
         assert!(append_within(&db.conn, &[record()], Duration::from_secs(1)).await);
-        let blocker = migration::connect(&db.url).await.expect("connect");
-        let lock = blocker.begin().await.expect("begin");
-        lock.execute_unprepared("CREATE TABLE hold_the_write_lock (x INTEGER)")
-            .await
-            .expect("write lock");
+        let lock = db.hold_write_lock().await;
         let gave_up = tokio::time::timeout(
             Duration::from_secs(20),
             append_within(&db.conn, &[record()], Duration::from_secs(1)),

@@ -205,6 +205,12 @@ const MAX_GAPS: usize = 10_000;
 /// Skipped ids asked for per query (PostgreSQL takes at most 65,535 bound values).
 const GAP_QUERY_IDS: usize = 1_000;
 
+/// A lookup refused by the budget or the wait for a slot, counted.
+fn refused_lookup(decision: RateDecision) -> CacheError {
+    metrics::counter!("portcullis_proxy_lookups_refused_total").increment(1);
+    CacheError::LookupsLimited(decision)
+}
+
 /// The bucket of `client`'s subnet for [`LOOKUPS_PER_CLIENT`].
 fn subnet_key(client: IpAddr) -> [u8; 9] {
     let mut key = [0u8; 9];
@@ -489,39 +495,35 @@ impl PolicyCache {
         &self,
         client: IpAddr,
     ) -> Result<tokio::sync::SemaphorePermit<'_>, CacheError> {
+        self.budget_left(client)?;
+        // The semaphore is never closed; waiting too long is the refusal.
+        let Ok(Ok(permit)) =
+            tokio::time::timeout(LOOKUP_WAIT, self.concurrent_lookups.acquire()).await
+        else {
+            return Err(refused_lookup(RateDecision {
+                allowed: false,
+                limit: CONCURRENT_LOOKUPS as u32,
+                remaining: 0,
+                reset: LOOKUP_WAIT,
+                retry_after: Some(LOOKUP_WAIT),
+            }));
+        };
+        // Again, now that it is this lookup's turn: many made up at once all passed the check
+        // above before any of them was charged. Refused here, they leave the queue at once,
+        // and a subnet overspends by at most the lookups running.
+        self.budget_left(client)?;
+        Ok(permit)
+    }
+
+    /// Whether `client`'s subnet may still look up unknown credentials (nothing is spent).
+    fn budget_left(&self, client: IpAddr) -> Result<(), CacheError> {
         let decision = self
             .lookups
             .peek(subnet_key(client), self.lookups_per_client);
-        if !decision.allowed {
-            metrics::counter!("portcullis_proxy_lookups_refused_total").increment(1);
-            return Err(CacheError::LookupsLimited(decision));
-        }
-        match tokio::time::timeout(LOOKUP_WAIT, self.concurrent_lookups.acquire()).await {
-            Ok(Ok(permit)) => {
-                // Again, now that it is this lookup's turn: many made up at once all passed
-                // the check above before any of them was charged. Refused here, they leave
-                // the queue at once, and a subnet overspends by at most the lookups running.
-                let decision = self
-                    .lookups
-                    .peek(subnet_key(client), self.lookups_per_client);
-                if decision.allowed {
-                    Ok(permit)
-                } else {
-                    metrics::counter!("portcullis_proxy_lookups_refused_total").increment(1);
-                    Err(CacheError::LookupsLimited(decision))
-                }
-            }
-            // The semaphore is never closed; waiting too long is the refusal.
-            _ => {
-                metrics::counter!("portcullis_proxy_lookups_refused_total").increment(1);
-                Err(CacheError::LookupsLimited(RateDecision {
-                    allowed: false,
-                    limit: CONCURRENT_LOOKUPS as u32,
-                    remaining: 0,
-                    reset: LOOKUP_WAIT,
-                    retry_after: Some(LOOKUP_WAIT),
-                }))
-            }
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(refused_lookup(decision))
         }
     }
 

@@ -91,22 +91,14 @@ impl TestApp {
         &self.dev.admin_key
     }
 
-    /// The database's URL, for a second connection of the test's own.
-    pub fn db_url(&self) -> &str {
-        &self.database.as_ref().expect("the database until stop").url
-    }
-
-    /// Takes SQLite's write lock from a connection of the test's own and holds it until the
-    /// returned transaction is rolled back: writes then fail after the busy timeout (5 s),
-    /// reads go on.
+    /// Holds SQLite's write lock until the returned transaction is rolled back
+    /// ([`TestDatabase::hold_write_lock`]).
     pub async fn hold_sqlite_write_lock(&self) -> sea_orm::DatabaseTransaction {
-        use sea_orm::{ConnectionTrait, TransactionTrait};
-        let blocker = sea_orm::Database::connect(self.db_url()).await.unwrap();
-        let lock = blocker.begin().await.unwrap();
-        lock.execute_unprepared("CREATE TABLE hold_the_write_lock (x INTEGER)")
+        self.database
+            .as_ref()
+            .expect("the database until stop")
+            .hold_write_lock()
             .await
-            .unwrap();
-        lock
     }
 
     /// `GET <proxy><path>` with an optional API key.
