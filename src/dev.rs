@@ -154,6 +154,10 @@ pub async fn start(config: &Config, ports: Ports) -> anyhow::Result<RunningDev> 
     let mut api_config = config.api.clone();
     api_config.graphiql = true;
     api_config.introspection = true;
+    // Grant requests and approvals are announced on the topic the remediation runs use.
+    api_config
+        .notify_topic_arn
+        .get_or_insert_with(|| DEV_SNS_TOPIC.to_owned());
     if !api_config
         .sns
         .allowed_topics

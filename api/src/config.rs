@@ -29,6 +29,8 @@ pub struct ApiConfig {
     pub notify_topic_arn: Option<String>,
     /// Remediation engine tuning (`PORTCULLIS_API__REMEDIATION__*`).
     pub remediation: crate::remediation::RemediationConfig,
+    /// Limits of incident grants (`PORTCULLIS_API__GRANTS__*`).
+    pub grants: crate::service::grants::GrantsConfig,
 }
 
 /// Settings of the inbound SNS webhook.
@@ -73,6 +75,7 @@ impl Default for ApiConfig {
             sns: SnsWebhookConfig::default(),
             notify_topic_arn: None,
             remediation: crate::remediation::RemediationConfig::default(),
+            grants: crate::service::grants::GrantsConfig::default(),
         }
     }
 }
@@ -104,6 +107,7 @@ impl ApiConfig {
                 "must be 0 (off) or at least 60: each anchor is an SNS message".into(),
             ));
         }
+        self.grants.validate()?;
         self.sns.validate()
     }
 }

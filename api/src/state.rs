@@ -79,6 +79,8 @@ impl AppState {
             cache,
             hasher,
             oidc,
+            grants: config.grants.clone(),
+            notify_topic_arn: config.notify_topic_arn.clone(),
             remediation: None,
         };
         let sns = Arc::new(

@@ -30,6 +30,24 @@ async fn on_call_engineer(app: &TestApp) -> Uuid {
 
 /// An approved grant for `GET /demo/incident/**`, valid for an hour; returns (grant id, token).
 async fn approved_grant(app: &TestApp, requester: Uuid) -> (Uuid, String) {
+    insert_approved_grant(
+        app,
+        requester,
+        None,
+        json!([{ "name": "demo:incident", "methods": ["GET"], "path_glob": "/demo/incident/**" }]),
+    )
+    .await
+}
+
+/// An approved grant of role `role_id` and `permissions` (stored as given, unchecked), valid
+/// for an hour, written to the database directly and reported on the change feed; returns
+/// (grant id, token).
+pub async fn insert_approved_grant(
+    app: &TestApp,
+    requester: Uuid,
+    role_id: Option<Uuid>,
+    permissions: Value,
+) -> (Uuid, String) {
     let token = PlainToken::generate(TokenKind::IncidentGrant, TokenEnv::Test);
     let now = Utc::now();
     let grant = incident_grant::ActiveModel {
@@ -38,8 +56,8 @@ async fn approved_grant(app: &TestApp, requester: Uuid) -> (Uuid, String) {
         requester_id: Set(requester),
         approver_id: Set(None),
         justification: Set("database on fire".into()),
-        role_id: Set(None),
-        permissions: Set(json!([{ "name": "demo:incident", "methods": ["GET"], "path_glob": "/demo/incident/**" }])),
+        role_id: Set(role_id),
+        permissions: Set(permissions),
         duration_seconds: Set(3_600),
         status: Set(incident_grant::IncidentGrantStatus::Approved),
         break_glass: Set(false),

@@ -179,6 +179,51 @@ fn script(upstream: &str) -> Vec<Step> {
             vec![],
         ),
         (
+            "grants.graphql",
+            "RequestIncidentGrant",
+            json!({ "input": { "incidentId": "INC-1234", "justification": "orders API failing",
+                "durationSeconds": 1800, "roleId": "${roleId}", "breakGlass": true,
+                "permissions": [{ "name": "orders:write", "methods": ["POST"], "pathGlob": "/orders/*/refund" }] } }),
+            vec![("grantId", "/requestIncidentGrant/incidentGrant/id")],
+        ),
+        (
+            "grants.graphql",
+            "ListIncidentGrants",
+            json!({ "filter": { "state": "ACTIVE", "incidentId": "INC-1234" }, "first": 10 }),
+            vec![],
+        ),
+        (
+            "grants.graphql",
+            "GetIncidentGrant",
+            json!({ "id": "${grantId}" }),
+            vec![],
+        ),
+        (
+            "grants.graphql",
+            "RevokeIncidentGrant",
+            json!({ "id": "${grantId}", "reason": "incident resolved" }),
+            vec![],
+        ),
+        (
+            "grants.graphql",
+            "ApproveIncidentGrant",
+            json!({ "id": "${engineerGrantId}" }),
+            vec![],
+        ),
+        (
+            "grants.graphql",
+            "RequestIncidentGrant",
+            json!({ "input": { "incidentId": "INC-1235", "justification": "read orders",
+                "durationSeconds": 600, "permissions": [{ "name": "orders:read", "pathGlob": "/orders/**" }] } }),
+            vec![("pendingGrantId", "/requestIncidentGrant/incidentGrant/id")],
+        ),
+        (
+            "grants.graphql",
+            "DenyIncidentGrant",
+            json!({ "id": "${pendingGrantId}", "reason": "not needed" }),
+            vec![],
+        ),
+        (
             "keys.graphql",
             "IssueApiKey",
             json!({ "input": { "principalId": "${userId}", "name": "portal key", "expiresAt": future,
@@ -381,6 +426,36 @@ fn script(upstream: &str) -> Vec<Step> {
     ]
 }
 
+/// A pending grant requested by a new on-call engineer (who may request grants only).
+async fn engineer_grant(app: &TestApp) -> uuid::Uuid {
+    use crate::graphql_support::{
+        await_permissions, bind, create_service_account, issue_key, ok, uuid,
+    };
+    let role = ok(
+        app,
+        app.admin_key(),
+        "mutation { createRole(input: { name: \"on-call\", permissions: [
+            { name: \"portcullis:grants:request\", pathGlob: \"/graphql\" }] }) { id } }",
+        json!({}),
+    )
+    .await;
+    let engineer = create_service_account(app, "on-call-engineer").await;
+    bind(app, uuid(&role["createRole"]["id"]), engineer).await;
+    let (_, key) = issue_key(app, engineer).await;
+    await_permissions(app, &key, &["portcullis:grants:request"]).await;
+    let requested = ok(
+        app,
+        &key,
+        "mutation { requestIncidentGrant(input: { incidentId: \"INC-1234\",
+            justification: \"orders API failing\", durationSeconds: 900,
+            permissions: [{ name: \"orders:read\", pathGlob: \"/orders/**\" }] }) {
+            incidentGrant { id } } }",
+        json!({}),
+    )
+    .await;
+    uuid(&requested["requestIncidentGrant"]["incidentGrant"]["id"])
+}
+
 #[tokio::test]
 async fn every_portal_operation_runs_without_errors() {
     for_each_backend(|db| async move {
@@ -407,7 +482,12 @@ async fn every_portal_operation_runs_without_errors() {
             .collect();
         assert_eq!(defined, scripted, "every operation in tests/operations must be scripted");
 
+        // Approving needs someone else's request: an on-call engineer's, made beforehand.
         let mut captured = BTreeMap::new();
+        captured.insert(
+            "engineerGrantId".to_owned(),
+            json!(engineer_grant(&app).await),
+        );
         for (file, operation, variables, captures) in script {
             let variables = substitute(&variables, &captured);
             let response = app

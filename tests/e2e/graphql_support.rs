@@ -132,6 +132,20 @@ pub async fn bind(app: &TestApp, role: Uuid, principal_id: Uuid) -> Uuid {
     uuid(&data["bindRole"]["id"])
 }
 
+/// Waits until `key`'s caller holds every management permission in `permissions` (a role
+/// created just now reaches the API's policy cache through the change feed).
+pub async fn await_permissions(app: &TestApp, key: &str, permissions: &[&str]) {
+    let held = crate::support::eventually(std::time::Duration::from_secs(5), || async {
+        let me = gql(app, Some(key), "{ me { permissions } }", json!({})).await;
+        let held = me["data"]["me"]["permissions"].as_array().cloned();
+        permissions
+            .iter()
+            .all(|p| held.iter().flatten().any(|h| h == p))
+    })
+    .await;
+    assert!(held.is_some(), "{permissions:?} never reached the API");
+}
+
 /// A new service account bound to the builtin role `role_name`, with a key.
 pub async fn principal_with_role(app: &TestApp, name: &str, role_name: &str) -> (Uuid, String) {
     let principal = create_service_account(app, name).await;

@@ -13,6 +13,7 @@ mod dev_stack;
 mod grants;
 mod graphql_access;
 mod graphql_authz;
+mod graphql_grants;
 mod graphql_keys;
 mod graphql_operations;
 mod graphql_policy;

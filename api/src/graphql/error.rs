@@ -25,6 +25,10 @@ pub enum ApiError {
         /// The permission that was required, e.g. `portcullis:keys:write`.
         permission: String,
     },
+    /// The caller holds the permission, but may not act on this object: separation of
+    /// duties, e.g. approving one's own incident grant. Code `FORBIDDEN`.
+    #[error("{0}")]
+    SeparationOfDuties(String),
     /// An argument failed validation.
     #[error("{field}: {message}")]
     BadUserInput {
@@ -64,7 +68,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Unauthenticated => "UNAUTHENTICATED",
-            Self::Forbidden { .. } => "FORBIDDEN",
+            Self::Forbidden { .. } | Self::SeparationOfDuties(_) => "FORBIDDEN",
             Self::BadUserInput { .. } => "BAD_USER_INPUT",
             Self::NotFound { .. } => "NOT_FOUND",
             Self::Conflict(_) => "CONFLICT",

@@ -5,7 +5,7 @@
 //! * [`error`]: `ApiError` and its `extensions.code`; [`guard`]: `RequirePermission`;
 //! * [`extension`]: error codes and the audit record of every mutation, in one place;
 //! * [`loaders`](mod@loaders): DataLoaders against N+1 queries;
-//! * one module per domain (`keys`, `principals`, `roles`, `routes`, `ip_rules`, `access`,
+//! * one module per domain (`keys`, `grants`, `principals`, `roles`, `routes`, `ip_rules`, `access`,
 //!   `audit`, `remediation`, `managed_secrets`, `notifications`), each with `query.rs`,
 //!   `mutation.rs` and `types.rs`; resolvers are thin and call one `crate::service` function
 //!   each.
@@ -14,6 +14,7 @@ pub mod access;
 pub mod audit;
 pub mod error;
 pub mod extension;
+pub mod grants;
 pub mod guard;
 pub mod ip_rules;
 pub mod keys;
@@ -65,6 +66,7 @@ pub struct QueryRoot(
     ServerQuery,
     access::query::AccessQuery,
     keys::query::ApiKeyQuery,
+    grants::query::IncidentGrantQuery,
     principals::query::PrincipalQuery,
     roles::query::RoleQuery,
     routes::query::RouteQuery,
@@ -79,6 +81,7 @@ pub struct QueryRoot(
 #[derive(MergedObject, Default)]
 pub struct MutationRoot(
     keys::mutation::ApiKeyMutation,
+    grants::mutation::IncidentGrantMutation,
     principals::mutation::PrincipalMutation,
     roles::mutation::RoleMutation,
     routes::mutation::RouteMutation,

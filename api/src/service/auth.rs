@@ -165,11 +165,12 @@ async fn held<'p>(
         .await
         .map_err(ApiError::internal)?;
     let snapshot = services.cache.snapshot();
+    // Incident grants open proxied APIs only, never the management API (`service::grants`).
     let subject = Subject {
         principal_id: principal.id,
         group_ids: &principal.group_ids,
         bindings: &principal.bindings,
-        grants: &principal.grants,
+        grants: &[],
     };
     let method = Method::POST;
     Ok(permissions

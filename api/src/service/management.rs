@@ -47,8 +47,11 @@ pub const REVIEWS_READ: &str = "portcullis:reviews:read";
 pub const REVIEWS_DECIDE: &str = "portcullis:reviews:decide";
 /// Request incident grants.
 pub const GRANTS_REQUEST: &str = "portcullis:grants:request";
-/// Approve or deny incident grants.
+/// Approve, deny and revoke incident grants; read everyone's.
 pub const GRANTS_APPROVE: &str = "portcullis:grants:approve";
+/// Open one's own incident grant at once, without an approver (break-glass); a follow-up
+/// access review is opened with it.
+pub const GRANTS_BREAK_GLASS: &str = "portcullis:grants:break_glass";
 /// Read remediation playbooks and runs.
 pub const REMEDIATION_READ: &str = "portcullis:remediation:read";
 /// Change playbooks and trigger remediation.
@@ -72,6 +75,7 @@ pub const ALL: &[&str] = &[
     REVIEWS_DECIDE,
     GRANTS_REQUEST,
     GRANTS_APPROVE,
+    GRANTS_BREAK_GLASS,
     REMEDIATION_READ,
     REMEDIATION_WRITE,
 ];

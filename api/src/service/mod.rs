@@ -7,6 +7,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod auth;
 pub mod feed;
+pub mod grants;
 pub mod ip_rules;
 pub mod managed_secrets;
 pub mod management;
@@ -35,6 +36,10 @@ pub struct ServiceContext {
     pub hasher: KeyHasher,
     /// Verifies OIDC bearer tokens, when OIDC is configured.
     pub oidc: Option<Arc<OidcVerifier>>,
+    /// Limits of incident grants.
+    pub grants: grants::GrantsConfig,
+    /// The SNS topic grant requests and approvals are announced on, when configured.
+    pub notify_topic_arn: Option<String>,
     /// The remediation engine, when this process runs one (`portcullis dev`); `None` makes
     /// the remediation mutations answer `UNAVAILABLE`.
     pub remediation: Option<crate::remediation::Engine>,

@@ -22,6 +22,19 @@ pub fn text(field: &str, value: &str) -> ApiResult<String> {
     optional_text(field, Some(value)).map(|v| v.unwrap_or_default())
 }
 
+/// Longest accepted justification or other explanatory paragraph.
+pub const MAX_PARAGRAPH: usize = 2000;
+
+/// A required, non-blank paragraph of at most [`MAX_PARAGRAPH`] characters, trimmed.
+pub fn paragraph(field: &str, value: &str) -> ApiResult<String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ApiError::invalid(field, "must not be empty"));
+    }
+    bounded(field, value, MAX_PARAGRAPH)?;
+    Ok(value.to_owned())
+}
+
 /// An optional text of at most [`MAX_TEXT`] characters, trimmed; blank becomes `None`.
 pub fn optional_text(field: &str, value: Option<&str>) -> ApiResult<Option<String>> {
     let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
