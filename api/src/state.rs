@@ -5,9 +5,8 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use proxy::{
-    cache::PolicyCache,
-    keys::KeyHasher,
-    oidc::{OidcConfig, OidcVerifier},
+    ProxyConfig, cache::PolicyCache, keys::KeyHasher, normalize::NormalizeOptions,
+    oidc::OidcVerifier,
 };
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use secrecy::SecretSlice;
@@ -42,16 +41,19 @@ pub struct AppState {
 impl AppState {
     /// Ensures the builtin roles, loads the policy cache (and starts its change-feed poller
     /// and, on PostgreSQL, its LISTEN/NOTIFY listener), and builds the schema, over an open,
-    /// migrated database. With `oidc`, OIDC bearer tokens authenticate too (the proxy's
-    /// verifier and settings).
+    /// migrated database. From the proxy's settings `proxy` the API shares two: with
+    /// `[proxy.oidc]`, OIDC bearer tokens authenticate too (the proxy's verifier), and
+    /// `simulateAccess` normalises paths with the proxy's options.
     pub async fn new(
         db: DatabaseConnection,
         config: ApiConfig,
         pepper: &SecretSlice<u8>,
-        oidc: Option<&OidcConfig>,
+        proxy: &ProxyConfig,
     ) -> anyhow::Result<Self> {
         let hasher = KeyHasher::new(pepper).context("invalid key pepper")?;
-        let oidc = oidc
+        let oidc = proxy
+            .oidc
+            .as_ref()
             .map(|settings| OidcVerifier::new(settings).map(Arc::new))
             .transpose()
             .context("invalid OIDC configuration")?;
@@ -80,6 +82,9 @@ impl AppState {
             hasher,
             oidc,
             grants: config.grants.clone(),
+            normalize: NormalizeOptions {
+                allow_semicolon_params: proxy.allow_semicolon_params,
+            },
             notify_topic_arn: config.notify_topic_arn.clone(),
             remediation: None,
         };

@@ -117,6 +117,35 @@ async fn simulate_access_agrees_with_the_proxy() {
 }
 
 /// A new group `callers` with `member` in it.
+#[tokio::test]
+async fn simulate_access_normalises_paths_with_the_proxys_options() {
+    let app = TestApp::spawn_with(migration::testing::TestDatabase::sqlite().await, |config| {
+        config.proxy.allow_semicolon_params = true;
+    })
+    .await;
+    let admin = app.admin_key().to_owned();
+    let admin_id = app.admin_id().await;
+    let path = "/demo/a;v=1/b";
+    let decision = ok(
+        &app,
+        &admin,
+        SIMULATE,
+        json!({ "input": { "principalId": admin_id, "method": "GET", "path": path } }),
+    )
+    .await["simulateAccess"]
+        .clone();
+    let status = crate::support::raw_http(
+        app.dev.proxy_addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {admin}\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+    .0;
+    assert_eq!(status, 200);
+    assert_eq!(decision["reasonCode"], "allowed_by_binding", "{decision}");
+    assert_eq!(decision["normalizedPath"], path, "{decision}");
+    app.stop().await.drop_database().await;
+}
+
 async fn group_of(app: &TestApp, admin: &str, member: uuid::Uuid) -> uuid::Uuid {
     let group = ok(
         app,

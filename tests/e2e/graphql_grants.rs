@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use entity::{access_review, access_review_item, audit_event, incident_grant, notification_outbox};
 use migration::testing::TestDatabase;
 use reqwest::StatusCode;
-use sea_orm::{EntityTrait, QueryOrder, Set};
+use sea_orm::{ActiveModelTrait, EntityTrait, QueryOrder, Set};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -22,9 +22,9 @@ use crate::{
 
 const REQUEST: &str = "mutation($input: RequestIncidentGrantInput!) {
     requestIncidentGrant(input: $input) {
-        token
+        secret
         incidentGrant { id state requesterId approverId expiresAt tokenPrefix breakGlass
-            followUpReviewId permissions { name methods pathGlob } role { name } }
+            followUpReviewId permissions { name methods pathGlob } roleId }
     } }";
 const APPROVE: &str = "mutation($id: UUID!) { approveIncidentGrant(id: $id) {
     id state approverId decidedAt expiresAt requester { name } approver { name } } }";
@@ -93,21 +93,27 @@ async fn an_approved_grant_opens_exactly_its_permissions_until_its_requester_rev
         let (approver, approver_key) = holder_of(
             &app,
             "lead",
-            &["portcullis:grants:request", "portcullis:grants:approve"],
+            &[
+                "portcullis:grants:request",
+                "portcullis:grants:approve",
+                "portcullis:principals:read",
+            ],
         )
         .await;
 
         // Asked for: pending, the token revealed once and refused by the proxy until approved.
         let requested = ok(&app, &engineer_key, REQUEST, incident_logs_grant(false)).await;
         let requested = &requested["requestIncidentGrant"];
-        let token = requested["token"].as_str().unwrap().to_owned();
+        let token = requested["secret"].as_str().unwrap().to_owned();
         let grant = &requested["incidentGrant"];
         let grant_id = uuid(&grant["id"]);
         assert!(token.starts_with("pg_test_"), "{token}");
         assert!(token.starts_with(grant["tokenPrefix"].as_str().unwrap()));
         assert_eq!(grant["state"], "PENDING");
         assert_eq!(grant["requesterId"], engineer.to_string());
-        assert_eq!(grant["expiresAt"], Value::Null);
+        // Unapproved, the request lapses after PORTCULLIS_API__GRANTS__PENDING_SECS (4 h).
+        let lapses = instant(&grant["expiresAt"]) - Utc::now();
+        assert!(lapses > chrono::Duration::minutes(239) && lapses <= chrono::Duration::hours(4));
         assert_eq!(grant["approverId"], Value::Null);
         assert_eq!(
             app.proxy_get("/demo/incident/logs", Some(&token))
@@ -130,6 +136,14 @@ async fn an_approved_grant_opens_exactly_its_permissions_until_its_requester_rev
             let own = uuid(&data["requestIncidentGrant"]["incidentGrant"]["id"]);
             (data, own)
         };
+        let self_denial = gql(
+            &app,
+            Some(&approver_key),
+            DENY,
+            json!({ "id": own, "reason": "mine" }),
+        )
+        .await;
+        assert_eq!(code(&self_denial), "FORBIDDEN", "{self_denial}");
         let self_approval = gql(&app, Some(&approver_key), APPROVE, json!({ "id": own })).await;
         assert_eq!(code(&self_approval), "FORBIDDEN", "{self_approval}");
         assert!(
@@ -196,6 +210,19 @@ async fn an_approved_grant_opens_exactly_its_permissions_until_its_requester_rev
         let mine = mine["incidentGrants"]["nodes"].as_array().unwrap().clone();
         assert_eq!(mine.len(), 1, "{mine:?}");
         assert_eq!(mine[0]["id"], grant_id.to_string());
+        // Who the principals are takes portcullis:principals:read, as everywhere else.
+        let names = gql(
+            &app,
+            Some(&engineer_key),
+            "{ incidentGrants { nodes { id requester { name email } } } }",
+            json!({}),
+        )
+        .await;
+        assert_eq!(code(&names), "FORBIDDEN", "{names}");
+        assert_eq!(
+            names["errors"][0]["extensions"]["permission"],
+            "portcullis:principals:read"
+        );
         let theirs = gql(
             &app,
             Some(&engineer_key),
@@ -267,7 +294,7 @@ async fn an_approved_grant_opens_exactly_its_permissions_until_its_requester_rev
         )
         .await;
         assert_eq!(code(&twice), "CONFLICT", "{twice}");
-        // Someone else's grant needs the approve permission; the approver denies it.
+        // Someone else's grant needs the approve permission; another approver denies it.
         let not_mine = gql(
             &app,
             Some(&engineer_key),
@@ -282,12 +309,13 @@ async fn an_approved_grant_opens_exactly_its_permissions_until_its_requester_rev
         );
         let denied = ok(
             &app,
-            &approver_key,
+            app.admin_key(),
             DENY,
             json!({ "id": own, "reason": "not needed" }),
         )
         .await;
         assert_eq!(denied["denyIncidentGrant"]["state"], "DENIED");
+        assert_eq!(denied["denyIncidentGrant"]["reason"], "not needed");
 
         // Requests and approvals are announced (dev's topic), never with the token; the
         // mutations' audit records do not carry it either.
@@ -387,12 +415,12 @@ async fn break_glass_opens_at_once_with_a_follow_up_review_and_needs_its_own_per
         let before = Utc::now();
         let opened = ok(&app, &glass_key, REQUEST, input).await;
         let opened = &opened["requestIncidentGrant"];
-        let token = opened["token"].as_str().unwrap().to_owned();
+        let token = opened["secret"].as_str().unwrap().to_owned();
         let grant = &opened["incidentGrant"];
         assert_eq!(grant["state"], "ACTIVE");
         assert_eq!(grant["breakGlass"], true);
         assert_eq!(grant["approverId"], glass.to_string());
-        assert_eq!(grant["role"]["name"], "demo-reader");
+        assert_eq!(grant["roleId"], reader.to_string());
         let grant_id = uuid(&grant["id"]);
         let expires = instant(&grant["expiresAt"]);
         assert!(expires >= before + chrono::Duration::seconds(600));
@@ -439,15 +467,46 @@ async fn break_glass_opens_at_once_with_a_follow_up_review_and_needs_its_own_per
             .expect("break-glass is announced");
         assert_eq!(announced.severity, "high");
         assert!(!announced.message.contains(&token[8..]));
+
+        // The review closes undecided after the grant ran out: the default (revoke) leaves the
+        // grant as it ended, expired, rather than rewriting its history as revoked.
+        let mut row: incident_grant::ActiveModel = incident_grant::Entity::find_by_id(grant_id)
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap()
+            .into();
+        row.expires_at = Set(Some(Utc::now() - chrono::Duration::seconds(1)));
+        row.update(&app.db).await.unwrap();
+        api::remediation::reviews::apply_defaults(&app.db, review_id)
+            .await
+            .unwrap();
+        let after = ok(
+            &app,
+            app.admin_key(),
+            "query($id: UUID!) { incidentGrant(id: $id) { state revokedAt } }",
+            json!({ "id": grant_id }),
+        )
+        .await;
+        assert_eq!(
+            after["incidentGrant"],
+            json!({ "state": "EXPIRED", "revokedAt": null })
+        );
+        let review = access_review::Entity::find_by_id(review_id)
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(review.status, access_review::AccessReviewStatus::Closed);
         app.stop().await.drop_database().await;
     })
     .await;
 }
 
 #[tokio::test]
-async fn grant_requests_are_validated_and_grants_never_open_the_management_api() {
+async fn grant_requests_are_validated_and_name_the_field() {
     let app = TestApp::spawn(TestDatabase::sqlite().await).await;
-    let (engineer, key) = holder_of(&app, "oncall", &["portcullis:grants:request"]).await;
+    let (_, key) = holder_of(&app, "oncall", &["portcullis:grants:request"]).await;
     let admin_role = crate::graphql_support::role_id(&app, "portcullis-admin").await;
     let unknown = Uuid::now_v7();
     let cases: Vec<(Value, &str, &str)> = vec![
@@ -519,18 +578,112 @@ async fn grant_requests_are_validated_and_grants_never_open_the_management_api()
             .is_empty()
     );
 
-    // Even an active grant that names a management permission (written before these checks,
-    // or by hand) lends nothing at the management API.
-    crate::grants::insert_approved_grant(
-        &app,
-        engineer,
-        Some(admin_role),
-        json!([{ "name": "portcullis:keys:read", "path_glob": "/graphql" }]),
-    )
-    .await;
-    // Nothing to wait for when the fix holds: give the API's feed poll (250 ms) four turns.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let keys = gql(&app, Some(&key), "{ apiKeys { nodes { id } } }", json!({})).await;
-    assert_eq!(code(&keys), "FORBIDDEN", "{keys}");
     app.stop().await.drop_database().await;
+}
+
+#[tokio::test]
+async fn even_a_grant_written_by_hand_never_opens_the_management_api() {
+    for_each_backend(|db| async move {
+        let app = TestApp::spawn(db).await;
+        let (engineer, key) = holder_of(&app, "oncall", &["portcullis:grants:request"]).await;
+        let admin_role = crate::graphql_support::role_id(&app, "portcullis-admin").await;
+        // An active grant that lends management permissions, as no API call can write it.
+        crate::grants::insert_approved_grant(
+            &app,
+            engineer,
+            Some(admin_role),
+            json!([{ "name": "portcullis:keys:read", "path_glob": "/graphql" }]),
+        )
+        .await;
+        // A binding written after it: once the API holds that, it holds the grant too (the
+        // feed is applied in order, and the engineer's entry reloads whole).
+        let simulate = management_role(&app, "simulator", &["portcullis:simulate"]).await;
+        bind(&app, simulate, engineer).await;
+        await_permissions(&app, &key, &["portcullis:simulate"]).await;
+
+        let keys = gql(&app, Some(&key), "{ apiKeys { nodes { id } } }", json!({})).await;
+        assert_eq!(code(&keys), "FORBIDDEN", "{keys}");
+        let me = ok(&app, &key, "{ me { permissions } }", json!({})).await;
+        assert_eq!(
+            me["me"]["permissions"],
+            json!(["portcullis:simulate", "portcullis:grants:request"])
+        );
+        app.stop().await.drop_database().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_request_lapses_unapproved_and_racing_decisions_cannot_both_land() {
+    for_each_backend(|db| async move {
+        let app = TestApp::spawn(db).await;
+        let (_, engineer_key) = holder_of(&app, "oncall", &["portcullis:grants:request"]).await;
+        let request = || async {
+            let data = ok(&app, &engineer_key, REQUEST, incident_logs_grant(false)).await;
+            uuid(&data["requestIncidentGrant"]["incidentGrant"]["id"])
+        };
+
+        // A request nobody decided in time lapses: it cannot be approved into access later.
+        let old = request().await;
+        let mut row: incident_grant::ActiveModel = incident_grant::Entity::find_by_id(old)
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap()
+            .into();
+        row.expires_at = Set(Some(Utc::now() - chrono::Duration::seconds(1)));
+        row.update(&app.db).await.unwrap();
+        let late = gql(&app, Some(app.admin_key()), APPROVE, json!({ "id": old })).await;
+        assert_eq!(code(&late), "CONFLICT", "{late}");
+        assert!(late.to_string().contains("this one is expired"), "{late}");
+        let expired = ok(
+            &app,
+            app.admin_key(),
+            LIST,
+            json!({ "filter": { "state": "EXPIRED" } }),
+        )
+        .await;
+        assert_eq!(expired["incidentGrants"]["nodes"][0]["id"], old.to_string());
+        let pending = ok(
+            &app,
+            app.admin_key(),
+            LIST,
+            json!({ "filter": { "state": "PENDING" } }),
+        )
+        .await;
+        assert_eq!(pending["incidentGrants"]["nodes"], json!([]));
+
+        // Approve and deny sent together: exactly one lands, and the row is what it says.
+        for _ in 0..6 {
+            let id = request().await;
+            let (approved, denied) = tokio::join!(
+                gql(&app, Some(app.admin_key()), APPROVE, json!({ "id": id })),
+                gql(
+                    &app,
+                    Some(app.admin_key()),
+                    DENY,
+                    json!({ "id": id, "reason": "no" })
+                ),
+            );
+            let codes = [code(&approved), code(&denied)];
+            assert!(
+                codes == ["", "CONFLICT"] || codes == ["CONFLICT", ""],
+                "{approved} {denied}"
+            );
+            let row = incident_grant::Entity::find_by_id(id)
+                .one(&app.db)
+                .await
+                .unwrap()
+                .unwrap();
+            let want = if codes[0].is_empty() {
+                incident_grant::IncidentGrantStatus::Approved
+            } else {
+                incident_grant::IncidentGrantStatus::Denied
+            };
+            assert_eq!(row.status, want, "{row:?}");
+            assert_eq!(row.revoked_reason.is_some(), codes[1].is_empty(), "{row:?}");
+        }
+        app.stop().await.drop_database().await;
+    })
+    .await;
 }

@@ -212,15 +212,8 @@ fn script(upstream: &str) -> Vec<Step> {
         ),
         (
             "grants.graphql",
-            "RequestIncidentGrant",
-            json!({ "input": { "incidentId": "INC-1235", "justification": "read orders",
-                "durationSeconds": 600, "permissions": [{ "name": "orders:read", "pathGlob": "/orders/**" }] } }),
-            vec![("pendingGrantId", "/requestIncidentGrant/incidentGrant/id")],
-        ),
-        (
-            "grants.graphql",
             "DenyIncidentGrant",
-            json!({ "id": "${pendingGrantId}", "reason": "not needed" }),
+            json!({ "id": "${engineerGrant2Id}", "reason": "not needed" }),
             vec![],
         ),
         (
@@ -426,8 +419,8 @@ fn script(upstream: &str) -> Vec<Step> {
     ]
 }
 
-/// A pending grant requested by a new on-call engineer (who may request grants only).
-async fn engineer_grant(app: &TestApp) -> uuid::Uuid {
+/// Two pending grants requested by a new on-call engineer (who may request grants only).
+async fn engineer_grants(app: &TestApp) -> [uuid::Uuid; 2] {
     use crate::graphql_support::{
         await_permissions, bind, create_service_account, issue_key, ok, uuid,
     };
@@ -443,17 +436,20 @@ async fn engineer_grant(app: &TestApp) -> uuid::Uuid {
     bind(app, uuid(&role["createRole"]["id"]), engineer).await;
     let (_, key) = issue_key(app, engineer).await;
     await_permissions(app, &key, &["portcullis:grants:request"]).await;
-    let requested = ok(
-        app,
-        &key,
-        "mutation { requestIncidentGrant(input: { incidentId: \"INC-1234\",
-            justification: \"orders API failing\", durationSeconds: 900,
-            permissions: [{ name: \"orders:read\", pathGlob: \"/orders/**\" }] }) {
-            incidentGrant { id } } }",
-        json!({}),
-    )
-    .await;
-    uuid(&requested["requestIncidentGrant"]["incidentGrant"]["id"])
+    let request = || async {
+        let requested = ok(
+            app,
+            &key,
+            "mutation { requestIncidentGrant(input: { incidentId: \"INC-1234\",
+                justification: \"orders API failing\", durationSeconds: 900,
+                permissions: [{ name: \"orders:read\", pathGlob: \"/orders/**\" }] }) {
+                incidentGrant { id } } }",
+            json!({}),
+        )
+        .await;
+        uuid(&requested["requestIncidentGrant"]["incidentGrant"]["id"])
+    };
+    [request().await, request().await]
 }
 
 #[tokio::test]
@@ -482,12 +478,12 @@ async fn every_portal_operation_runs_without_errors() {
             .collect();
         assert_eq!(defined, scripted, "every operation in tests/operations must be scripted");
 
-        // Approving needs someone else's request: an on-call engineer's, made beforehand.
+        // Approving and denying need someone else's requests: an on-call engineer's, made
+        // beforehand.
         let mut captured = BTreeMap::new();
-        captured.insert(
-            "engineerGrantId".to_owned(),
-            json!(engineer_grant(&app).await),
-        );
+        let [first, second] = engineer_grants(&app).await;
+        captured.insert("engineerGrantId".to_owned(), json!(first));
+        captured.insert("engineerGrant2Id".to_owned(), json!(second));
         for (file, operation, variables, captures) in script {
             let variables = substitute(&variables, &captured);
             let response = app

@@ -387,7 +387,8 @@ async fn without_secrets_manager_versions_are_unavailable() {
     for_each_backend(|db| async move {
         let app = TestApp::spawn(db).await;
         let pepper = secrecy::SecretSlice::from(hex::decode(TEST_PEPPER_HEX).unwrap());
-        let state = api::AppState::new(app.db.clone(), api::ApiConfig::default(), &pepper, None)
+        let proxy = proxy::ProxyConfig::default();
+        let state = api::AppState::new(app.db.clone(), api::ApiConfig::default(), &pepper, &proxy)
             .await
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

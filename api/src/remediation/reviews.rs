@@ -24,7 +24,10 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{StepError, actions::Effect};
-use crate::service::feed::{self, kind};
+use crate::service::{
+    feed::{self, kind},
+    grants::{self, GrantState},
+};
 
 /// Open campaigns whose deadline has passed, oldest deadline first.
 pub async fn overdue<C: ConnectionTrait>(db: &C) -> Result<Vec<access_review::Model>, DbErr> {
@@ -142,9 +145,10 @@ async fn revoke_subject<C: ConnectionTrait>(
             if let Some(grant) = incident_grant::Entity::find_by_id(item.subject_id)
                 .one(db)
                 .await?
+                // One that already ran out is left as it ended, not rewritten as revoked.
                 && matches!(
-                    grant.status,
-                    IncidentGrantStatus::Approved | IncidentGrantStatus::Pending
+                    grants::state_of(&grant, now),
+                    GrantState::Active | GrantState::Pending
                 )
             {
                 let grantee = grant.requester_id;

@@ -87,7 +87,11 @@ impl Simulation {
 /// Decides `request` the way the proxy's pipeline would right now (after authentication):
 /// normalise → route → IP rules → key state → principal → evaluate.
 #[tracing::instrument(skip_all)]
-pub async fn simulate(db: &DatabaseConnection, request: SimulatedRequest) -> ApiResult<Simulation> {
+pub async fn simulate(
+    db: &DatabaseConnection,
+    normalization: &NormalizeOptions,
+    request: SimulatedRequest,
+) -> ApiResult<Simulation> {
     let now = Utc::now();
     let method = Method::from_bytes(request.method.trim().as_bytes())
         .ok()
@@ -112,7 +116,7 @@ pub async fn simulate(db: &DatabaseConnection, request: SimulatedRequest) -> Api
         .await?
         .ok_or_else(|| ApiError::not_found("principal", principal_id))?;
 
-    let path = match normalize::normalize_path(&request.path, &NormalizeOptions::default()) {
+    let path = match normalize::normalize_path(&request.path, normalization) {
         Ok(path) => path,
         Err(error) => return Ok(Simulation::deny("bad_request_target", error.to_string())),
     };

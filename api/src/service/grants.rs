@@ -28,8 +28,8 @@ use proxy::{
     policy::MANAGEMENT_NAMESPACE,
 };
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait,
-    QueryFilter, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr,
+    EntityTrait, QueryFilter, Set, TransactionTrait,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -56,8 +56,12 @@ const MAX_PERMISSIONS: usize = 20;
 pub struct GrantsConfig {
     /// Longest grant, in seconds (default 4 hours).
     pub max_duration_secs: i64,
-    /// Days after a break-glass grant ends by which its follow-up review must be decided;
-    /// at that deadline an undecided review revokes the grant if it is still open.
+    /// How long a request waits for an approver before it lapses, in seconds (default 4
+    /// hours): an old request is not approved into access by mistake.
+    pub pending_secs: i64,
+    /// Days after a break-glass grant ends by which its follow-up review should be decided;
+    /// at that deadline an undecided review is closed with its default, `revoke`, which ends
+    /// the grant only if it is somehow still open (a later grant is not touched).
     pub review_days: i64,
 }
 
@@ -65,6 +69,7 @@ impl Default for GrantsConfig {
     fn default() -> Self {
         Self {
             max_duration_secs: 4 * 3600,
+            pending_secs: 4 * 3600,
             review_days: 3,
         }
     }
@@ -73,9 +78,16 @@ impl Default for GrantsConfig {
 impl GrantsConfig {
     /// Checks the limits; returns the variable and the problem.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if !(60..=30 * 24 * 3600).contains(&self.max_duration_secs) {
+        let a_minute_to_30_days = 60..=30 * 24 * 3600;
+        if !a_minute_to_30_days.contains(&self.max_duration_secs) {
             return Err((
                 "PORTCULLIS_API__GRANTS__MAX_DURATION_SECS",
+                "must be between 60 (a minute) and 2592000 (30 days)".into(),
+            ));
+        }
+        if !a_minute_to_30_days.contains(&self.pending_secs) {
+            return Err((
+                "PORTCULLIS_API__GRANTS__PENDING_SECS",
                 "must be between 60 (a minute) and 2592000 (30 days)".into(),
             ));
         }
@@ -89,7 +101,8 @@ impl GrantsConfig {
     }
 }
 
-/// Where a grant stands, derived from its status and expiry.
+/// Where a grant stands, derived from its status and `expires_at` (for a pending grant: when
+/// the request lapses; once approved: when access ends).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GrantState {
     /// Waiting for an approver; the token does not work yet.
@@ -100,18 +113,34 @@ pub enum GrantState {
     Denied,
     /// Ended early.
     Revoked,
-    /// Ran out.
+    /// Ran out, or lapsed unapproved.
     Expired,
+}
+
+impl GrantState {
+    /// Lower-case name, for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Active => "active",
+            Self::Denied => "denied",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+        }
+    }
 }
 
 /// The state of `grant` at `now`.
 pub fn state_of(grant: &incident_grant::Model, now: DateTime<Utc>) -> GrantState {
+    let before_end = grant.expires_at.is_some_and(|at| at > now);
     match grant.status {
-        IncidentGrantStatus::Pending => GrantState::Pending,
-        IncidentGrantStatus::Approved if grant.expires_at.is_some_and(|at| at > now) => {
-            GrantState::Active
+        IncidentGrantStatus::Pending if before_end || grant.expires_at.is_none() => {
+            GrantState::Pending
         }
-        IncidentGrantStatus::Approved | IncidentGrantStatus::Expired => GrantState::Expired,
+        IncidentGrantStatus::Approved if before_end => GrantState::Active,
+        IncidentGrantStatus::Pending
+        | IncidentGrantStatus::Approved
+        | IncidentGrantStatus::Expired => GrantState::Expired,
         IncidentGrantStatus::Denied => GrantState::Denied,
         IncidentGrantStatus::Revoked => GrantState::Revoked,
     }
@@ -214,7 +243,10 @@ pub async fn request(
         token_hash: Set(Some(services.hasher.hash(token.as_parsed()).to_hex())),
         requested_at: Set(now),
         decided_at: Set(decided),
-        expires_at: Set(decided.map(|at| at + Duration::seconds(duration_seconds))),
+        expires_at: Set(Some(match decided {
+            Some(at) => at + Duration::seconds(duration_seconds),
+            None => now + Duration::seconds(services.grants.pending_secs),
+        })),
         revoked_at: Set(None),
         revoked_reason: Set(None),
         follow_up_review_id: Set(None),
@@ -282,11 +314,10 @@ pub async fn approve(
             "a grant cannot be approved by its requester; another approver must decide".into(),
         ));
     }
-    if grant.status != IncidentGrantStatus::Pending {
-        return Err(ApiError::Conflict(format!(
-            "only a pending grant can be approved; this one is {}",
-            status_word(grant.status)
-        )));
+    expect_pending(&grant, now, "approved")?;
+    // The lent role may have gained a management permission since the request.
+    if let Some(role_id) = grant.role_id {
+        lendable_role(&txn, role_id).await?;
     }
     let duration = Duration::seconds(grant.duration_seconds);
     let mut active: incident_grant::ActiveModel = grant.into();
@@ -294,7 +325,7 @@ pub async fn approve(
     active.approver_id = Set(Some(actor.principal_id));
     active.decided_at = Set(Some(now));
     active.expires_at = Set(Some(now + duration));
-    let grant = store(&txn, active, now).await?;
+    let grant = store(&txn, active, IncidentGrantStatus::Pending, now).await?;
     let requester = requester_name(&txn, &grant).await?;
     announce(
         &txn,
@@ -310,7 +341,8 @@ pub async fn approve(
     Ok(grant)
 }
 
-/// Refuses pending grant `id`; its token never works.
+/// Refuses pending grant `id` as `actor`, who must not be its requester (requesters
+/// withdraw with [`revoke`]); its token never works.
 #[tracing::instrument(skip_all, fields(grant_id = %id))]
 pub async fn deny(
     db: &DatabaseConnection,
@@ -320,12 +352,13 @@ pub async fn deny(
 ) -> ApiResult<incident_grant::Model> {
     let reason = validate::text("reason", reason)?;
     change(db, id, |grant, now| {
-        if grant.status != IncidentGrantStatus::Pending {
-            return Err(ApiError::Conflict(format!(
-                "only a pending grant can be denied; this one is {}",
-                status_word(grant.status)
-            )));
+        if grant.requester_id == actor.principal_id {
+            return Err(ApiError::SeparationOfDuties(
+                "a grant cannot be denied by its requester; withdraw it with revokeIncidentGrant"
+                    .into(),
+            ));
         }
+        expect_pending(grant, now, "denied")?;
         let mut active: incident_grant::ActiveModel = grant.clone().into();
         active.status = Set(IncidentGrantStatus::Denied);
         active.approver_id = Set(Some(actor.principal_id));
@@ -345,13 +378,11 @@ pub async fn revoke(
 ) -> ApiResult<incident_grant::Model> {
     let reason = validate::text("reason", reason)?;
     change(db, id, |grant, now| {
-        if !matches!(
-            state_of(grant, now),
-            GrantState::Pending | GrantState::Active
-        ) {
+        let state = state_of(grant, now);
+        if !matches!(state, GrantState::Pending | GrantState::Active) {
             return Err(ApiError::Conflict(format!(
                 "the grant has already ended: it is {}",
-                status_word(grant.status)
+                state.as_str()
             )));
         }
         let mut active: incident_grant::ActiveModel = grant.clone().into();
@@ -382,12 +413,19 @@ pub async fn list(
     if let Some(incident_id) = &filter.incident_id {
         select = select.filter(incident_grant::Column::IncidentId.eq(incident_id.trim()));
     }
-    let approved = incident_grant::Column::Status.eq(IncidentGrantStatus::Approved);
+    // As [`state_of`]: pending and approved grants are expired from `expires_at` on.
+    let status = |s: IncidentGrantStatus| incident_grant::Column::Status.eq(s);
+    let open = Condition::any()
+        .add(status(IncidentGrantStatus::Pending))
+        .add(status(IncidentGrantStatus::Approved));
+    let unexpired = Condition::any()
+        .add(incident_grant::Column::ExpiresAt.is_null())
+        .add(incident_grant::Column::ExpiresAt.gt(now));
     select = match filter.state {
         None => select,
-        Some(GrantState::Pending) => {
-            select.filter(incident_grant::Column::Status.eq(IncidentGrantStatus::Pending))
-        }
+        Some(GrantState::Pending) => select
+            .filter(status(IncidentGrantStatus::Pending))
+            .filter(unexpired),
         Some(GrantState::Denied) => {
             select.filter(incident_grant::Column::Status.eq(IncidentGrantStatus::Denied))
         }
@@ -395,14 +433,14 @@ pub async fn list(
             select.filter(incident_grant::Column::Status.eq(IncidentGrantStatus::Revoked))
         }
         Some(GrantState::Active) => select
-            .filter(approved)
+            .filter(status(IncidentGrantStatus::Approved))
             .filter(incident_grant::Column::ExpiresAt.gt(now)),
         Some(GrantState::Expired) => select.filter(
             Condition::any()
-                .add(incident_grant::Column::Status.eq(IncidentGrantStatus::Expired))
+                .add(status(IncidentGrantStatus::Expired))
                 .add(
                     Condition::all()
-                        .add(approved)
+                        .add(open)
                         .add(incident_grant::Column::ExpiresAt.lte(now)),
                 ),
         ),
@@ -483,12 +521,14 @@ async fn lendable_role<C: ConnectionTrait>(db: &C, role_id: Uuid) -> ApiResult<(
         .one(db)
         .await?
         .ok_or_else(|| ApiError::not_found("role", role_id))?;
+    // Compared here, not with LIKE: SQLite's LIKE ignores case, PostgreSQL's does not.
     let management = permission::Entity::find()
         .filter(permission::Column::RoleId.eq(role.id))
-        .filter(permission::Column::Name.starts_with(MANAGEMENT_NAMESPACE))
-        .one(db)
-        .await?;
-    if role.builtin || management.is_some() {
+        .all(db)
+        .await?
+        .iter()
+        .any(|p| p.name.starts_with(MANAGEMENT_NAMESPACE));
+    if role.builtin || management {
         return Err(ApiError::invalid(
             "input.roleId",
             "incident grants open proxied APIs only; this role holds management permissions",
@@ -599,13 +639,14 @@ async fn requester_name<C: ConnectionTrait>(
         .unwrap_or_default())
 }
 
-fn status_word(status: IncidentGrantStatus) -> &'static str {
-    match status {
-        IncidentGrantStatus::Pending => "pending",
-        IncidentGrantStatus::Approved => "approved",
-        IncidentGrantStatus::Denied => "denied",
-        IncidentGrantStatus::Revoked => "revoked",
-        IncidentGrantStatus::Expired => "expired",
+/// `CONFLICT` unless `grant` still waits for a decision (not decided, not lapsed).
+fn expect_pending(grant: &incident_grant::Model, now: DateTime<Utc>, verb: &str) -> ApiResult<()> {
+    match state_of(grant, now) {
+        GrantState::Pending => Ok(()),
+        state => Err(ApiError::Conflict(format!(
+            "only a pending grant can be {verb}; this one is {}",
+            state.as_str()
+        ))),
     }
 }
 
@@ -617,19 +658,33 @@ async fn change(
     let now = Utc::now();
     let txn = db.begin().await?;
     let grant = find(&txn, id).await?;
-    let grant = store(&txn, change(&grant, now)?, now).await?;
+    let read = grant.status;
+    let grant = store(&txn, change(&grant, now)?, read, now).await?;
     txn.commit().await?;
     Ok(grant)
 }
 
-/// Writes a changed grant and reports it on the change feed, under its requester.
+/// Writes a changed grant, if its status is still `read` (the one the change was decided on),
+/// and reports it on the change feed, under its requester. Two decisions racing on one grant
+/// (approve and deny, approve and revoke) cannot both land: the later gets `CONFLICT`.
 async fn store<C: ConnectionTrait>(
     db: &C,
     mut grant: incident_grant::ActiveModel,
+    read: IncidentGrantStatus,
     now: DateTime<Utc>,
 ) -> ApiResult<incident_grant::Model> {
     grant.updated_at = Set(now);
-    let grant = grant.update(db).await?;
+    let grant = incident_grant::Entity::update(grant)
+        .validate()?
+        .filter(incident_grant::Column::Status.eq(read))
+        .exec(db)
+        .await
+        .map_err(|error| match error {
+            DbErr::RecordNotUpdated => {
+                ApiError::Conflict("the grant was decided or ended meanwhile; read it again".into())
+            }
+            other => other.into(),
+        })?;
     feed::record(
         db,
         kind::INCIDENT_GRANT,

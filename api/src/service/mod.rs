@@ -36,6 +36,8 @@ pub struct ServiceContext {
     pub hasher: KeyHasher,
     /// Verifies OIDC bearer tokens, when OIDC is configured.
     pub oidc: Option<Arc<OidcVerifier>>,
+    /// How the proxies normalise request paths, so `simulateAccess` decides as they do.
+    pub normalize: proxy::normalize::NormalizeOptions,
     /// Limits of incident grants.
     pub grants: grants::GrantsConfig,
     /// The SNS topic grant requests and approvals are announced on, when configured.

@@ -49,7 +49,10 @@ impl AccessQuery {
         input: SimulateAccessInput,
     ) -> ApiResult<AccessDecision> {
         let request = input.try_into()?;
-        Ok(access::simulate(&services(ctx)?.db, request).await?.into())
+        let services = services(ctx)?;
+        Ok(access::simulate(&services.db, &services.normalize, request)
+            .await?
+            .into())
     }
 
     /// The effective permissions of principal `id`, each with the binding, group or grant it

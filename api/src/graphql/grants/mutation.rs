@@ -40,9 +40,9 @@ impl IncidentGrantMutation {
         if input.break_glass {
             auth::authorize(services, caller, GRANTS_BREAK_GLASS).await?;
         }
-        let (token, grant) = grants::request(services, caller.actor()?, input.into()).await?;
+        let (secret, grant) = grants::request(services, caller.actor()?, input.into()).await?;
         Ok(RequestedIncidentGrant {
-            token: token.expose_secret().to_owned(),
+            secret: secret.expose_secret().to_owned(),
             incident_grant: grant.into(),
         })
     }
@@ -59,7 +59,8 @@ impl IncidentGrantMutation {
         Ok(grants::approve(services(ctx)?, actor, id).await?.into())
     }
 
-    /// Refuses pending grant `id`; its token never works.
+    /// Refuses pending grant `id`; its token never works. Not by its requester, who withdraws
+    /// with `revokeIncidentGrant`.
     #[graphql(guard = "RequirePermission(GRANTS_APPROVE)")]
     async fn deny_incident_grant(
         &self,

@@ -7,10 +7,13 @@ use uuid::Uuid;
 
 use crate::{
     graphql::{
-        error::ApiResult, keys::types::KeyEnvironment, loaders, principals::types::PrincipalOut,
-        roles::types::RoleOut,
+        error::ApiResult, guard::RequirePermission, keys::types::KeyEnvironment, loaders,
+        principals::types::PrincipalOut, roles::types::RoleOut,
     },
-    service::grants::{self, GrantPermission, GrantState},
+    service::{
+        grants::{self, GrantPermission, GrantState},
+        management::{PRINCIPALS_READ, ROLES_READ},
+    },
 };
 
 /// Where an incident grant stands.
@@ -55,7 +58,7 @@ impl From<IncidentGrantStateOut> for GrantState {
 
 /// A permission lent by an incident grant.
 #[derive(SimpleObject, InputObject, Clone, Debug)]
-#[graphql(input_name = "GrantPermissionInput")]
+#[graphql(name = "GrantPermission", input_name = "GrantPermissionInput")]
 pub struct GrantPermissionOut {
     /// `service:action`; never a management permission (`portcullis:…`).
     pub name: String,
@@ -116,7 +119,8 @@ pub struct IncidentGrantOut {
     pub requested_at: DateTime<Utc>,
     /// Approved or denied at.
     pub decided_at: Option<DateTime<Utc>>,
-    /// Access ends at this instant (set on approval).
+    /// Pending: the request lapses unapproved at this instant
+    /// (`PORTCULLIS_API__GRANTS__PENDING_SECS` after it was made). Approved: access ends.
     pub expires_at: Option<DateTime<Utc>>,
     /// Revoked at.
     pub revoked_at: Option<DateTime<Utc>>,
@@ -130,12 +134,14 @@ pub struct IncidentGrantOut {
 
 #[ComplexObject]
 impl IncidentGrantOut {
-    /// The grantee.
+    /// The grantee (needs `portcullis:principals:read`).
+    #[graphql(guard = "RequirePermission(PRINCIPALS_READ)")]
     async fn requester(&self, ctx: &Context<'_>) -> ApiResult<Option<PrincipalOut>> {
         loaders::load_principal(ctx, self.requester_id).await
     }
 
-    /// The approver (or denier).
+    /// The approver or denier (needs `portcullis:principals:read`).
+    #[graphql(guard = "RequirePermission(PRINCIPALS_READ)")]
     async fn approver(&self, ctx: &Context<'_>) -> ApiResult<Option<PrincipalOut>> {
         match self.approver_id {
             Some(id) => loaders::load_principal(ctx, id).await,
@@ -143,7 +149,8 @@ impl IncidentGrantOut {
         }
     }
 
-    /// The lent role.
+    /// The lent role (needs `portcullis:roles:read`).
+    #[graphql(guard = "RequirePermission(ROLES_READ)")]
     async fn role(&self, ctx: &Context<'_>) -> ApiResult<Option<RoleOut>> {
         match self.role_id {
             Some(id) => loaders::load_role(ctx, id).await,
@@ -187,7 +194,7 @@ impl From<incident_grant::Model> for IncidentGrantOut {
 pub struct RequestedIncidentGrant {
     /// The grant token (`pg_…`); send it as `Authorization: Bearer` to proxied routes. It
     /// works while the grant is active. Store it now: it cannot be retrieved again.
-    pub token: String,
+    pub secret: String,
     /// The stored grant.
     pub incident_grant: IncidentGrantOut,
 }
