@@ -97,9 +97,12 @@ done
 FIRST_MS=$(( ($(date +%s%N) - START_NS) / 1000000 ))
 for _ in $(seq 1 50); do curl -fs -o /dev/null "http://$UPSTREAM/" && curl -fs -o /dev/null "http://$NGINX/" && break; sleep 0.1; done
 sleep 1
-# Total, then how much of it is heap and stacks (anonymous) vs mapped code and data (file).
+# Total, then how much of it is heap and stacks (anonymous) vs mapped code and data (file),
+# and how much of the file-backed part is the executable itself (see build.rs).
 rss() { awk '/VmRSS/ {t=$2} /RssAnon/ {a=$2} /RssFile/ {f=$2}
-  END {printf "%.1f MiB (anonymous %.1f, file %.1f)", t/1024, a/1024, f/1024}' "/proc/$PROXY_PID/status"; }
+  END {printf "%.1f MiB (anonymous %.1f, file %.1f", t/1024, a/1024, f/1024}' "/proc/$PROXY_PID/status"
+  awk -v exe="$(readlink -f "/proc/$PROXY_PID/exe")" '/^[0-9a-f]+-[0-9a-f]+ / {mapped = ($6 == exe)}
+    /^Rss:/ && mapped {s += $2} END {printf ", executable %.1f)", s/1024}' "/proc/$PROXY_PID/smaps"; }
 RSS_IDLE=$(rss)
 
 if [ -n "$CALLGRIND" ]; then
