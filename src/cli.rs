@@ -145,10 +145,15 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
                 config.api.remediation.clone(),
                 config.api.notify_topic_arn.clone(),
             );
-            let state =
-                api::AppState::new(db, config.api.clone(), &secrets.key_pepper, &config.proxy)
-                    .await?
-                    .with_remediation(engine);
+            let state = api::AppState::new(
+                db,
+                config.api.clone(),
+                &secrets.key_pepper,
+                &secrets.token_signing_key,
+                &config.proxy,
+            )
+            .await?
+            .with_remediation(engine);
             let listener =
                 serve::bind(config.api_addr, "management API", "PORTCULLIS_API_ADDR").await?;
             let (trigger, shutdown) = serve::shutdown_channel();
@@ -164,6 +169,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
                 db,
                 config.proxy.clone(),
                 &secrets.key_pepper,
+                &secrets.token_signing_key,
                 config.redis_url.as_deref(),
             )
             .await?;

@@ -166,14 +166,21 @@ pub async fn start(config: &Config, ports: Ports) -> anyhow::Result<RunningDev> 
     {
         api_config.sns.allowed_topics.push(DEV_SNS_TOPIC.to_owned());
     }
-    let api_state = api::AppState::new(db.clone(), api_config, &secrets.key_pepper, &config.proxy)
-        .await
-        .context("failed to start the management API")?
-        .with_remediation(remediation.clone());
+    let api_state = api::AppState::new(
+        db.clone(),
+        api_config,
+        &secrets.key_pepper,
+        &secrets.token_signing_key,
+        &config.proxy,
+    )
+    .await
+    .context("failed to start the management API")?
+    .with_remediation(remediation.clone());
     let proxy_state = proxy::ProxyState::start(
         db.clone(),
         config.proxy.clone(),
         &secrets.key_pepper,
+        &secrets.token_signing_key,
         config.redis_url.as_deref(),
     )
     .await

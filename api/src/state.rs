@@ -48,9 +48,11 @@ impl AppState {
         db: DatabaseConnection,
         config: ApiConfig,
         pepper: &SecretSlice<u8>,
+        grant_key: &SecretSlice<u8>,
         proxy: &ProxyConfig,
     ) -> anyhow::Result<Self> {
         let hasher = KeyHasher::new(pepper).context("invalid key pepper")?;
+        let grant_hasher = KeyHasher::new(grant_key).context("invalid token signing key")?;
         let oidc = proxy
             .oidc
             .as_ref()
@@ -80,6 +82,7 @@ impl AppState {
             db: db.clone(),
             cache,
             hasher,
+            grant_hasher,
             oidc,
             grants: config.grants.clone(),
             normalize: NormalizeOptions {

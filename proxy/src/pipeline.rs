@@ -545,7 +545,7 @@ async fn authenticate(
             }))
         }
         Some(Presented::GrantToken(token)) if accepts(AuthMethod::Grant) => {
-            authn::verify_grant_token(&state.cache, &state.hasher, token, client_ip, now)
+            authn::verify_grant_token(&state.cache, &state.grant_hasher, token, client_ip, now)
                 .await
                 .map(Some)
         }

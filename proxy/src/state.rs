@@ -31,8 +31,11 @@ pub struct Inner {
     pub db: DatabaseConnection,
     /// Cached policy.
     pub cache: Arc<PolicyCache>,
-    /// Verifies API keys.
+    /// Verifies API keys (the key pepper).
     pub hasher: KeyHasher,
+    /// Verifies incident-grant tokens (their own key, so neither secret alone verifies
+    /// guesses of the other kind of credential).
+    pub grant_hasher: KeyHasher,
     /// Pooled upstream client.
     pub client: UpstreamClient,
     /// Queues audit events.
@@ -68,16 +71,18 @@ impl std::ops::Deref for ProxyState {
 }
 
 impl ProxyState {
-    /// Loads policy, starts the change-feed poller and the audit writer. With `redis_url`,
-    /// rate limits are shared through that Redis (connected lazily: a Redis that is down
-    /// does not stop the proxy).
+    /// Loads policy, starts the change-feed poller and the audit writer. API keys are hashed
+    /// with `pepper`, grant tokens with `grant_key`. With `redis_url`, rate limits are shared
+    /// through that Redis (connected lazily: a Redis that is down does not stop the proxy).
     pub async fn start(
         db: DatabaseConnection,
         config: ProxyConfig,
         pepper: &SecretSlice<u8>,
+        grant_key: &SecretSlice<u8>,
         redis_url: Option<&str>,
     ) -> anyhow::Result<Self> {
         let hasher = KeyHasher::new(pepper).context("invalid key pepper")?;
+        let grant_hasher = KeyHasher::new(grant_key).context("invalid token signing key")?;
         let cache = Arc::new(
             PolicyCache::load(
                 db.clone(),
@@ -151,6 +156,7 @@ impl ProxyState {
             db,
             cache,
             hasher,
+            grant_hasher,
             client,
             audit,
             detectors,

@@ -62,7 +62,7 @@ pub async fn insert_approved_grant(
         status: Set(incident_grant::IncidentGrantStatus::Approved),
         break_glass: Set(false),
         token_prefix: Set(Some(token.lookup_prefix().to_owned())),
-        token_hash: Set(Some(app.hasher.hash(token.as_parsed()).to_hex())),
+        token_hash: Set(Some(app.grant_hasher.hash(token.as_parsed()).to_hex())),
         requested_at: Set(now),
         decided_at: Set(Some(now)),
         expires_at: Set(Some(now + chrono::Duration::hours(1))),

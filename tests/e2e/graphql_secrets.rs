@@ -388,9 +388,15 @@ async fn without_secrets_manager_versions_are_unavailable() {
         let app = TestApp::spawn(db).await;
         let pepper = secrecy::SecretSlice::from(hex::decode(TEST_PEPPER_HEX).unwrap());
         let proxy = proxy::ProxyConfig::default();
-        let state = api::AppState::new(app.db.clone(), api::ApiConfig::default(), &pepper, &proxy)
-            .await
-            .unwrap();
+        let state = api::AppState::new(
+            app.db.clone(),
+            api::ApiConfig::default(),
+            &pepper,
+            &pepper,
+            &proxy,
+        )
+        .await
+        .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {

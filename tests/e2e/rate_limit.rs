@@ -149,7 +149,7 @@ impl SecondProxy {
             ..Default::default()
         };
         let pepper = SecretSlice::from(hex::decode(TEST_PEPPER_HEX).unwrap());
-        let state = proxy::ProxyState::start(app.db.clone(), config, &pepper, redis_url)
+        let state = proxy::ProxyState::start(app.db.clone(), config, &pepper, &pepper, redis_url)
             .await
             .unwrap();
         // Like any instance, it reads upstream credentials (the demo route has one).

@@ -240,7 +240,7 @@ pub async fn request(
         }),
         break_glass: Set(input.break_glass),
         token_prefix: Set(Some(token.lookup_prefix().to_owned())),
-        token_hash: Set(Some(services.hasher.hash(token.as_parsed()).to_hex())),
+        token_hash: Set(Some(services.grant_hasher.hash(token.as_parsed()).to_hex())),
         requested_at: Set(now),
         decided_at: Set(decided),
         expires_at: Set(Some(match decided {

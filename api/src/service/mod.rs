@@ -34,6 +34,8 @@ pub struct ServiceContext {
     pub cache: Arc<PolicyCache>,
     /// Hashes issued keys and verifies presented ones (server pepper).
     pub hasher: KeyHasher,
+    /// Hashes incident-grant tokens (the token signing key, as the proxy verifies them).
+    pub grant_hasher: KeyHasher,
     /// Verifies OIDC bearer tokens, when OIDC is configured.
     pub oidc: Option<Arc<OidcVerifier>>,
     /// How the proxies normalise request paths, so `simulateAccess` decides as they do.

@@ -19,6 +19,10 @@ use uuid::Uuid;
 /// A fixed pepper so tests can hash keys the way the proxy does.
 pub const TEST_PEPPER_HEX: &str =
     "74657374207065707065722074686174206973206174206c6561737420333220";
+/// A fixed token signing key, different from the pepper, so a grant token hashed with the
+/// wrong secret is refused.
+pub const TEST_GRANT_KEY_HEX: &str =
+    "6772616e7420746f6b656e206b657920666f72207465737473206f6e6c792121";
 
 /// A running stack plus the handles a test needs.
 pub struct TestApp {
@@ -26,6 +30,8 @@ pub struct TestApp {
     pub db: DatabaseConnection,
     pub http: reqwest::Client,
     pub hasher: KeyHasher,
+    /// Hashes incident-grant tokens the way the proxy does.
+    pub grant_hasher: KeyHasher,
     database: Option<TestDatabase>,
     _data_dir: TempDir,
 }
@@ -43,7 +49,7 @@ impl TestApp {
         config.data_dir = data_dir.path().to_path_buf();
         config.database_url = Some(database.url.clone());
         config.key_pepper = Some(SecretString::from(TEST_PEPPER_HEX.to_owned()));
-        config.token_signing_key = Some(SecretString::from(TEST_PEPPER_HEX.to_owned()));
+        config.token_signing_key = Some(SecretString::from(TEST_GRANT_KEY_HEX.to_owned()));
         // Tight feed polling keeps revocation tests quick; 250 ms is the product default.
         config.proxy.policy_poll_interval_ms = 100;
         // Remediation reacts to detector events (it would block loopback after a burst of
@@ -70,6 +76,10 @@ impl TestApp {
                 .build()
                 .unwrap(),
             hasher: KeyHasher::new(&pepper).unwrap(),
+            grant_hasher: KeyHasher::new(&SecretSlice::from(
+                hex::decode(TEST_GRANT_KEY_HEX).unwrap(),
+            ))
+            .unwrap(),
             database: Some(database),
             _data_dir: data_dir,
         }
