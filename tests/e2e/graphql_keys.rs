@@ -294,3 +294,59 @@ async fn pagination_walks_every_key_exactly_once() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_quota_limited_key_spends_a_use_per_management_request_too() {
+    for_each_backend(|db| async move {
+        let app = TestApp::spawn(db).await;
+        let auditor = create_service_account(&app, "quota-auditor").await;
+        let role = crate::graphql_support::role_id(&app, "portcullis-auditor").await;
+        crate::graphql_support::bind(&app, role, auditor).await;
+        let issued = ok(
+            &app,
+            app.admin_key(),
+            "mutation($input: IssueApiKeyInput!) { issueApiKey(input: $input) { secret apiKey { id } } }",
+            json!({ "input": { "principalId": auditor, "name": "two uses", "remainingUses": 2 } }),
+        )
+        .await;
+        let key = issued["issueApiKey"]["secret"].as_str().unwrap().to_owned();
+        let key_id = uuid(&issued["issueApiKey"]["apiKey"]["id"]);
+
+        // Two requests, each with two fields: two uses, not four.
+        let query = "{ me { permissions } apiKeys { nodes { id } } }";
+        for _ in 0..2 {
+            ok(&app, &key, query, json!({})).await;
+        }
+        let spent = gql(&app, Some(&key), query, json!({})).await;
+        assert_eq!(code(&spent), "QUOTA_EXHAUSTED", "{spent}");
+        // A mutation is refused the same way, and its audit record says why.
+        let refused = gql(
+            &app,
+            Some(&key),
+            "mutation { createPrincipal(input: { kind: SERVICE_ACCOUNT, name: \"x\" }) { id } }",
+            json!({}),
+        )
+        .await;
+        assert_eq!(code(&refused), "QUOTA_EXHAUSTED", "{refused}");
+        let remaining = ok(
+            &app,
+            app.admin_key(),
+            "query($id: UUID!) { apiKey(id: $id) { remainingUses } }",
+            json!({ "id": key_id }),
+        )
+        .await;
+        assert_eq!(remaining["apiKey"]["remainingUses"], 0);
+        let db = app.stop().await;
+        use sea_orm::EntityTrait;
+        let audited = entity::audit_event::Entity::find()
+            .all(&db.conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|e| e.path.as_deref() == Some("createPrincipal") && e.api_key_id == Some(key_id))
+            .expect("the refused mutation is audited");
+        assert!(audited.reason.starts_with("quota_exhausted"), "{audited:?}");
+        db.drop_database().await;
+    })
+    .await;
+}

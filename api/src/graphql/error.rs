@@ -29,6 +29,9 @@ pub enum ApiError {
     /// duties, e.g. approving one's own incident grant. Code `FORBIDDEN`.
     #[error("{0}")]
     SeparationOfDuties(String),
+    /// The caller's API key has used up its remaining-uses quota (as at the proxy).
+    #[error("the API key's usage quota is exhausted")]
+    QuotaExhausted,
     /// An argument failed validation.
     #[error("{field}: {message}")]
     BadUserInput {
@@ -69,6 +72,7 @@ impl ApiError {
         match self {
             Self::Unauthenticated => "UNAUTHENTICATED",
             Self::Forbidden { .. } | Self::SeparationOfDuties(_) => "FORBIDDEN",
+            Self::QuotaExhausted => "QUOTA_EXHAUSTED",
             Self::BadUserInput { .. } => "BAD_USER_INPUT",
             Self::NotFound { .. } => "NOT_FOUND",
             Self::Conflict(_) => "CONFLICT",

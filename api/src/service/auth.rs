@@ -34,6 +34,9 @@ pub struct Caller {
     pub actor: Option<Actor>,
     /// Why authentication failed (for the audit trail), when it did.
     pub failure: Option<&'static str>,
+    /// Why an authenticated caller is refused anyway (its key's quota is spent, or spending
+    /// it failed): every field that needs the actor answers with this.
+    pub refused: Option<ApiError>,
     /// The client's address (the socket peer).
     pub client_ip: IpAddr,
     /// The request id, for correlating audit events with logs.
@@ -41,14 +44,19 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// The authenticated principal, or `UNAUTHENTICATED`.
+    /// The authenticated principal, or `UNAUTHENTICATED` (or why it is refused).
     pub fn actor(&self) -> ApiResult<&Actor> {
+        if let Some(refused) = &self.refused {
+            return Err(refused.clone());
+        }
         self.actor.as_ref().ok_or(ApiError::Unauthenticated)
     }
 }
 
 /// Verifies the bearer credential in `headers` exactly as the proxy does: an API key, or
-/// (when configured) an OIDC JWT mapped to its user principal and groups.
+/// (when configured) an OIDC JWT mapped to its user principal and groups. A key with a
+/// remaining-uses quota spends one use per request, as at the proxy; at zero the caller is
+/// refused with `QUOTA_EXHAUSTED`.
 pub async fn authenticate(
     services: &ServiceContext,
     headers: &HeaderMap,
@@ -56,17 +64,28 @@ pub async fn authenticate(
     now: DateTime<Utc>,
 ) -> Caller {
     let request_id = proxy::request_id::of_headers(headers).map(str::to_owned);
+    let mut refused = None;
     let result = match authn::presented(headers) {
         Ok(None) => Err("missing_credential"),
         Ok(Some(Presented::ApiKey(raw))) => {
             match authn::verify_api_key(&services.cache, &services.hasher, raw, client_ip, now)
                 .await
             {
-                Ok(key) => Ok(Actor {
-                    principal_id: key.principal_id,
-                    key_id: Some(key.id),
-                    extra_group_ids: Vec::new(),
-                }),
+                Ok(key) => {
+                    if key.has_quota {
+                        refused = match authn::spend_quota(&services.db, key.budget_id, now).await {
+                            Ok(true) => None,
+                            Ok(false) => Some(ApiError::QuotaExhausted),
+                            // Fail closed: a use that cannot be counted is not granted.
+                            Err(error) => Some(ApiError::internal(error)),
+                        };
+                    }
+                    Ok(Actor {
+                        principal_id: key.principal_id,
+                        key_id: Some(key.id),
+                        extra_group_ids: Vec::new(),
+                    })
+                }
                 Err(refused) => Err(failure_code(&refused.error)),
             }
         }
@@ -94,6 +113,7 @@ pub async fn authenticate(
     Caller {
         actor,
         failure,
+        refused,
         client_ip,
         request_id,
     }
