@@ -101,7 +101,9 @@ sleep 1
 # and how much of the file-backed part is the executable itself (see build.rs).
 rss() { awk '/VmRSS/ {t=$2} /RssAnon/ {a=$2} /RssFile/ {f=$2}
   END {printf "%.1f MiB (anonymous %.1f, file %.1f", t/1024, a/1024, f/1024}' "/proc/$PROXY_PID/status"
-  awk -v exe="$(readlink -f "/proc/$PROXY_PID/exe")" '/^[0-9a-f]+-[0-9a-f]+ / {mapped = ($6 == exe)}
+  # The mapping's path ends the line (it may hold spaces); under valgrind nothing matches.
+  awk -v exe="$(readlink -f "$BIN")" '/^[0-9a-f]+-[0-9a-f]+ / {
+      mapped = (substr($0, length($0) - length(exe) + 1) == exe) }
     /^Rss:/ && mapped {s += $2} END {printf ", executable %.1f)", s/1024}' "/proc/$PROXY_PID/smaps"; }
 RSS_IDLE=$(rss)
 

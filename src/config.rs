@@ -63,7 +63,8 @@ pub struct Config {
     pub demo_upstream_addr: SocketAddr,
     /// `PORTCULLIS_KEY_PEPPER`: secret HMAC key for API-key hashes (≥ 32 bytes, hex).
     pub key_pepper: Option<SecretString>,
-    /// `PORTCULLIS_TOKEN_SIGNING_KEY`: secret for incident-grant tokens (≥ 32 bytes, hex).
+    /// `PORTCULLIS_TOKEN_SIGNING_KEY`: HMAC key of incident-grant token hashes (≥ 32 bytes,
+    /// hex); the API and every proxy must share it, as they share the pepper.
     pub token_signing_key: Option<SecretString>,
     /// `PORTCULLIS_BOOTSTRAP_ADMIN_KEY`: fixes the admin key `portcullis dev` prints.
     pub bootstrap_admin_key: Option<SecretString>,

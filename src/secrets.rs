@@ -22,9 +22,10 @@ pub const MIN_SECRET_BYTES: usize = 32;
 
 /// The resolved secrets, redacted in `Debug`.
 pub struct ServerSecrets {
-    /// HMAC key for API-key and grant-token hashes.
+    /// HMAC key of API-key hashes.
     pub key_pepper: SecretSlice<u8>,
-    /// Key for signing incident-grant tokens.
+    /// HMAC key of incident-grant token hashes (`PORTCULLIS_TOKEN_SIGNING_KEY`), kept apart
+    /// from the pepper.
     pub token_signing_key: SecretSlice<u8>,
 }
 

@@ -687,3 +687,96 @@ async fn a_request_lapses_unapproved_and_racing_decisions_cannot_both_land() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn remediation_revokes_open_grants_and_pending_requests_but_not_ended_ones() {
+    let app = TestApp::spawn(TestDatabase::sqlite().await).await;
+    accept_grants_on_demo_route(&app).await;
+    let (engineer, key) = holder_of(&app, "oncall", &["portcullis:grants:request"]).await;
+    let request = || async {
+        let data = ok(&app, &key, REQUEST, incident_logs_grant(false)).await;
+        let requested = &data["requestIncidentGrant"];
+        (
+            uuid(&requested["incidentGrant"]["id"]),
+            requested["secret"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (active, token) = request().await;
+    ok(&app, app.admin_key(), APPROVE, json!({ "id": active })).await;
+    let (pending, _) = request().await;
+    let (ended, _) = request().await;
+    ok(&app, app.admin_key(), APPROVE, json!({ "id": ended })).await;
+    let mut row: incident_grant::ActiveModel = incident_grant::Entity::find_by_id(ended)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap()
+        .into();
+    row.expires_at = Set(Some(Utc::now() - chrono::Duration::seconds(1)));
+    row.update(&app.db).await.unwrap();
+    let works = app
+        .proxy_status_within(
+            "/demo/incident/x",
+            &token,
+            StatusCode::OK,
+            Duration::from_secs(2),
+        )
+        .await;
+    assert!(works.is_some());
+
+    let txn = sea_orm::TransactionTrait::begin(&app.db).await.unwrap();
+    let (skipped, output) = api::remediation::actions::apply(
+        &txn,
+        Uuid::now_v7(),
+        0,
+        &api::remediation::actions::StepAction::RevokeGrants {
+            principal_id: engineer,
+            reason: "locked out".into(),
+        },
+    )
+    .await
+    .unwrap();
+    txn.commit().await.unwrap();
+    assert!(!skipped);
+    let mut revoked: Vec<Uuid> = serde_json::from_value(output["revoked"].clone()).unwrap();
+    revoked.sort();
+    assert_eq!(revoked, [active, pending]);
+    let states = ok(
+        &app,
+        app.admin_key(),
+        LIST,
+        json!({ "filter": { "requesterId": engineer } }),
+    )
+    .await;
+    let state_of = |id: Uuid| {
+        states["incidentGrants"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["id"] == id.to_string())
+            .unwrap()["state"]
+            .clone()
+    };
+    assert_eq!(state_of(active), "REVOKED");
+    assert_eq!(state_of(pending), "REVOKED");
+    assert_eq!(state_of(ended), "EXPIRED");
+    let closed = app
+        .proxy_status_within(
+            "/demo/incident/x",
+            &token,
+            StatusCode::UNAUTHORIZED,
+            Duration::from_secs(1),
+        )
+        .await;
+    assert!(closed.is_some(), "the revoked grant still works after 1 s");
+    // Nobody can approve the revoked request into access afterwards.
+    let late = gql(
+        &app,
+        Some(app.admin_key()),
+        APPROVE,
+        json!({ "id": pending }),
+    )
+    .await;
+    assert_eq!(code(&late), "CONFLICT", "{late}");
+    app.stop().await.drop_database().await;
+}

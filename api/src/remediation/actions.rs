@@ -23,7 +23,10 @@ use uuid::Uuid;
 use super::StepError;
 use crate::{
     outbox::{self, NewNotification},
-    service::feed::{self, kind},
+    service::{
+        feed::{self, kind},
+        grants,
+    },
 };
 
 /// One step of a run, as stored: `action` is the serde tag, the rest is `params`.
@@ -330,19 +333,21 @@ pub async fn apply(
             principal_id,
             reason,
         } => {
+            // Pending requests too: approved later, they would reopen access.
             let grants = incident_grant::Entity::find()
                 .filter(incident_grant::Column::RequesterId.eq(*principal_id))
-                .filter(incident_grant::Column::Status.eq(IncidentGrantStatus::Approved))
+                .filter(
+                    incident_grant::Column::Status
+                        .is_in([IncidentGrantStatus::Approved, IncidentGrantStatus::Pending]),
+                )
                 .all(txn)
                 .await?;
-            let revoked: Vec<Uuid> = grants.iter().map(|g| g.id).collect();
+            let mut revoked = Vec::new();
             for grant in grants {
-                let mut active: incident_grant::ActiveModel = grant.into();
-                active.status = Set(IncidentGrantStatus::Revoked);
-                active.revoked_at = Set(Some(now));
-                active.revoked_reason = Set(Some(reason.clone()));
-                active.updated_at = Set(now);
-                active.update(txn).await?;
+                let id = grant.id;
+                if grants::revoke_if_open(txn, grant, reason, now).await? {
+                    revoked.push(id);
+                }
             }
             if !revoked.is_empty() {
                 feed::record(

@@ -11,8 +11,7 @@ use chrono::Utc;
 use entity::{
     access_review::{self, AccessReviewStatus, ReviewDecision},
     access_review_item::{self, ReviewSubjectKind},
-    api_key,
-    incident_grant::{self, IncidentGrantStatus},
+    api_key, incident_grant,
     policy_change::PolicyChangeOp,
     role_binding,
 };
@@ -26,7 +25,7 @@ use uuid::Uuid;
 use super::{StepError, actions::Effect};
 use crate::service::{
     feed::{self, kind},
-    grants::{self, GrantState},
+    grants,
 };
 
 /// Open campaigns whose deadline has passed, oldest deadline first.
@@ -145,20 +144,12 @@ async fn revoke_subject<C: ConnectionTrait>(
             if let Some(grant) = incident_grant::Entity::find_by_id(item.subject_id)
                 .one(db)
                 .await?
-                // One that already ran out is left as it ended, not rewritten as revoked.
-                && matches!(
-                    grants::state_of(&grant, now),
-                    GrantState::Active | GrantState::Pending
-                )
             {
+                // One that already ran out is left as it ended, not rewritten as revoked.
                 let grantee = grant.requester_id;
-                let mut active: incident_grant::ActiveModel = grant.into();
-                active.status = Set(IncidentGrantStatus::Revoked);
-                active.revoked_at = Set(Some(now));
-                active.revoked_reason = Set(Some(reason.to_owned()));
-                active.updated_at = Set(now);
-                active.update(db).await?;
-                feed::record(db, kind::INCIDENT_GRANT, grantee, PolicyChangeOp::Upsert).await?;
+                if grants::revoke_if_open(db, grant, reason, now).await? {
+                    feed::record(db, kind::INCIDENT_GRANT, grantee, PolicyChangeOp::Upsert).await?;
+                }
             }
         }
     }

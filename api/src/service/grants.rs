@@ -316,8 +316,12 @@ pub async fn approve(
     }
     expect_pending(&grant, now, "approved")?;
     // The lent role may have gained a management permission since the request.
-    if let Some(role_id) = grant.role_id {
-        lendable_role(&txn, role_id).await?;
+    if let Some(role_id) = grant.role_id
+        && lendable_role(&txn, role_id).await.is_err()
+    {
+        return Err(ApiError::Conflict(
+            "the lent role now holds management permissions (or is gone); deny the request".into(),
+        ));
     }
     let duration = Duration::seconds(grant.duration_seconds);
     let mut active: incident_grant::ActiveModel = grant.into();
@@ -394,6 +398,40 @@ pub async fn revoke(
     .await
 }
 
+/// Revokes `grant` in the caller's transaction if it is still open (pending or active) at
+/// `now` and its status is still the one read; returns whether it did. For remediation and
+/// access reviews, which report the change feed themselves. A grant that already ran out is
+/// left as it ended, not rewritten as revoked.
+pub async fn revoke_if_open<C: ConnectionTrait>(
+    db: &C,
+    grant: incident_grant::Model,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, DbErr> {
+    if !matches!(
+        state_of(&grant, now),
+        GrantState::Pending | GrantState::Active
+    ) {
+        return Ok(false);
+    }
+    let read = grant.status;
+    let mut active: incident_grant::ActiveModel = grant.into();
+    active.status = Set(IncidentGrantStatus::Revoked);
+    active.revoked_at = Set(Some(now));
+    active.revoked_reason = Set(Some(reason.to_owned()));
+    active.updated_at = Set(now);
+    match incident_grant::Entity::update(active)
+        .validate()?
+        .filter(incident_grant::Column::Status.eq(read))
+        .exec(db)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(DbErr::RecordNotUpdated) => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
 /// Grant `id`.
 pub async fn get(db: &DatabaseConnection, id: Uuid) -> ApiResult<incident_grant::Model> {
     find(db, id).await
@@ -442,6 +480,12 @@ pub async fn list(
                     Condition::all()
                         .add(open)
                         .add(incident_grant::Column::ExpiresAt.lte(now)),
+                )
+                // Approved without an end: never written by the API; not active either.
+                .add(
+                    Condition::all()
+                        .add(status(IncidentGrantStatus::Approved))
+                        .add(incident_grant::Column::ExpiresAt.is_null()),
                 ),
         ),
     };
@@ -605,6 +649,8 @@ async fn announce<C: ConnectionTrait>(
         "approver_id": grant.approver_id,
         "justification": grant.justification,
         "duration_seconds": grant.duration_seconds,
+        // Pending: when the request lapses unapproved; approved: when access ends.
+        "state": state_of(grant, Utc::now()).as_str(),
         "expires_at": grant.expires_at,
         "follow_up_review_id": grant.follow_up_review_id,
     });
@@ -754,6 +800,15 @@ mod tests {
             GrantState::Expired
         );
         assert_eq!(state_of(&grant(S::Pending, None), now), GrantState::Pending);
+        // A request lapses unapproved at its `expires_at`.
+        assert_eq!(
+            state_of(&grant(S::Pending, later), now),
+            GrantState::Pending
+        );
+        assert_eq!(
+            state_of(&grant(S::Pending, Some(now)), now),
+            GrantState::Expired
+        );
         assert_eq!(
             state_of(&grant(S::Revoked, later), now),
             GrantState::Revoked
@@ -801,6 +856,13 @@ mod tests {
                     ..GrantsConfig::default()
                 },
                 "PORTCULLIS_API__GRANTS__MAX_DURATION_SECS",
+            ),
+            (
+                GrantsConfig {
+                    pending_secs: 0,
+                    ..GrantsConfig::default()
+                },
+                "PORTCULLIS_API__GRANTS__PENDING_SECS",
             ),
             (
                 GrantsConfig {
