@@ -118,6 +118,11 @@ pub enum GrantState {
 }
 
 impl GrantState {
+    /// Pending or active: not yet ended, so it can still be revoked.
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Pending | Self::Active)
+    }
+
     /// Lower-case name, for messages.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -383,19 +388,28 @@ pub async fn revoke(
     let reason = validate::text("reason", reason)?;
     change(db, id, |grant, now| {
         let state = state_of(grant, now);
-        if !matches!(state, GrantState::Pending | GrantState::Active) {
+        if !state.is_open() {
             return Err(ApiError::Conflict(format!(
                 "the grant has already ended: it is {}",
                 state.as_str()
             )));
         }
-        let mut active: incident_grant::ActiveModel = grant.clone().into();
-        active.status = Set(IncidentGrantStatus::Revoked);
-        active.revoked_at = Set(Some(now));
-        active.revoked_reason = Set(Some(reason.clone()));
-        Ok(active)
+        Ok(revoked(grant.clone(), &reason, now))
     })
     .await
+}
+
+/// `grant` revoked at `now` for `reason`.
+fn revoked(
+    grant: incident_grant::Model,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> incident_grant::ActiveModel {
+    let mut active: incident_grant::ActiveModel = grant.into();
+    active.status = Set(IncidentGrantStatus::Revoked);
+    active.revoked_at = Set(Some(now));
+    active.revoked_reason = Set(Some(reason.to_owned()));
+    active
 }
 
 /// Revokes `grant` in the caller's transaction if it is still open (pending or active) at
@@ -408,28 +422,13 @@ pub async fn revoke_if_open<C: ConnectionTrait>(
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<bool, DbErr> {
-    if !matches!(
-        state_of(&grant, now),
-        GrantState::Pending | GrantState::Active
-    ) {
+    if !state_of(&grant, now).is_open() {
         return Ok(false);
     }
     let read = grant.status;
-    let mut active: incident_grant::ActiveModel = grant.into();
-    active.status = Set(IncidentGrantStatus::Revoked);
-    active.revoked_at = Set(Some(now));
-    active.revoked_reason = Set(Some(reason.to_owned()));
-    active.updated_at = Set(now);
-    match incident_grant::Entity::update(active)
-        .validate()?
-        .filter(incident_grant::Column::Status.eq(read))
-        .exec(db)
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(DbErr::RecordNotUpdated) => Ok(false),
-        Err(error) => Err(error),
-    }
+    Ok(update_if_status(db, revoked(grant, reason, now), read, now)
+        .await?
+        .is_some())
 }
 
 /// Grant `id`.
@@ -715,21 +714,14 @@ async fn change(
 /// (approve and deny, approve and revoke) cannot both land: the later gets `CONFLICT`.
 async fn store<C: ConnectionTrait>(
     db: &C,
-    mut grant: incident_grant::ActiveModel,
+    grant: incident_grant::ActiveModel,
     read: IncidentGrantStatus,
     now: DateTime<Utc>,
 ) -> ApiResult<incident_grant::Model> {
-    grant.updated_at = Set(now);
-    let grant = incident_grant::Entity::update(grant)
-        .validate()?
-        .filter(incident_grant::Column::Status.eq(read))
-        .exec(db)
-        .await
-        .map_err(|error| match error {
-            DbErr::RecordNotUpdated => {
-                ApiError::Conflict("the grant was decided or ended meanwhile; read it again".into())
-            }
-            other => other.into(),
+    let grant = update_if_status(db, grant, read, now)
+        .await?
+        .ok_or_else(|| {
+            ApiError::Conflict("the grant was decided or ended meanwhile; read it again".into())
         })?;
     feed::record(
         db,
@@ -739,6 +731,27 @@ async fn store<C: ConnectionTrait>(
     )
     .await?;
     Ok(grant)
+}
+
+/// Writes `grant` (stamped `now`) only if its stored status is still `read`; `None` when
+/// another decision landed first.
+async fn update_if_status<C: ConnectionTrait>(
+    db: &C,
+    mut grant: incident_grant::ActiveModel,
+    read: IncidentGrantStatus,
+    now: DateTime<Utc>,
+) -> Result<Option<incident_grant::Model>, DbErr> {
+    grant.updated_at = Set(now);
+    match incident_grant::Entity::update(grant)
+        .validate()?
+        .filter(incident_grant::Column::Status.eq(read))
+        .exec(db)
+        .await
+    {
+        Ok(grant) => Ok(Some(grant)),
+        Err(DbErr::RecordNotUpdated) => Ok(None),
+        Err(error) => Err(error),
+    }
 }
 
 async fn find<C: ConnectionTrait>(db: &C, id: Uuid) -> ApiResult<incident_grant::Model> {
