@@ -7,7 +7,7 @@
 //! RSS from about 23.5 to 11–12 MiB (BENCHMARKS.md). A function missing from the list (renamed
 //! since, or new) is only placed elsewhere. But the names carry hashes that a different
 //! toolchain or dependency version changes wholesale, so regenerate the file after such an
-//! update (`.ci/run` prints how many names still match).
+//! update (`.ci/run` fails when fewer than 90 % of the names match).
 //!
 //! Only where the linker is known to be LLD, which understands the option: the target is
 //! x86_64 Linux, no linker is configured, and the toolchain ships the self-contained LLD that

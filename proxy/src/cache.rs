@@ -1619,10 +1619,9 @@ mod tests {
         ));
     }
 
-    /// Made-up keys (well formed: the checksum is public) cost a query each, so each client
-    /// subnet has a budget of lookups; prefixes already cached, known or not, cost nothing.
-    #[tokio::test]
-    async fn uncached_lookups_are_budgeted_per_client_subnet() {
+    /// A cache over a fresh SQLite database whose client subnets may each look up `budget`
+    /// unknown credentials.
+    async fn budgeted_cache(budget: u32) -> (migration::testing::TestDatabase, PolicyCache) {
         let db = migration::testing::TestDatabase::sqlite()
             .await
             .migrated()
@@ -1630,7 +1629,15 @@ mod tests {
         let cache = PolicyCache::load(db.conn.clone(), Duration::from_secs(60))
             .await
             .unwrap_or_else(|error| panic!("load: {error}"))
-            .with_lookups_per_client(Limit::new(1, 3));
+            .with_lookups_per_client(Limit::new(1, budget));
+        (db, cache)
+    }
+
+    /// Made-up keys (well formed: the checksum is public) cost a query each, so each client
+    /// subnet has a budget of lookups; prefixes already cached, known or not, cost nothing.
+    #[tokio::test]
+    async fn uncached_lookups_are_budgeted_per_client_subnet() {
+        let (db, cache) = budgeted_cache(3).await;
         let v6 =
             |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, last));
         for i in 0..3 {
@@ -1688,6 +1695,41 @@ mod tests {
         assert!(matches!(
             cache.key("pcl_test_made_up_3", LOOPBACK).await,
             Ok(None)
+        ));
+    }
+
+    /// With every lookup slot taken, an uncached key waits [`LOOKUP_WAIT`] for one and is then
+    /// refused (429 with `Retry-After`), without spending its subnet's budget; a slot freed
+    /// within the wait is used.
+    #[tokio::test]
+    async fn an_uncached_lookup_waits_for_a_slot_then_is_refused() {
+        let (_db, cache) = budgeted_cache(1).await;
+        let busy = cache
+            .concurrent_lookups
+            .acquire_many(CONCURRENT_LOOKUPS as u32)
+            .await
+            .unwrap_or_else(|error| panic!("slots: {error}"));
+        let started = tokio::time::Instant::now();
+        match cache.key("pcl_test_waited_0", LOOPBACK).await {
+            Err(CacheError::LookupsLimited(decision)) => {
+                assert!(!decision.allowed);
+                assert_eq!(decision.retry_after, Some(LOOKUP_WAIT));
+                assert_eq!(decision.limit, CONCURRENT_LOOKUPS as u32);
+            }
+            other => panic!("expected a refusal after the wait, got {other:?}"),
+        }
+        assert!(started.elapsed() >= LOOKUP_WAIT, "refused before the wait");
+        // A slot freed while a lookup waits is taken, and the refusal above spent nothing: the
+        // subnet's budget of one lookup is still there for it.
+        let (answer, ()) = tokio::join!(cache.key("pcl_test_waited_1", LOOPBACK), async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(busy);
+        });
+        assert!(matches!(answer, Ok(None)), "{answer:?}");
+        // That one did find nothing, so now the budget is spent.
+        assert!(matches!(
+            cache.key("pcl_test_waited_2", LOOPBACK).await,
+            Err(CacheError::LookupsLimited(_))
         ));
     }
 
