@@ -243,8 +243,18 @@ impl Detectors {
         config: DetectorConfig,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> (Self, JoinHandle<()>) {
+        Self::spawn_with_patience(db, config, stop, SHUTDOWN_PATIENCE)
+    }
+
+    /// [`Detectors::spawn`], with another [`SHUTDOWN_PATIENCE`] (tests).
+    fn spawn_with_patience(
+        db: DatabaseConnection,
+        config: DetectorConfig,
+        stop: tokio::sync::watch::Receiver<bool>,
+        patience: Duration,
+    ) -> (Self, JoinHandle<()>) {
         let (jobs, rx) = mpsc::channel(JOB_QUEUE);
-        let task = tokio::spawn(run(db, rx, config.new_network, stop));
+        let task = tokio::spawn(run(db, rx, config.new_network, stop, patience));
         (
             Self {
                 config,
@@ -498,6 +508,7 @@ async fn run(
     mut jobs: mpsc::Receiver<Job>,
     new_network: bool,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    patience: Duration,
 ) {
     // Once stopping, the database has until then to take what is queued; after it, what is
     // left goes to the log (a process told to stop must not wait on a failing database).
@@ -514,7 +525,7 @@ async fn run(
         let Some(job) = job else { return };
         if *stop.borrow() || stop.has_changed().is_err() {
             let deadline =
-                *give_up_at.get_or_insert_with(|| tokio::time::Instant::now() + SHUTDOWN_PATIENCE);
+                *give_up_at.get_or_insert_with(|| tokio::time::Instant::now() + patience);
             if tokio::time::Instant::now() >= deadline {
                 if let Job::Store(detection) = job {
                     log_unstored(&detection, "the proxy stopped before it could be stored");
@@ -677,6 +688,53 @@ async fn store(db: &DatabaseConnection, detection: &Detection) -> Result<(), sea
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Once stopping, the task stores what is queued only within its patience: against a
+    /// database that keeps every write waiting, the rest is logged instead, so the process
+    /// exits after one write's wait, not after one per queued event.
+    #[tokio::test]
+    async fn a_stopping_detector_task_logs_what_it_cannot_store_within_its_patience() {
+        let db = migration::testing::TestDatabase::sqlite()
+            .await
+            .migrated()
+            .await;
+        // Every write now waits out SQLite's busy timeout, then fails.
+        let lock = db.hold_write_lock().await;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let config = DetectorConfig {
+            failed_auth_per_ip: 1,
+            ..DetectorConfig::default()
+        };
+        let (detectors, task) = Detectors::spawn_with_patience(
+            db.conn.clone(),
+            config,
+            stop_rx,
+            Duration::from_millis(200),
+        );
+        // Five addresses, one failure each: five bursts queued before the task first runs.
+        for last in 1..=5u8 {
+            let mut record =
+                AuditRecord::new(audit_event::AuditEventKind::ProxyRequest, "unknown_key");
+            record.status = Some(401);
+            record.client_ip = Some(format!("192.0.2.{last}"));
+            detectors.observe(&record);
+        }
+        let _ = stop_tx.send(true);
+        let started = tokio::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .unwrap_or_else(|_| panic!("the task did not end"))
+            .unwrap_or_else(|error| panic!("task: {error}"));
+        let took = started.elapsed();
+        // One write waited out the busy timeout (5 s); five would have taken 25 s.
+        assert!(took < Duration::from_secs(12), "stopping took {took:?}");
+        drop(lock);
+        let stored = entity::security_event::Entity::find()
+            .all(&db.conn)
+            .await
+            .unwrap_or_else(|error| panic!("read: {error}"));
+        assert!(stored.is_empty(), "{stored:?}");
+    }
 
     #[test]
     fn a_counter_fires_once_per_window_at_the_threshold() {
